@@ -1,0 +1,1 @@
+"""auth-api: anonymous sign-in through AWS Cognito, returning an ID token."""

@@ -1,0 +1,211 @@
+"""The whole stack in one process: AWS emulator, bootstrap, both APIs and the relay.
+
+Used by ``make dev`` (ports 8001/8080 like the seed) and by the tests (port 0). In
+production each service runs alone (its own ``main.py``, its own container); nothing
+in the services depends on being composed here.
+
+    HTTP :8001  /anonymous-signin               -> auth-api
+                /auth-api/{healthz,readyz,metrics,openapi.json} -> auth-api
+                everything else                 -> rooms-api
+    WS   :8080  ws-relay (plus /healthz /readyz /metrics)
+    AWS  :4566  embedded moto server, unless AWS_ENDPOINT_URL names another emulator
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from auth_api.main import create_app as create_auth_app
+from rooms_api.main import create_app as create_rooms_app
+from signaling_shared.aws import use_io_threads
+from signaling_shared.bootstrap import Bootstrapped, bootstrap
+from signaling_shared.http import uvicorn_config
+from signaling_shared.settings import AuthSettings, CommonSettings, Environment, RelaySettings, RoomsSettings
+from ws_relay.server import RelayServer
+
+AUTH_PREFIX = "/auth-api"
+AUTH_ROUTES = frozenset({"/anonymous-signin"})
+# moto accepts any credentials; boto3 only needs some to sign requests.
+EMULATOR_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+class ComposedApis:
+    """One ASGI app in front of auth-api and rooms-api (development only)."""
+
+    def __init__(self, auth: ASGIApp, rooms: ASGIApp) -> None:
+        self.auth = auth
+        self.rooms = rooms
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path.startswith(AUTH_PREFIX + "/"):
+            inner = path[len(AUTH_PREFIX) :]
+            await self.auth({**scope, "path": inner, "raw_path": inner.encode()}, receive, send)
+        elif scope["type"] == "http" and path in AUTH_ROUTES:
+            await self.auth(scope, receive, send)
+        else:
+            await self.rooms(scope, receive, send)
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the stack owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class HttpServer:
+    """An ASGI app served by uvicorn on the running loop (port 0 picks a free port)."""
+
+    def __init__(self, app: ASGIApp, settings: CommonSettings, port: int) -> None:
+        self._server = _EmbeddedUvicorn(uvicorn_config(app, settings, port))
+        self._task: asyncio.Task[None] | None = None
+        self.host = settings.host
+
+    async def start(self) -> int:
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:  # uvicorn offers no startup event to await
+            if self._task.done():
+                self._task.result()  # raises why it could not start
+                raise RuntimeError("HTTP server exited during startup")
+            await asyncio.sleep(0.01)
+        return int(self._server.servers[0].sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._server.should_exit = True
+            await self._task
+            self._task = None
+
+
+@dataclass
+class StackConfig:
+    host: str = "127.0.0.1"
+    api_port: int = 8001
+    relay_port: int = 8080
+    aws_port: int = 4566
+    table_prefix: str = "dev-"
+    region: str = "us-west-1"
+    log_level: str = "INFO"
+    # Extra settings for every service (e.g. {"room_ttl_seconds": 60}); unknown keys are ignored.
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    api_url: str
+    relay_url: str
+    aws_endpoint: str
+    embedded_emulator: bool
+    resources: Bootstrapped
+    common: CommonSettings
+
+    def banner(self) -> str:
+        emulator = "embedded moto server" if self.embedded_emulator else "external emulator (AWS_ENDPOINT_URL)"
+        return "\n".join(
+            [
+                "signaling dev stack is up",
+                f"  HTTP APIs  {self.api_url}   POST /anonymous-signin, /create-room, /delete-peers-and-room,"
+                " GET|DELETE /rooms/{id}; /docs",
+                f"             {self.api_url}{AUTH_PREFIX}/docs for auth-api's own docs and metrics",
+                f"  WebSocket  {self.relay_url}   the relay (HTTP /healthz /readyz /metrics on the same port)",
+                f"  AWS        {self.aws_endpoint}   {emulator}",
+                f"             tables {self.resources.rooms_table}, {self.resources.peers_table};"
+                f" user pool {self.resources.user_pool_id}",
+                "Ctrl-C stops everything.",
+                f"READY api={self.api_url} relay={self.relay_url} aws={self.aws_endpoint}",
+            ]
+        )
+
+
+class Stack:
+    def __init__(self, config: StackConfig | None = None) -> None:
+        self.config = config or StackConfig()
+        self._moto: Any = None
+        self._api: HttpServer | None = None
+        self.relay: RelayServer | None = None
+        self.info: StackInfo | None = None
+
+    def _start_emulator(self) -> str:
+        external = os.environ.get("AWS_ENDPOINT_URL")
+        if external:
+            return external
+        from moto.server import ThreadedMotoServer  # dev/test dependency, imported only here
+
+        self._moto = ThreadedMotoServer(ip_address=self.config.host, port=self.config.aws_port, verbose=False)
+        self._moto.start()
+        host, port = self._moto.get_host_and_port()
+        return f"http://{host}:{port}"
+
+    async def start(self) -> StackInfo:
+        cfg = self.config
+        use_io_threads(asyncio.get_running_loop(), CommonSettings(environment=Environment.DEVELOPMENT))
+        for key, value in EMULATOR_CREDENTIALS.items():
+            os.environ.setdefault(key, value)
+        endpoint = await asyncio.to_thread(self._start_emulator)
+        base: dict[str, Any] = {
+            "environment": Environment.DEVELOPMENT,
+            "host": cfg.host,
+            "log_level": cfg.log_level,
+            "aws_region": cfg.region,
+            "aws_endpoint_url": endpoint,
+            "table_prefix": cfg.table_prefix,
+            **cfg.overrides,
+        }
+        common = CommonSettings(**base)
+        resources = await asyncio.to_thread(bootstrap, common)
+        base.update(cognito_user_pool_id=resources.user_pool_id, cognito_client_id=resources.client_id)
+
+        self.relay = RelayServer(RelaySettings(**{**base, "port": cfg.relay_port}))
+        relay_port = await self.relay.start()
+
+        apis = ComposedApis(create_auth_app(AuthSettings(**base)), create_rooms_app(RoomsSettings(**base)))
+        self._api = HttpServer(apis, common, cfg.api_port)
+        api_port = await self._api.start()
+
+        self.info = StackInfo(
+            api_url=f"http://{cfg.host}:{api_port}",
+            relay_url=f"ws://{cfg.host}:{relay_port}",
+            aws_endpoint=endpoint,
+            embedded_emulator=self._moto is not None,
+            resources=resources,
+            common=CommonSettings(**base),
+        )
+        return self.info
+
+    async def stop(self) -> None:
+        if self.relay is not None:
+            await self.relay.stop()
+        if self._api is not None:
+            await self._api.stop()
+        if self._moto is not None:
+            await asyncio.to_thread(self._moto.stop)
+            self._moto = None
+
+
+class StackThread:
+    """A stack on its own event loop in a background thread (for synchronous callers)."""
+
+    def __init__(self, config: StackConfig | None = None) -> None:
+        self.stack = Stack(config)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="devstack", daemon=True)
+
+    def start(self, timeout: float = 60.0) -> StackInfo:
+        self._thread.start()
+        return asyncio.run_coroutine_threadsafe(self.stack.start(), self._loop).result(timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        asyncio.run_coroutine_threadsafe(self.stack.stop(), self._loop).result(timeout)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout)

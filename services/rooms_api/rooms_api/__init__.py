@@ -1,0 +1,1 @@
+"""rooms-api: rooms with a room token and an expiry, stored in DynamoDB."""

@@ -1,0 +1,93 @@
+"""HTTP routes of rooms-api. Every route needs a Bearer ID token."""
+
+# No "from __future__ import annotations": FastAPI must resolve the Annotated aliases defined
+# inside rooms_router() at runtime.
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
+
+from rooms_api.schemas import CreateRoomResponse, DeleteRoomRequest, DeleteRoomResponse, PeerView, RoomView
+from rooms_api.service import Deleted, RoomsService
+from signaling_shared.auth import Identity
+from signaling_shared.errors import (
+    AuthProviderUnavailable,
+    InvalidIdToken,
+    NotRoomCreator,
+    RateLimited,
+    RoomNotFound,
+    StorageUnavailable,
+)
+from signaling_shared.http import error_responses
+from signaling_shared.tokens import ID_PATTERN
+
+# The dependencies of every route: the ID token is checked (JWKS may be unreachable) and
+# DynamoDB is called.
+_ALWAYS = (InvalidIdToken, AuthProviderUnavailable, StorageUnavailable)
+
+
+def _deleted(result: Deleted) -> DeleteRoomResponse:
+    return DeleteRoomResponse(
+        status="deleted",
+        room_ids=result.room_ids,
+        peers_removed=result.peers_removed,
+        users_deleted=result.users_deleted,
+    )
+
+
+def rooms_router(service: RoomsService, identity: Callable[..., Awaitable[Identity]]) -> APIRouter:
+    router = APIRouter(tags=["rooms"])
+    Caller = Annotated[Identity, Depends(identity)]
+    RoomId = Annotated[str, Path(pattern=ID_PATTERN, description="Room id from /create-room.")]
+
+    @router.post(
+        "/create-room",
+        response_model=CreateRoomResponse,
+        summary="Create a room owned by the caller.",
+        responses=error_responses(*_ALWAYS, RateLimited),
+    )
+    async def create_room(caller: Caller) -> CreateRoomResponse:
+        created = await service.create(caller)
+        return CreateRoomResponse(
+            room_id=created.room.room_id, token=created.token, expires_at=created.room.expires_at
+        )
+
+    @router.post(
+        "/delete-peers-and-room",
+        response_model=DeleteRoomResponse,
+        summary="Delete a room (by id, or by a peer in it) with its peers; creator only.",
+        responses=error_responses(*_ALWAYS, RoomNotFound, NotRoomCreator),
+    )
+    async def delete_peers_and_room(body: DeleteRoomRequest, caller: Caller) -> DeleteRoomResponse:
+        if body.room_id:
+            return _deleted(await service.delete(caller, body.room_id))
+        assert body.peer_id is not None  # the request model requires one of the two
+        return _deleted(await service.delete_by_peer(caller, body.peer_id))
+
+    @router.get(
+        "/rooms/{room_id}",
+        response_model=RoomView,
+        summary="A room's status, expiry and connected peers; creator only.",
+        responses=error_responses(*_ALWAYS, RoomNotFound, NotRoomCreator),
+    )
+    async def get_room(room_id: RoomId, caller: Caller) -> RoomView:
+        room, peers = await service.inspect(caller, room_id)
+        return RoomView(
+            room_id=room.room_id,
+            status="active",
+            created_at=room.created_at,
+            expires_at=room.expires_at,
+            peers=[PeerView(peer_id=p.peer_id, connected_at=p.connected_at) for p in peers],
+        )
+
+    @router.delete(
+        "/rooms/{room_id}",
+        response_model=DeleteRoomResponse,
+        summary="Delete a room with its peers; creator only.",
+        responses=error_responses(*_ALWAYS, RoomNotFound, NotRoomCreator),
+    )
+    async def delete_room(room_id: RoomId, caller: Caller) -> DeleteRoomResponse:
+        return _deleted(await service.delete(caller, room_id))
+
+    return router

@@ -1,0 +1,46 @@
+"""Request and response bodies of rooms-api."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, model_validator
+
+from signaling_shared.tokens import ID_PATTERN
+
+
+class CreateRoomResponse(BaseModel):
+    room_id: str = Field(description="Room id, shared with peers that should join.")
+    token: str = Field(description="Room token (the meeting password). Shown once; only its hash is stored.")
+    expires_at: int = Field(description="Unix time at which the room expires.")
+
+
+class DeleteRoomRequest(BaseModel):
+    """The seed's body: a ``room_id``, or a ``peer_id`` whose room is meant."""
+
+    room_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    peer_id: str | None = Field(default=None, pattern=ID_PATTERN)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> DeleteRoomRequest:
+        if not self.room_id and not self.peer_id:
+            raise ValueError("room_id or peer_id is required")
+        return self
+
+
+class DeleteRoomResponse(BaseModel):
+    status: str = Field(description="'deleted'.")
+    room_ids: list[str] = Field(description="Rooms deleted.")
+    peers_removed: int = Field(description="Routing-table entries removed.")
+    users_deleted: int = Field(description="Anonymous Cognito users of those peers deleted (as the seed did).")
+
+
+class PeerView(BaseModel):
+    peer_id: str
+    connected_at: int = Field(description="Unix time the peer registered.")
+
+
+class RoomView(BaseModel):
+    room_id: str
+    status: str = Field(description="'active' (expired rooms are gone).")
+    created_at: int
+    expires_at: int
+    peers: list[PeerView] = Field(description="Peers connected now, oldest first.")

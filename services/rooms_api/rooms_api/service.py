@@ -1,0 +1,133 @@
+"""Rooms: creation, inspection and deletion by their creator. No web-framework code."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from signaling_shared.auth import Identity
+from signaling_shared.cognito import CognitoGateway
+from signaling_shared.dynamo import PeerRecord, Repository, Room
+from signaling_shared.errors import (
+    AuthProviderUnavailable,
+    ConditionFailed,
+    NotFound,
+    NotRoomCreator,
+    RoomNotFound,
+    StorageUnavailable,
+)
+from signaling_shared.ratelimit import KeyedRateLimiter
+from signaling_shared.tokens import hash_room_token, new_room_id, new_room_token
+
+log = structlog.stdlib.get_logger("rooms_api")
+
+_CREATE_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class CreatedRoom:
+    room: Room
+    token: str
+
+
+@dataclass(frozen=True)
+class Deleted:
+    room_ids: list[str]
+    peers_removed: int
+    users_deleted: int
+
+
+class RoomsService:
+    def __init__(
+        self,
+        repository: Repository,
+        cognito: CognitoGateway,
+        *,
+        room_ttl_seconds: int,
+        create_limiter: KeyedRateLimiter,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._repo = repository
+        self._cognito = cognito
+        self._ttl = room_ttl_seconds
+        self._create_limiter = create_limiter
+        self._clock = clock
+
+    async def create(self, owner: Identity) -> CreatedRoom:
+        self._create_limiter.enforce(owner.sub, "rooms created by this identity")
+        now = int(self._clock())
+        for _ in range(_CREATE_ATTEMPTS):
+            token = new_room_token()
+            room = Room(
+                room_id=new_room_id(),
+                created_by=owner.sub,
+                token_hash=hash_room_token(token),
+                created_at=now,
+                expires_at=now + self._ttl,
+            )
+            try:
+                await self._repo.create_room(room)
+            except ConditionFailed:
+                continue  # a 64-bit id collided; draw another
+            log.info("room_created", room_id=room.room_id, expires_at=room.expires_at)
+            return CreatedRoom(room, token)
+        raise StorageUnavailable("could not allocate a room id")
+
+    async def _owned_room(self, caller: Identity, room_id: str) -> Room:
+        """The live room, if ``caller`` created it."""
+        try:
+            room = await self._repo.get_room(room_id)
+        except NotFound:
+            raise RoomNotFound() from None
+        if room.is_expired(self._clock()):
+            raise RoomNotFound("room has expired")
+        if room.created_by != caller.sub:
+            raise NotRoomCreator()
+        return room
+
+    async def inspect(self, caller: Identity, room_id: str) -> tuple[Room, list[PeerRecord]]:
+        room = await self._owned_room(caller, room_id)
+        return room, await self._repo.list_peers(room_id, now=self._clock())
+
+    async def delete(self, caller: Identity, room_id: str) -> Deleted:
+        await self._owned_room(caller, room_id)
+        return await self._delete_rooms([room_id])
+
+    async def delete_by_peer(self, caller: Identity, peer_id: str) -> Deleted:
+        """Delete the caller's rooms in which ``peer_id`` is live (the seed's fallback)."""
+        room_ids = await self._repo.rooms_of_peer(peer_id, now=self._clock())
+        owned = []
+        for room_id in room_ids:
+            try:
+                await self._owned_room(caller, room_id)
+            except (RoomNotFound, NotRoomCreator):
+                continue
+            owned.append(room_id)
+        if not owned:
+            if room_ids:
+                raise NotRoomCreator("the peer's room was not created by this identity")
+            raise RoomNotFound("no live room holds this peer")
+        return await self._delete_rooms(owned)
+
+    async def _delete_rooms(self, room_ids: list[str]) -> Deleted:
+        """Routing entries first (the relay then closes those peers), then the rooms, then users."""
+        now = self._clock()
+        usernames: set[str] = set()
+        removed = 0
+        for room_id in room_ids:
+            peers = await self._repo.list_peers(room_id, now=now, include_expired=True)
+            await self._repo.delete_peers(room_id, [p.peer_id for p in peers])
+            await self._repo.delete_room(room_id)
+            removed += len(peers)
+            usernames.update(p.owner_username for p in peers if p.owner_username and p.expires_at > now)
+        deleted_users = 0
+        for username in sorted(usernames):
+            try:
+                deleted_users += await self._cognito.delete_user(username)
+            except AuthProviderUnavailable:
+                log.warning("user_cleanup_failed", username=username)
+        log.info("rooms_deleted", room_ids=room_ids, peers_removed=removed, users_deleted=deleted_users)
+        return Deleted(room_ids=room_ids, peers_removed=removed, users_deleted=deleted_users)

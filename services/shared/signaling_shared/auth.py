@@ -1,0 +1,138 @@
+"""Verification of Cognito ID tokens (RS256 only).
+
+The signing keys (JWKS) are fetched once, cached, and fetched again when a token names
+a key id we do not know (Cognito rotates keys), at most once per
+``min_refresh_seconds`` so that garbage key ids cannot make us hammer the JWKS URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from jose import jwt
+from jose.exceptions import JOSEError
+
+from signaling_shared.errors import AuthProviderUnavailable, InvalidIdToken
+from signaling_shared.settings import CommonSettings
+
+JwksFetcher = Callable[[], Awaitable[dict[str, Any]]]
+
+ALGORITHM = "RS256"
+MAX_TOKEN_LENGTH = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a verified ID token belongs to."""
+
+    sub: str
+    username: str
+
+
+def http_jwks_fetcher(url: str, *, timeout: float) -> JwksFetcher:
+    """A fetcher that GETs the JWKS document from ``url``."""
+
+    async def fetch() -> dict[str, Any]:
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            response = await client.get(url)
+            response.raise_for_status()
+            document = response.json()
+        if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+            raise ValueError("JWKS document has no 'keys' list")
+        return document
+
+    return fetch
+
+
+class TokenVerifier:
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        audience: str,
+        fetch_jwks: JwksFetcher,
+        min_refresh_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.issuer = issuer
+        self.audience = audience
+        self._fetch_jwks = fetch_jwks
+        self._min_refresh = min_refresh_seconds
+        self._clock = clock
+        self._keys: dict[str, dict[str, Any]] = {}
+        self._fetched_at: float | None = None
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: CommonSettings) -> TokenVerifier:
+        return cls(
+            issuer=settings.issuer,
+            audience=settings.cognito_client_id,
+            fetch_jwks=http_jwks_fetcher(settings.jwks_url, timeout=settings.http_timeout_seconds),
+            min_refresh_seconds=settings.jwks_min_refresh_seconds,
+        )
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Fetch the keys, unless fetched within the refresh interval (and not forced)."""
+        async with self._lock:
+            now = self._clock()
+            if not force and self._fetched_at is not None and now - self._fetched_at < self._min_refresh:
+                return
+            try:
+                document = await self._fetch_jwks()
+            except (httpx.HTTPError, ValueError) as exc:
+                raise AuthProviderUnavailable("signing keys could not be fetched") from exc
+            self._keys = {
+                str(key["kid"]): key for key in document["keys"] if isinstance(key, dict) and "kid" in key
+            }
+            self._fetched_at = now
+
+    async def check(self) -> None:
+        """Readiness: the keys can be fetched (forced, so a dead JWKS URL shows)."""
+        await self.refresh(force=True)
+
+    async def _key_for(self, kid: str) -> dict[str, Any]:
+        if kid not in self._keys:
+            await self.refresh()
+        key = self._keys.get(kid)
+        if key is None:
+            raise InvalidIdToken("ID token is signed with an unknown key")
+        return key
+
+    async def verify(self, token: str) -> Identity:
+        """The identity of a valid ID token; InvalidIdToken otherwise."""
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            raise InvalidIdToken()
+        try:
+            header = jwt.get_unverified_header(token)
+        except JOSEError as exc:
+            raise InvalidIdToken("ID token is malformed") from exc
+        if header.get("alg") != ALGORITHM:
+            raise InvalidIdToken("ID token must be signed with RS256")
+        kid = header.get("kid")
+        if not isinstance(kid, str):
+            raise InvalidIdToken("ID token has no key id")
+        key = await self._key_for(kid)
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require_exp": True, "require_iat": True, "require_sub": True, "leeway": 30},
+            )
+        except JOSEError as exc:
+            raise InvalidIdToken("ID token failed verification") from exc
+        if claims.get("token_use") != "id":
+            raise InvalidIdToken("token is not an ID token")
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise InvalidIdToken("ID token has no subject")
+        username = claims.get("cognito:username")
+        return Identity(sub=sub, username=username if isinstance(username, str) else "")

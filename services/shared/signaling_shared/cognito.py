@@ -1,0 +1,115 @@
+"""Cognito calls the services make, with botocore hidden behind typed errors."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from signaling_shared.aws import make_client
+from signaling_shared.errors import AuthProviderUnavailable
+from signaling_shared.settings import CommonSettings
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class AnonymousUser:
+    username: str
+    id_token: str
+
+
+class CognitoGateway:
+    """Anonymous users in one user pool, through one app client."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        user_pool_id: str,
+        client_id: str,
+        on_error: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self._client = client
+        self.user_pool_id = user_pool_id
+        self.client_id = client_id
+        self._on_error = on_error
+
+    @classmethod
+    def from_settings(
+        cls, settings: CommonSettings, on_error: Callable[[str, str], None] | None = None
+    ) -> CognitoGateway:
+        return cls(
+            make_client(settings, "cognito-idp"),
+            user_pool_id=settings.cognito_user_pool_id,
+            client_id=settings.cognito_client_id,
+            on_error=on_error,
+        )
+
+    async def _call(
+        self, operation: str, fn: Callable[..., T], *, missing_ok: bool = False, **kwargs: Any
+    ) -> T | None:
+        """Run a blocking call in a worker thread; None if ``missing_ok`` and the user is gone."""
+        try:
+            return await asyncio.to_thread(partial(fn, **kwargs))
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", "Unknown"))
+            if missing_ok and code == "UserNotFoundException":
+                return None
+            failure: Exception = exc
+        except BotoCoreError as exc:
+            code, failure = type(exc).__name__, exc
+        if self._on_error is not None:
+            self._on_error(operation, code)
+        raise AuthProviderUnavailable(f"identity provider failed ({operation})") from failure
+
+    async def sign_up_anonymous(self) -> AnonymousUser:
+        """Create, confirm and sign in a user with random credentials (the seed's flow)."""
+        username = str(uuid.uuid4())
+        # Random, never stored or returned; the suffix satisfies any character-class policy.
+        password = f"{secrets.token_urlsafe(32)}Aa1!"
+        await self._call("sign_up", self._client.sign_up, ClientId=self.client_id, Username=username, Password=password)
+        await self._call(
+            "admin_confirm_sign_up",
+            self._client.admin_confirm_sign_up,
+            UserPoolId=self.user_pool_id,
+            Username=username,
+        )
+        response = await self._call(
+            "initiate_auth",
+            self._client.initiate_auth,
+            ClientId=self.client_id,
+            AuthFlow="USER_PASSWORD_AUTH",
+            AuthParameters={"USERNAME": username, "PASSWORD": password},
+        )
+        try:
+            id_token = str(response["AuthenticationResult"]["IdToken"])  # type: ignore[index]
+        except (KeyError, TypeError) as exc:
+            raise AuthProviderUnavailable("identity provider returned no ID token") from exc
+        return AnonymousUser(username=username, id_token=id_token)
+
+    async def delete_user(self, username: str) -> bool:
+        """Delete a user; False if it no longer exists."""
+        result = await self._call(
+            "admin_delete_user",
+            self._client.admin_delete_user,
+            missing_ok=True,
+            UserPoolId=self.user_pool_id,
+            Username=username,
+        )
+        return result is not None
+
+    async def check(self) -> None:
+        """Readiness: the app client exists in the pool."""
+        await self._call(
+            "describe_user_pool_client",
+            self._client.describe_user_pool_client,
+            UserPoolId=self.user_pool_id,
+            ClientId=self.client_id,
+        )

@@ -1,0 +1,301 @@
+"""DynamoDB access for rooms and the peers routing table, with botocore hidden.
+
+Every public method is a coroutine that runs the blocking boto3 call in a worker
+thread, so no service can block its event loop by accident. botocore errors become
+the typed errors below (each keeps the AWS error code); services branch on types.
+
+Items whose ``expires_at`` has passed are treated as gone by every reader, because
+DynamoDB deletes TTL-expired items lazily (up to days later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from signaling_shared.aws import make_client
+from signaling_shared.errors import ConditionFailed, NotFound, RepositoryError, Throttled, Unavailable
+from signaling_shared.settings import CommonSettings
+
+T = TypeVar("T")
+
+PEER_ID_INDEX = "peer_id-index"
+_BATCH_ATTEMPTS = 6
+
+
+_THROTTLE_CODES = frozenset(
+    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
+)
+
+
+def translate_error(operation: str, exc: Exception) -> RepositoryError:
+    """Map a botocore exception to the typed error a service can branch on."""
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", "Unknown"))
+        if code == "ConditionalCheckFailedException":
+            return ConditionFailed("condition failed", aws_code=code, operation=operation)
+        if code in _THROTTLE_CODES:
+            return Throttled("throttled", aws_code=code, operation=operation)
+        return Unavailable(f"request refused ({code})", aws_code=code, operation=operation)
+    return Unavailable(f"unreachable ({type(exc).__name__})", operation=operation)
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    room_id: str
+    created_by: str
+    token_hash: str
+    created_at: int
+    expires_at: int
+
+    def is_expired(self, now: float) -> bool:
+        return now >= self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRecord:
+    """A live peer in the routing table: who owns the peer id and which relay holds it."""
+
+    room_id: str
+    peer_id: str
+    owner_sub: str
+    owner_username: str
+    connection_id: str
+    node_id: str
+    connected_at: int
+    expires_at: int
+
+
+def _s(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def _n(value: int) -> dict[str, str]:
+    return {"N": str(int(value))}
+
+
+def _room_item(room: Room) -> dict[str, Any]:
+    return {
+        "room_id": _s(room.room_id),
+        "created_by": _s(room.created_by),
+        "token_hash": _s(room.token_hash),
+        "created_at": _n(room.created_at),
+        "expires_at": _n(room.expires_at),
+    }
+
+
+def _room_from(item: dict[str, Any]) -> Room:
+    return Room(
+        room_id=item["room_id"]["S"],
+        created_by=item["created_by"]["S"],
+        token_hash=item["token_hash"]["S"],
+        created_at=int(item["created_at"]["N"]),
+        expires_at=int(item["expires_at"]["N"]),
+    )
+
+
+def _peer_item(peer: PeerRecord) -> dict[str, Any]:
+    return {
+        "room_id": _s(peer.room_id),
+        "peer_id": _s(peer.peer_id),
+        "owner_sub": _s(peer.owner_sub),
+        "owner_username": _s(peer.owner_username),
+        "connection_id": _s(peer.connection_id),
+        "node_id": _s(peer.node_id),
+        "connected_at": _n(peer.connected_at),
+        "expires_at": _n(peer.expires_at),
+    }
+
+
+def _peer_from(item: dict[str, Any]) -> PeerRecord:
+    return PeerRecord(
+        room_id=item["room_id"]["S"],
+        peer_id=item["peer_id"]["S"],
+        owner_sub=item["owner_sub"]["S"],
+        owner_username=item.get("owner_username", {}).get("S", ""),
+        connection_id=item["connection_id"]["S"],
+        node_id=item.get("node_id", {}).get("S", ""),
+        connected_at=int(item["connected_at"]["N"]),
+        expires_at=int(item["expires_at"]["N"]),
+    )
+
+
+class Repository:
+    """Rooms and the peers routing table.
+
+    ``on_error`` is told of every failed call (operation name, error), for metrics.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        rooms_table: str,
+        peers_table: str,
+        on_error: Callable[[str, RepositoryError], None] | None = None,
+    ) -> None:
+        self._client = client
+        self.rooms_table = rooms_table
+        self.peers_table = peers_table
+        self._on_error = on_error
+
+    @classmethod
+    def from_settings(
+        cls, settings: CommonSettings, on_error: Callable[[str, RepositoryError], None] | None = None
+    ) -> Repository:
+        return cls(
+            make_client(settings, "dynamodb"),
+            rooms_table=settings.rooms_table,
+            peers_table=settings.peers_table,
+            on_error=on_error,
+        )
+
+    async def _call(self, operation: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return await asyncio.to_thread(partial(fn, *args, **kwargs))
+        except (ClientError, BotoCoreError) as exc:
+            error = translate_error(operation, exc)
+            if self._on_error is not None and not isinstance(error, ConditionFailed):
+                self._on_error(operation, error)
+            raise error from exc
+
+    # Rooms -------------------------------------------------------------------------
+
+    async def create_room(self, room: Room) -> None:
+        """Store a new room; ConditionFailed if the id is taken."""
+        await self._call(
+            "create_room",
+            self._client.put_item,
+            TableName=self.rooms_table,
+            Item=_room_item(room),
+            ConditionExpression="attribute_not_exists(room_id)",
+        )
+
+    async def get_room(self, room_id: str) -> Room:
+        """The room, expired or not (callers decide); NotFound when absent."""
+        response = await self._call(
+            "get_room",
+            self._client.get_item,
+            TableName=self.rooms_table,
+            Key={"room_id": _s(room_id)},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        if not item:
+            raise NotFound("room not found", operation="get_room")
+        return _room_from(item)
+
+    async def delete_room(self, room_id: str) -> None:
+        await self._call(
+            "delete_room", self._client.delete_item, TableName=self.rooms_table, Key={"room_id": _s(room_id)}
+        )
+
+    # Peers -------------------------------------------------------------------------
+
+    async def claim_peer(self, peer: PeerRecord, *, now: int) -> None:
+        """Write ``peer`` unless a live entry of another identity holds its id.
+
+        ConditionFailed means the peer id is live in this room under another identity.
+        """
+        await self._call(
+            "claim_peer",
+            self._client.put_item,
+            TableName=self.peers_table,
+            Item=_peer_item(peer),
+            ConditionExpression="attribute_not_exists(peer_id) OR owner_sub = :sub OR expires_at <= :now",
+            ExpressionAttributeValues={":sub": _s(peer.owner_sub), ":now": _n(now)},
+        )
+
+    async def refresh_peer(self, room_id: str, peer_id: str, connection_id: str, expires_at: int) -> None:
+        """Extend a live entry's lease; ConditionFailed if it was deleted or taken over."""
+        await self._call(
+            "refresh_peer",
+            self._client.update_item,
+            TableName=self.peers_table,
+            Key={"room_id": _s(room_id), "peer_id": _s(peer_id)},
+            UpdateExpression="SET expires_at = :exp",
+            ConditionExpression="connection_id = :cid",
+            ExpressionAttributeValues={":exp": _n(expires_at), ":cid": _s(connection_id)},
+        )
+
+    async def release_peer(self, room_id: str, peer_id: str, connection_id: str) -> None:
+        """Delete the entry if this connection still holds it (a takeover keeps its own)."""
+        try:
+            await self._call(
+                "release_peer",
+                self._client.delete_item,
+                TableName=self.peers_table,
+                Key={"room_id": _s(room_id), "peer_id": _s(peer_id)},
+                ConditionExpression="connection_id = :cid",
+                ExpressionAttributeValues={":cid": _s(connection_id)},
+            )
+        except ConditionFailed:
+            pass
+
+    async def list_peers(self, room_id: str, *, now: float, include_expired: bool = False) -> list[PeerRecord]:
+        """Live peers of a room (all entries with ``include_expired``), oldest first."""
+        items = await self._call("list_peers", self._query_all, room_id)
+        peers = (_peer_from(item) for item in items)
+        return sorted(
+            (p for p in peers if include_expired or p.expires_at > now), key=lambda p: (p.connected_at, p.peer_id)
+        )
+
+    def _query_all(self, room_id: str) -> list[dict[str, Any]]:
+        paginator = self._client.get_paginator("query")
+        items: list[dict[str, Any]] = []
+        for page in paginator.paginate(
+            TableName=self.peers_table,
+            KeyConditionExpression="room_id = :r",
+            ExpressionAttributeValues={":r": _s(room_id)},
+            ConsistentRead=True,
+        ):
+            items.extend(page.get("Items", []))
+        return items
+
+    async def rooms_of_peer(self, peer_id: str, *, now: float) -> list[str]:
+        """Rooms in which ``peer_id`` is live (through the peer-id index)."""
+        response = await self._call(
+            "rooms_of_peer",
+            self._client.query,
+            TableName=self.peers_table,
+            IndexName=PEER_ID_INDEX,
+            KeyConditionExpression="peer_id = :p",
+            ExpressionAttributeValues={":p": _s(peer_id)},
+        )
+        return sorted(
+            {item["room_id"]["S"] for item in response.get("Items", []) if int(item["expires_at"]["N"]) > now}
+        )
+
+    async def delete_peers(self, room_id: str, peer_ids: Iterable[str]) -> None:
+        keys = [{"room_id": _s(room_id), "peer_id": _s(p)} for p in peer_ids]
+        await self._call("delete_peers", self._batch_delete, keys)
+
+    def _batch_delete(self, keys: list[dict[str, Any]]) -> None:
+        for start in range(0, len(keys), 25):
+            requests = [{"DeleteRequest": {"Key": key}} for key in keys[start : start + 25]]
+            pending: dict[str, Any] = {self.peers_table: requests}
+            for attempt in range(_BATCH_ATTEMPTS):
+                if attempt:
+                    time.sleep(min(0.05 * 2**attempt, 1.0))  # in a worker thread, never on the loop
+                response = self._client.batch_write_item(RequestItems=pending)
+                pending = response.get("UnprocessedItems") or {}
+                if not pending:
+                    break
+            else:
+                raise Throttled("batch delete left unprocessed items", operation="delete_peers")
+
+    # Health ------------------------------------------------------------------------
+
+    async def check(self) -> None:
+        """Raise unless both tables are reachable and active."""
+        for table in (self.rooms_table, self.peers_table):
+            response = await self._call("describe_table", self._client.describe_table, TableName=table)
+            status = response["Table"]["TableStatus"]
+            if status not in ("ACTIVE", "UPDATING"):
+                raise Unavailable(f"table {table} is {status}", operation="describe_table")

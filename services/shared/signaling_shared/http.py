@@ -1,0 +1,248 @@
+"""What both FastAPI services share: error rendering, request context, metrics, health.
+
+One handler renders every error as ``{"error": CODE, "detail": reason}``; every route
+lists the errors it can return (``error_responses``), so OpenAPI is the contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import structlog
+import uvicorn
+from fastapi import APIRouter, FastAPI, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from signaling_shared.auth import Identity, TokenVerifier
+from signaling_shared.aws import use_io_threads
+from signaling_shared.errors import (
+    ErrorCode,
+    RepositoryError,
+    as_signaling_error,
+    InternalError,
+    InvalidIdToken,
+    InvalidRequest,
+    MethodNotAllowed,
+    RouteNotFound,
+    SignalingError,
+)
+from signaling_shared.health import HealthBody, ReadinessBody, ReadinessCheck, run_readiness_checks
+from signaling_shared.metrics import ServiceMetrics
+from signaling_shared.settings import CommonSettings
+
+log = structlog.stdlib.get_logger("signaling.http")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class ErrorBody(BaseModel):
+    """Every error response."""
+
+    error: ErrorCode = Field(description="Stable machine-readable code.")
+    detail: str = Field(description="Human-readable reason; may change between releases.")
+
+
+def error_responses(*errors: type[SignalingError]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the errors a route can return (422 and 500 always)."""
+    by_status: dict[int, list[type[SignalingError]]] = {}
+    for error in (*errors, InvalidRequest, InternalError):
+        by_status.setdefault(error.http_status, []).append(error)
+    return {
+        status: {
+            "model": ErrorBody,
+            "description": " / ".join(sorted({e.code.value for e in group})),
+        }
+        for status, group in sorted(by_status.items())
+    }
+
+
+def error_response(error: SignalingError, metrics: ServiceMetrics | None = None) -> JSONResponse:
+    if metrics is not None:
+        metrics.errors.labels(error.code.value).inc()
+    headers = {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, int(error.retry_after + 0.999)))
+    return JSONResponse(
+        ErrorBody(error=error.code, detail=error.reason).model_dump(mode="json"),
+        status_code=error.http_status,
+        headers=headers,
+    )
+
+
+def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
+    async def on_signaling_error(_: Request, exc: Exception) -> Response:
+        return error_response(as_signaling_error(exc), metrics)
+
+    async def on_validation_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        reason = f"{where}: {first.get('msg', 'invalid')}" if where else "request is malformed"
+        return error_response(InvalidRequest(reason[:200]), metrics)
+
+    async def on_http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 405:
+            return error_response(MethodNotAllowed(), metrics)
+        if exc.status_code == 404:
+            return error_response(RouteNotFound(), metrics)
+        return error_response(InvalidRequest(), metrics)
+
+    async def on_unexpected(_: Request, exc: Exception) -> Response:
+        log.error("unhandled_error", error_type=type(exc).__name__, exc_info=exc)
+        return error_response(as_signaling_error(exc), metrics)
+
+    app.add_exception_handler(SignalingError, on_signaling_error)
+    app.add_exception_handler(RepositoryError, on_signaling_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+class RequestContextMiddleware:
+    """Request id (``X-Request-ID`` in and out), access log and HTTP metrics.
+
+    Pure ASGI so it wraps streaming and error responses alike. The route label is the
+    route's template (``/rooms/{room_id}``), never the raw path.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                route = scope.get("route")
+                template = getattr(route, "path", None) or "unmatched"
+                elapsed = time.perf_counter() - started
+                method = str(scope.get("method", ""))
+                self.metrics.http_requests.labels(template, method, str(status)).inc()
+                self.metrics.http_duration.labels(template, method).observe(elapsed)
+                log.info(
+                    "http_request",
+                    method=method,
+                    route=template,
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 2),
+                )
+
+
+def ops_router(metrics: ServiceMetrics, checks: Mapping[str, ReadinessCheck]) -> APIRouter:
+    """``/healthz`` (liveness, no dependencies), ``/readyz`` (dependencies), ``/metrics``."""
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz", response_model=HealthBody, summary="Liveness: the process serves requests.")
+    async def healthz() -> HealthBody:
+        return HealthBody(status="ok")
+
+    @router.get(
+        "/readyz",
+        response_model=ReadinessBody,
+        summary="Readiness: every dependency answers.",
+        responses={503: {"model": ReadinessBody, "description": "A dependency is failing; 'failing' names it."}},
+    )
+    async def readyz() -> Response:
+        body = await run_readiness_checks(checks)
+        return JSONResponse(body.model_dump(), status_code=200 if not body.failing else 503)
+
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics.",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Metrics."}},
+    )
+    async def prometheus_metrics() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    return router
+
+
+def client_ip(request: Request) -> str:
+    """The client address (uvicorn has already applied trusted X-Forwarded-For)."""
+    return request.client.host if request.client else "unknown"
+
+
+def bearer_identity(verifier: TokenVerifier) -> Callable[..., Awaitable[Identity]]:
+    """A dependency giving the caller's verified identity (401 INVALID_ID_TOKEN otherwise)."""
+    scheme = HTTPBearer(auto_error=False, description="Cognito ID token from /anonymous-signin.")
+
+    async def identity(credentials: HTTPAuthorizationCredentials | None = Security(scheme)) -> Identity:
+        if credentials is None:
+            raise InvalidIdToken("Authorization header with a Bearer ID token is required")
+        return await verifier.verify(credentials.credentials)
+
+    return identity
+
+
+def build_app(
+    *,
+    title: str,
+    description: str,
+    metrics: ServiceMetrics,
+    checks: Mapping[str, ReadinessCheck],
+    routers: list[APIRouter],
+) -> FastAPI:
+    """A service's FastAPI app: its routers plus errors, request context and health."""
+    app = FastAPI(title=title, version="0.1.0", description=description)
+    app.state.metrics = metrics
+    install_error_handlers(app, metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    for router in routers:
+        app.include_router(router)
+    app.include_router(ops_router(metrics, checks))
+    return app
+
+
+def uvicorn_config(app: ASGIApp, settings: CommonSettings, port: int) -> uvicorn.Config:
+    """How every API is served. X-Forwarded-For counts only from ``forwarded_allow_ips``."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=port,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        access_log=False,
+        log_config=None,
+        lifespan="off",
+        timeout_graceful_shutdown=10,
+    )
+
+
+def serve(app: FastAPI, settings: CommonSettings, port: int) -> None:
+    """Serve ``app`` until SIGINT/SIGTERM; uvicorn drains in-flight requests first."""
+
+    async def run() -> None:
+        use_io_threads(asyncio.get_running_loop(), settings)
+        await uvicorn.Server(uvicorn_config(app, settings, port)).serve()
+
+    asyncio.run(run())

@@ -1,0 +1,162 @@
+"""Typed settings, read from the environment (prefix ``SIGNALING_``).
+
+Settings are built in each service's ``main()`` (or by the tests and the local stack)
+and passed down; nothing here reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+def _env(name: str, *aliases: str) -> AliasChoices:
+    """Accept ``SIGNALING_<NAME>`` and, where given, the AWS SDK's own variable names."""
+    return AliasChoices(f"SIGNALING_{name.upper()}", name, *aliases)
+
+
+class CommonSettings(BaseSettings):
+    """Settings every service needs: AWS access, tables, Cognito and logging."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SIGNALING_",
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    environment: Environment = Environment.PRODUCTION
+    log_level: str = "INFO"
+    host: str = "127.0.0.1"
+
+    aws_region: str = Field(
+        default="us-west-1", validation_alias=_env("aws_region", "AWS_REGION", "AWS_DEFAULT_REGION")
+    )
+    aws_endpoint_url: str | None = Field(
+        default=None,
+        description="One endpoint for every AWS service (LocalStack, the embedded emulator).",
+        validation_alias=_env("aws_endpoint_url", "AWS_ENDPOINT_URL"),
+    )
+    dynamodb_endpoint_url: str | None = Field(
+        default=None,
+        description="DynamoDB endpoint; overrides aws_endpoint_url.",
+        validation_alias=_env("dynamodb_endpoint_url", "AWS_ENDPOINT_URL_DYNAMODB"),
+    )
+    cognito_endpoint_url: str | None = Field(
+        default=None,
+        description="Cognito endpoint; overrides aws_endpoint_url.",
+        validation_alias=_env("cognito_endpoint_url", "AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER"),
+    )
+    aws_max_connections: int = Field(default=32, ge=1, le=512)
+
+    table_prefix: str = Field(
+        default="", pattern=r"^[A-Za-z0-9_.-]{0,64}$", description="Prefix of every table name, e.g. 'prod-'."
+    )
+
+    cognito_user_pool_id: str = ""
+    cognito_client_id: str = ""
+    cognito_issuer: str | None = Field(
+        default=None, description="Expected 'iss' of ID tokens; derived from region and pool id when unset."
+    )
+    cognito_jwks_url: str | None = Field(
+        default=None,
+        description="Where the signing keys are fetched; derived from the issuer (or the emulator endpoint).",
+    )
+    jwks_min_refresh_seconds: float = Field(
+        default=30.0, ge=0, description="Least time between two JWKS fetches caused by unknown key ids."
+    )
+    http_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        description="Proxies whose X-Forwarded-For is trusted for the client address (comma-separated, '*' for any).",
+    )
+
+    @model_validator(mode="after")
+    def _cognito_configured(self) -> CommonSettings:
+        if self.environment is Environment.PRODUCTION and not (
+            self.cognito_user_pool_id and self.cognito_client_id
+        ):
+            raise ValueError("cognito_user_pool_id and cognito_client_id are required in production")
+        return self
+
+    @property
+    def rooms_table(self) -> str:
+        return f"{self.table_prefix}rooms"
+
+    @property
+    def peers_table(self) -> str:
+        return f"{self.table_prefix}peers"
+
+    def endpoint_for(self, service: str) -> str | None:
+        """The endpoint to give boto3 for ``service``, or None to let boto3 decide."""
+        specific = {"dynamodb": self.dynamodb_endpoint_url, "cognito-idp": self.cognito_endpoint_url}
+        return specific.get(service) or self.aws_endpoint_url
+
+    @property
+    def issuer(self) -> str:
+        if self.cognito_issuer:
+            return self.cognito_issuer.rstrip("/")
+        return f"https://cognito-idp.{self.aws_region}.amazonaws.com/{self.cognito_user_pool_id}"
+
+    @property
+    def jwks_url(self) -> str:
+        if self.cognito_jwks_url:
+            return self.cognito_jwks_url
+        emulator = self.endpoint_for("cognito-idp")
+        if emulator and not self.cognito_issuer:
+            # moto and LocalStack serve the pool's keys under their own address.
+            return f"{emulator.rstrip('/')}/{self.cognito_user_pool_id}/.well-known/jwks.json"
+        return f"{self.issuer}/.well-known/jwks.json"
+
+
+class AuthSettings(CommonSettings):
+    """auth-api: anonymous sign-in."""
+
+    port: int = Field(default=8001, ge=0, le=65535)
+    signin_rate_per_minute: float = Field(default=10.0, gt=0, description="Sustained sign-ins per client IP.")
+    signin_burst: int = Field(default=5, ge=1, description="Sign-ins a client IP may make at once.")
+
+
+class RoomsSettings(CommonSettings):
+    """rooms-api: rooms and their tokens."""
+
+    port: int = Field(default=8002, ge=0, le=65535)
+    room_ttl_seconds: int = Field(default=7200, ge=60, le=7 * 24 * 3600)
+    room_create_rate_per_minute: float = Field(default=30.0, gt=0, description="Rooms per identity per minute.")
+    room_create_burst: int = Field(default=10, ge=1)
+
+
+class RelaySettings(CommonSettings):
+    """ws-relay: the WebSocket relay and its limits."""
+
+    port: int = Field(default=8080, ge=0, le=65535)
+    node_id: str = Field(default="relay-1", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    max_frame_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_peers_per_room: int = Field(default=32, ge=2, le=10_000)
+    max_connections: int = Field(default=10_000, ge=1)
+    messages_per_second: float = Field(default=50.0, gt=0, description="Sustained frames per connection.")
+    message_burst: int = Field(default=100, ge=1, description="Frames a connection may send at once.")
+    register_timeout_seconds: float = Field(default=10.0, gt=0, description="Close sockets not registered by then.")
+    register_rate_per_minute_per_ip: float = Field(default=60.0, gt=0)
+    register_burst_per_ip: int = Field(default=20, ge=1)
+    register_rate_per_minute_per_room: float = Field(default=120.0, gt=0)
+    register_burst_per_room: int = Field(default=40, ge=1)
+    outbox_max_messages: int = Field(
+        default=512, ge=1, description="Messages waiting for a slow reader before it is disconnected."
+    )
+    peer_lease_seconds: int = Field(
+        default=120, ge=10, description="Routing-table entries expire this long after the last refresh."
+    )
+    ping_interval_seconds: float | None = Field(default=20.0, gt=0)
+    ping_timeout_seconds: float | None = Field(default=20.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=5.0, ge=0)
+    compression: bool = Field(default=False, description="permessage-deflate; off saves ~64 KiB per connection.")

@@ -1,0 +1,117 @@
+"""Room membership and routing on one relay node. Pure: no I/O, no clock, no asyncio.
+
+A registration is two-phase because it writes the routing table in between:
+``reserve`` checks the rules and holds the place (so concurrent registrations cannot
+overfill a room or both take one peer id), then ``commit`` or ``cancel``. Nothing
+changes for the peer already holding the id until ``commit``: a failed registration
+evicts no one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from signaling_shared.errors import PeerIdTaken, PeerNotFound, RoomFull
+
+
+class Link(Protocol):
+    """One client connection as the relay logic sees it."""
+
+    connection_id: str
+
+    def send(self, frame: str, relay_started: float | None = None) -> bool:
+        """Queue ``frame``; False if the connection is closing or cannot keep up."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Close after the frames already queued."""
+
+
+@dataclass(eq=False, slots=True)
+class Member:
+    room_id: str
+    peer_id: str
+    owner_sub: str
+    link: Link
+    connected_at: int
+    room_expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    room_id: str
+    peer_id: str
+    owner_sub: str
+    replaces: Member | None
+
+
+@dataclass
+class Hub:
+    max_peers_per_room: int
+    _rooms: dict[str, dict[str, Member]] = field(default_factory=dict)
+    _pending: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def reserve(self, room_id: str, peer_id: str, owner_sub: str) -> Reservation:
+        """Hold ``peer_id`` in ``room_id`` for ``owner_sub`` or raise why it cannot be had.
+
+        The same identity may take over its own peer id (the older connection is
+        replaced at commit); another identity gets PeerIdTaken.
+        """
+        if (room_id, peer_id) in self._pending:
+            raise PeerIdTaken("a registration for this peer id is in progress")
+        members = self._rooms.get(room_id, {})
+        current = members.get(peer_id)
+        if current is not None and current.owner_sub != owner_sub:
+            raise PeerIdTaken()
+        pending_here = sum(1 for room, _ in self._pending if room == room_id)
+        if current is None and len(members) + pending_here >= self.max_peers_per_room:
+            raise RoomFull(f"room is full ({self.max_peers_per_room} peers)")
+        self._pending[(room_id, peer_id)] = owner_sub
+        return Reservation(room_id, peer_id, owner_sub, current)
+
+    def cancel(self, reservation: Reservation) -> None:
+        self._pending.pop((reservation.room_id, reservation.peer_id), None)
+
+    def commit(self, reservation: Reservation, member: Member) -> Member | None:
+        """Seat ``member``; returns the member it replaced, if any."""
+        self.cancel(reservation)
+        members = self._rooms.setdefault(member.room_id, {})
+        replaced = members.get(member.peer_id)
+        members[member.peer_id] = member
+        return replaced
+
+    def leave(self, member: Member) -> bool:
+        """Remove ``member`` if it still holds its place (not if it was replaced)."""
+        members = self._rooms.get(member.room_id)
+        if members is None or members.get(member.peer_id) is not member:
+            return False
+        del members[member.peer_id]
+        if not members:
+            del self._rooms[member.room_id]
+        return True
+
+    def is_current(self, member: Member) -> bool:
+        return self._rooms.get(member.room_id, {}).get(member.peer_id) is member
+
+    def route(self, sender: Member, target_peer_id: str) -> Member:
+        """The target in the sender's room; never a peer of another room."""
+        target = self._rooms.get(sender.room_id, {}).get(target_peer_id)
+        if target is None:
+            raise PeerNotFound(f"peer {target_peer_id!r} is not in this room")
+        return target
+
+    def others(self, member: Member) -> list[Member]:
+        return [m for m in self._rooms.get(member.room_id, {}).values() if m is not member]
+
+    def members(self) -> Iterator[Member]:
+        for members in self._rooms.values():
+            yield from members.values()
+
+    @property
+    def room_count(self) -> int:
+        return len(self._rooms)
+
+    @property
+    def member_count(self) -> int:
+        return sum(len(m) for m in self._rooms.values())

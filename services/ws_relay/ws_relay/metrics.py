@@ -1,0 +1,45 @@
+"""ws-relay's metrics, on top of those every service has."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from signaling_shared.metrics import LATENCY_BUCKETS, ServiceMetrics
+
+if TYPE_CHECKING:
+    from ws_relay.service import RelayService
+
+
+class RelayMetrics(ServiceMetrics):
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__("ws-relay", registry)
+        r = self.registry
+        self.connections = Gauge("signaling_ws_connections", "Open WebSocket connections.", registry=r)
+        self.connections_opened = Counter(
+            "signaling_ws_connections_opened", "WebSocket connections accepted.", registry=r
+        )
+        self.closes = Counter(
+            "signaling_ws_closes", "Connections closed by the relay, by close code.", ["code"], registry=r
+        )
+        self.registered_peers = Gauge("signaling_registered_peers", "Peers registered in a room.", registry=r)
+        self.active_rooms = Gauge("signaling_active_rooms", "Rooms with at least one peer.", registry=r)
+        self.registrations = Counter(
+            "signaling_registrations", "Registration attempts by outcome ('ok' or error code).", ["outcome"], registry=r
+        )
+        self.relayed = Counter(
+            "signaling_messages_relayed", "Messages delivered to a peer, by type.", ["type"], registry=r
+        )
+        self.relay_latency = Histogram(
+            "signaling_relay_latency_seconds",
+            "From a frame's arrival to its delivery to the target's socket.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def track(self, service: RelayService) -> None:
+        """Gauges read from the service at scrape time."""
+        self.registered_peers.set_function(lambda: service.hub.member_count)
+        self.active_rooms.set_function(lambda: service.hub.room_count)
+        self.connections.set_function(lambda: len(service.sessions))

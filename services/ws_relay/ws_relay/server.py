@@ -1,0 +1,231 @@
+"""The socket side of the relay: ``websockets`` in, ``RelayService`` calls, bytes out.
+
+Each connection gets an outbox (a bounded queue) drained by its own writer task, so a
+peer that stops reading slows no one else down: when its outbox is full it is closed
+(4501) and senders are told (DELIVERY_FAILED). The same port answers ``/healthz``,
+``/readyz`` and ``/metrics`` over plain HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import time
+import uuid
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import structlog
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from signaling_shared.auth import TokenVerifier
+from signaling_shared.dynamo import Repository
+from signaling_shared.health import run_readiness_checks
+from signaling_shared.settings import RelaySettings
+from ws_relay.close_codes import REASONS, CloseCode
+from ws_relay.metrics import RelayMetrics
+from ws_relay.service import RelayService
+
+log = structlog.stdlib.get_logger("ws_relay.server")
+
+
+@dataclass(frozen=True, slots=True)
+class _Close:
+    code: int
+    reason: str
+
+
+class WebSocketLink:
+    """A ``Link`` over a websockets connection, with a bounded outbox."""
+
+    def __init__(self, ws: ServerConnection, *, outbox_max: int, metrics: RelayMetrics) -> None:
+        self.connection_id = uuid.uuid4().hex
+        self._ws = ws
+        self._metrics = metrics
+        self._outbox_max = outbox_max
+        # One slot more than the limit, so a close always fits behind the frames.
+        self._queue: asyncio.Queue[tuple[str, float | None] | _Close] = asyncio.Queue(outbox_max + 1)
+        self._closing = False
+        self._writer = asyncio.create_task(self._write())
+        self._abort_task: asyncio.Task[None] | None = None
+
+    def send(self, frame: str, relay_started: float | None = None) -> bool:
+        if self._closing:
+            return False
+        if self._queue.qsize() >= self._outbox_max:
+            self._abort(CloseCode.SLOW_CONSUMER)
+            return False
+        self._queue.put_nowait((frame, relay_started))
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        if not self._closing:
+            self._closing = True
+            self._queue.put_nowait(_Close(code, reason))
+
+    def _abort(self, code: CloseCode) -> None:
+        """Close now, dropping the queued frames (the reader is not reading them)."""
+        self._closing = True
+        self._metrics.closes.labels(str(int(code))).inc()
+        self._writer.cancel()
+        self._abort_task = asyncio.create_task(self._ws.close(code, REASONS[code]))
+
+    async def _write(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                item = await self._queue.get()
+                if isinstance(item, _Close):
+                    await self._ws.close(item.code, item.reason)
+                    return
+                frame, started = item
+                await self._ws.send(frame)
+                if started is not None:
+                    self._metrics.relay_latency.observe(time.perf_counter() - started)
+
+    async def finish(self) -> None:
+        """The connection has ended: stop the writer."""
+        self._closing = True
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+        if self._abort_task is not None:
+            await self._abort_task
+
+
+def _trusted_networks(spec: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None:
+    """Networks whose X-Forwarded-For we believe; None means every peer is trusted."""
+    items = [item.strip() for item in spec.split(",") if item.strip()]
+    if "*" in items:
+        return None
+    return [ipaddress.ip_network(item, strict=False) for item in items]
+
+
+class RelayServer:
+    """The relay on one port: WebSocket upgrades plus health and metrics."""
+
+    def __init__(
+        self,
+        settings: RelaySettings,
+        *,
+        metrics: RelayMetrics | None = None,
+        repository: Repository | None = None,
+        verifier: TokenVerifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or RelayMetrics()
+        self.repository = repository or Repository.from_settings(settings, self.metrics.dynamodb_error)
+        self.verifier = verifier or TokenVerifier.from_settings(settings)
+        self.service = RelayService(settings, self.repository, self.verifier, self.metrics)
+        self._trusted = _trusted_networks(settings.forwarded_allow_ips)
+        self._server: Server | None = None
+        self._lease_task: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "start() first"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> int:
+        s = self.settings
+        self._server = await serve(
+            self._handle,
+            s.host,
+            s.port,
+            process_request=self._process_request,
+            max_size=s.max_frame_bytes,
+            max_queue=16,
+            compression="deflate" if s.compression else None,
+            ping_interval=s.ping_interval_seconds,
+            ping_timeout=s.ping_timeout_seconds,
+            open_timeout=10,
+            close_timeout=5,
+        )
+        self._lease_task = asyncio.create_task(self._refresh_leases_forever())
+        log.info("relay_listening", host=s.host, port=self.port, node_id=s.node_id)
+        return self.port
+
+    async def stop(self) -> None:
+        """Graceful shutdown: refuse registrations, close every socket, free the routing entries."""
+        if self._server is None:
+            return
+        log.info("relay_stopping", connections=len(self.service.sessions))
+        self.service.begin_shutdown()
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+        self.metrics.closes.labels(str(int(CloseCode.SERVER_SHUTDOWN))).inc(len(self.service.sessions))
+        self._server.close(code=CloseCode.SERVER_SHUTDOWN, reason=REASONS[CloseCode.SERVER_SHUTDOWN])
+        try:
+            await asyncio.wait_for(self._server.wait_closed(), timeout=self.settings.shutdown_grace_seconds + 10)
+        except TimeoutError:
+            log.warning("relay_stop_timeout", connections=len(self.service.sessions))
+        self._server = None
+        log.info("relay_stopped")
+
+    async def _refresh_leases_forever(self) -> None:
+        interval = self.settings.peer_lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.service.refresh_leases()
+            except Exception:  # noqa: BLE001 - the loop must outlive any one failure
+                log.exception("lease_refresh_crashed")
+
+    # HTTP --------------------------------------------------------------------------
+
+    async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        path = request.path.partition("?")[0]
+        if path == "/healthz":
+            return ws.respond(HTTPStatus.OK, "ok\n")
+        if path == "/readyz":
+            body = await run_readiness_checks(
+                {"dynamodb": self.repository.check, "jwks": self.verifier.check}
+            )
+            status = HTTPStatus.OK if not body.failing else HTTPStatus.SERVICE_UNAVAILABLE
+            return _with_type(ws.respond(status, body.model_dump_json()), "application/json")
+        if path == "/metrics":
+            payload, content_type = self.metrics.render()
+            return _with_type(ws.respond(HTTPStatus.OK, payload.decode()), content_type)
+        if len(self.service.sessions) >= self.settings.max_connections:
+            self.metrics.errors.labels("SERVER_BUSY").inc()
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "server is at capacity, retry later\n")
+        return None
+
+    def _client_ip(self, ws: ServerConnection) -> str:
+        peer = str(ws.remote_address[0]) if ws.remote_address else "unknown"
+        forwarded = ws.request.headers.get("X-Forwarded-For") if ws.request else None
+        if not forwarded:
+            return peer
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return peer
+        if self._trusted is None or any(address in net for net in self._trusted):
+            return forwarded.split(",")[-1].strip() or peer
+        return peer
+
+    # WebSocket ---------------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        link = WebSocketLink(ws, outbox_max=self.settings.outbox_max_messages, metrics=self.metrics)
+        session = self.service.open_session(link, self._client_ip(ws))
+        self.metrics.connections_opened.inc()
+        with structlog.contextvars.bound_contextvars(connection_id=link.connection_id):
+            log.info("connection_opened")
+            try:
+                async for frame in ws:
+                    await self.service.handle_frame(session, frame)
+            except ConnectionClosed:
+                pass
+            finally:
+                await self.service.close_session(session)
+                await link.finish()
+                log.info("connection_closed", code=ws.close_code)
+
+
+def _with_type(response: Response, content_type: str) -> Response:
+    del response.headers["Content-Type"]
+    response.headers["Content-Type"] = content_type
+    return response
