@@ -199,7 +199,13 @@ class StackThread:
     def __init__(self, config: StackConfig | None = None) -> None:
         self.stack = Stack(config)
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="devstack", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="devstack", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+        self._loop.run_until_complete(self._loop.shutdown_default_executor())
+        self._loop.close()
 
     def start(self, timeout: float = 60.0) -> StackInfo:
         self._thread.start()

@@ -26,6 +26,15 @@ from signaling_shared.tokens import ID_PATTERN
 # DynamoDB is called.
 _ALWAYS = (InvalidIdToken, AuthProviderUnavailable, StorageUnavailable)
 
+# OpenAPI links: the room_id /create-room returns is what the room routes take (generated
+# clients and schemathesis's stateful tests follow them from one call to the next).
+_ROOM_ID = {"room_id": "$response.body#/room_id"}
+_CREATED_ROOM_LINKS = {
+    "GetRoom": {"operationRef": "#/paths/~1rooms~1%7Broom_id%7D/get", "parameters": _ROOM_ID},
+    "DeleteRoom": {"operationRef": "#/paths/~1rooms~1%7Broom_id%7D/delete", "parameters": _ROOM_ID},
+    "DeletePeersAndRoom": {"operationRef": "#/paths/~1delete-peers-and-room/post", "requestBody": _ROOM_ID},
+}
+
 
 def _deleted(result: Deleted) -> DeleteRoomResponse:
     return DeleteRoomResponse(
@@ -45,13 +54,11 @@ def rooms_router(service: RoomsService, identity: Callable[..., Awaitable[Identi
         "/create-room",
         response_model=CreateRoomResponse,
         summary="Create a room owned by the caller.",
-        responses=error_responses(*_ALWAYS, RateLimited),
+        responses={200: {"links": _CREATED_ROOM_LINKS}, **error_responses(*_ALWAYS, RateLimited)},
     )
     async def create_room(caller: Caller) -> CreateRoomResponse:
         created = await service.create(caller)
-        return CreateRoomResponse(
-            room_id=created.room.room_id, token=created.token, expires_at=created.room.expires_at
-        )
+        return CreateRoomResponse(room_id=created.room.room_id, token=created.token, expires_at=created.room.expires_at)
 
     @router.post(
         "/delete-peers-and-room",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from signaling_shared.tokens import ID_PATTERN
 
@@ -15,6 +15,16 @@ class CreateRoomResponse(BaseModel):
 
 class DeleteRoomRequest(BaseModel):
     """The seed's body: a ``room_id``, or a ``peer_id`` whose room is meant."""
+
+    # OpenAPI states what _one_of enforces, so clients (and schemathesis) see the real contract.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["room_id"], "properties": {"room_id": {"type": "string"}}},
+                {"required": ["peer_id"], "properties": {"peer_id": {"type": "string"}}},
+            ]
+        }
+    )
 
     room_id: str | None = Field(default=None, pattern=ID_PATTERN)
     peer_id: str | None = Field(default=None, pattern=ID_PATTERN)

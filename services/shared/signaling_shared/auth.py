@@ -87,9 +87,7 @@ class TokenVerifier:
                 document = await self._fetch_jwks()
             except (httpx.HTTPError, ValueError) as exc:
                 raise AuthProviderUnavailable("signing keys could not be fetched") from exc
-            self._keys = {
-                str(key["kid"]): key for key in document["keys"] if isinstance(key, dict) and "kid" in key
-            }
+            self._keys = {str(key["kid"]): key for key in document["keys"] if isinstance(key, dict) and "kid" in key}
             self._fetched_at = now
 
     async def check(self) -> None:

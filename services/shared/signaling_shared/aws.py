@@ -24,13 +24,9 @@ def make_client(settings: CommonSettings, service: str) -> Any:
         read_timeout=settings.http_timeout_seconds,
         max_pool_connections=settings.aws_max_connections,
     )
-    return boto3.session.Session().client(
-        service, endpoint_url=settings.endpoint_for(service), config=config
-    )
+    return boto3.session.Session().client(service, endpoint_url=settings.endpoint_for(service), config=config)
 
 
 def use_io_threads(loop: asyncio.AbstractEventLoop, settings: CommonSettings) -> None:
     """Size the loop's default executor (where blocking boto3 calls run) to the connection pool."""
-    loop.set_default_executor(
-        ThreadPoolExecutor(max_workers=settings.aws_max_connections, thread_name_prefix="aws-io")
-    )
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=settings.aws_max_connections, thread_name_prefix="aws-io"))

@@ -52,9 +52,7 @@ class CognitoGateway:
             on_error=on_error,
         )
 
-    async def _call(
-        self, operation: str, fn: Callable[..., T], *, missing_ok: bool = False, **kwargs: Any
-    ) -> T | None:
+    async def _call(self, operation: str, fn: Callable[..., T], *, missing_ok: bool = False, **kwargs: Any) -> T | None:
         """Run a blocking call in a worker thread; None if ``missing_ok`` and the user is gone."""
         try:
             return await asyncio.to_thread(partial(fn, **kwargs))

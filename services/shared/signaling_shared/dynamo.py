@@ -11,6 +11,7 @@ DynamoDB deletes TTL-expired items lazily (up to days later).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -29,9 +30,7 @@ PEER_ID_INDEX = "peer_id-index"
 _BATCH_ATTEMPTS = 6
 
 
-_THROTTLE_CODES = frozenset(
-    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
-)
+_THROTTLE_CODES = frozenset({"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"})
 
 
 def translate_error(operation: str, exc: Exception) -> RepositoryError:
@@ -226,7 +225,7 @@ class Repository:
 
     async def release_peer(self, room_id: str, peer_id: str, connection_id: str) -> None:
         """Delete the entry if this connection still holds it (a takeover keeps its own)."""
-        try:
+        with contextlib.suppress(ConditionFailed):
             await self._call(
                 "release_peer",
                 self._client.delete_item,
@@ -235,8 +234,6 @@ class Repository:
                 ConditionExpression="connection_id = :cid",
                 ExpressionAttributeValues={":cid": _s(connection_id)},
             )
-        except ConditionFailed:
-            pass
 
     async def list_peers(self, room_id: str, *, now: float, include_expired: bool = False) -> list[PeerRecord]:
         """Live peers of a room (all entries with ``include_expired``), oldest first."""

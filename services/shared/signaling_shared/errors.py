@@ -196,6 +196,7 @@ class InternalError(SignalingError):
 # The data layer's errors: internal, never shown to clients as such. They keep the AWS
 # error code; services branch on their types.
 
+
 class RepositoryError(Exception):
     """A data-layer failure; ``aws_code`` is the AWS error code when there is one."""
 

@@ -11,7 +11,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
 import uvicorn
@@ -21,20 +21,21 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from signaling_shared.auth import Identity, TokenVerifier
 from signaling_shared.aws import use_io_threads
 from signaling_shared.errors import (
     ErrorCode,
-    RepositoryError,
-    as_signaling_error,
     InternalError,
     InvalidIdToken,
     InvalidRequest,
     MethodNotAllowed,
+    RepositoryError,
     RouteNotFound,
     SignalingError,
+    as_signaling_error,
 )
 from signaling_shared.health import HealthBody, ReadinessBody, ReadinessCheck, run_readiness_checks
 from signaling_shared.metrics import ServiceMetrics
@@ -55,7 +56,8 @@ class ErrorBody(BaseModel):
 def error_responses(*errors: type[SignalingError]) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for the errors a route can return (422 and 500 always)."""
     by_status: dict[int, list[type[SignalingError]]] = {}
-    for error in (*errors, InvalidRequest, InternalError):
+    listed: tuple[type[SignalingError], ...] = (*errors, InvalidRequest, InternalError)
+    for error in listed:
         by_status.setdefault(error.http_status, []).append(error)
     return {
         status: {
@@ -66,17 +68,32 @@ def error_responses(*errors: type[SignalingError]) -> dict[int | str, dict[str, 
     }
 
 
-def error_response(error: SignalingError, metrics: ServiceMetrics | None = None) -> JSONResponse:
+def error_response(
+    error: SignalingError, metrics: ServiceMetrics | None = None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
     if metrics is not None:
         metrics.errors.labels(error.code.value).inc()
-    headers = {}
+    response_headers = dict(headers or {})
     if error.retry_after is not None:
-        headers["Retry-After"] = str(max(1, int(error.retry_after + 0.999)))
+        response_headers["Retry-After"] = str(max(1, int(error.retry_after + 0.999)))
     return JSONResponse(
         ErrorBody(error=error.code, detail=error.reason).model_dump(mode="json"),
         status_code=error.http_status,
-        headers=headers,
+        headers=response_headers,
     )
+
+
+def _allowed_methods(request: Request) -> str:
+    """The ``Allow`` value for the request's path: the methods of every route serving it.
+
+    Starlette's 405 names only the first route that matched the path, and a path such as
+    ``/rooms/{room_id}`` is served by one route per method.
+    """
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
@@ -90,10 +107,10 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
         reason = f"{where}: {first.get('msg', 'invalid')}" if where else "request is malformed"
         return error_response(InvalidRequest(reason[:200]), metrics)
 
-    async def on_http_error(_: Request, exc: Exception) -> Response:
+    async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 405:
-            return error_response(MethodNotAllowed(), metrics)
+        if exc.status_code == 405:  # RFC 9110: a 405 lists the methods the resource supports
+            return error_response(MethodNotAllowed(), metrics, {"Allow": _allowed_methods(request)})
         if exc.status_code == 404:
             return error_response(RouteNotFound(), metrics)
         return error_response(InvalidRequest(), metrics)
@@ -192,11 +209,15 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+# At module level: FastAPI resolves the dependency's (postponed) annotation in this module.
+_BEARER = HTTPBearer(auto_error=False, description="Cognito ID token from /anonymous-signin.")
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)]
+
+
 def bearer_identity(verifier: TokenVerifier) -> Callable[..., Awaitable[Identity]]:
     """A dependency giving the caller's verified identity (401 INVALID_ID_TOKEN otherwise)."""
-    scheme = HTTPBearer(auto_error=False, description="Cognito ID token from /anonymous-signin.")
 
-    async def identity(credentials: HTTPAuthorizationCredentials | None = Security(scheme)) -> Identity:
+    async def identity(credentials: BearerCredentials) -> Identity:
         if credentials is None:
             raise InvalidIdToken("Authorization header with a Bearer ID token is required")
         return await verifier.verify(credentials.credentials)

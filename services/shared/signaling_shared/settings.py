@@ -82,9 +82,7 @@ class CommonSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _cognito_configured(self) -> CommonSettings:
-        if self.environment is Environment.PRODUCTION and not (
-            self.cognito_user_pool_id and self.cognito_client_id
-        ):
+        if self.environment is Environment.PRODUCTION and not (self.cognito_user_pool_id and self.cognito_client_id):
             raise ValueError("cognito_user_pool_id and cognito_client_id are required in production")
         return self
 

@@ -170,7 +170,7 @@ class RelayServer:
             await asyncio.sleep(interval)
             try:
                 await self.service.refresh_leases()
-            except Exception:  # noqa: BLE001 - the loop must outlive any one failure
+            except Exception:
                 log.exception("lease_refresh_crashed")
 
     # HTTP --------------------------------------------------------------------------
@@ -180,9 +180,7 @@ class RelayServer:
         if path == "/healthz":
             return ws.respond(HTTPStatus.OK, "ok\n")
         if path == "/readyz":
-            body = await run_readiness_checks(
-                {"dynamodb": self.repository.check, "jwks": self.verifier.check}
-            )
+            body = await run_readiness_checks({"dynamodb": self.repository.check, "jwks": self.verifier.check})
             status = HTTPStatus.OK if not body.failing else HTTPStatus.SERVICE_UNAVAILABLE
             return _with_type(ws.respond(status, body.model_dump_json()), "application/json")
         if path == "/metrics":

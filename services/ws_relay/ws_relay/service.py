@@ -87,7 +87,9 @@ class RelayService:
         session = Session(
             link=link,
             remote_ip=remote_ip,
-            bucket=TokenBucket(self.settings.messages_per_second, self.settings.message_burst, updated=time.monotonic()),
+            bucket=TokenBucket(
+                self.settings.messages_per_second, self.settings.message_burst, updated=time.monotonic()
+            ),
         )
         self.sessions.add(session)
         loop = asyncio.get_running_loop()
@@ -228,9 +230,7 @@ class RelayService:
         if replaced is not None:
             self._close(replaced.link, CloseCode.REPLACED)
         session.timers.append(
-            asyncio.get_running_loop().call_later(
-                max(0.0, room.expires_at - now), self._room_expired, session, member
-            )
+            asyncio.get_running_loop().call_later(max(0.0, room.expires_at - now), self._room_expired, session, member)
         )
         log.info("peer_registered", room_id=member.room_id, peer_id=member.peer_id, takeover=replaced is not None)
         session.link.send(protocol.registered_auth(message.room_id, message.token, message.peer_id))

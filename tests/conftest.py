@@ -1,0 +1,134 @@
+"""Fixtures: one stack for the session (AWS emulator + APIs + relay on port 0).
+
+The AWS emulator is, in order: the one AWS_ENDPOINT_URL names (LocalStack in GitHub
+Actions); LocalStack's DynamoDB through testcontainers where a Docker engine answers
+(Cognito then stays on the embedded emulator: LocalStack's is a paid feature); else
+the embedded moto server.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import pytest
+
+from devstack.stack import StackConfig, StackInfo, StackThread
+from signaling_shared.logging import configure_logging
+from signaling_shared.settings import RelaySettings
+from ws_relay.server import RelayServer
+
+LOCALSTACK_IMAGE = "localstack/localstack:3.8.1"
+
+# The shared stack lets the whole suite sign in and register from one address; the
+# limits themselves are tested on servers of their own with small limits.
+GENEROUS_LIMITS: dict[str, Any] = {
+    "signin_rate_per_minute": 100_000,
+    "signin_burst": 10_000,
+    "room_create_rate_per_minute": 100_000,
+    "room_create_burst": 10_000,
+    "register_rate_per_minute_per_ip": 100_000,
+    "register_burst_per_ip": 10_000,
+    "register_rate_per_minute_per_room": 100_000,
+    "register_burst_per_room": 10_000,
+}
+
+
+def _docker_available() -> bool:
+    if os.environ.get("SIGNALING_TEST_EMULATOR", "auto") == "moto":
+        return False
+    if not (os.environ.get("DOCKER_HOST") or os.path.exists("/var/run/docker.sock")):
+        return False
+    import docker
+
+    try:
+        client = docker.from_env(timeout=2)
+    except Exception:
+        return False
+    try:
+        client.ping()
+    except Exception:
+        return False
+    finally:
+        client.close()
+    return True
+
+
+@pytest.fixture(scope="session")
+def localstack() -> Iterator[str | None]:
+    """LocalStack's DynamoDB endpoint when testcontainers can run it, else None."""
+    if os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_DYNAMODB") or not _docker_available():
+        yield None
+        return
+    from testcontainers.localstack import LocalStackContainer
+
+    with LocalStackContainer(image=LOCALSTACK_IMAGE).with_services("dynamodb") as container:
+        url = container.get_url()
+        os.environ["AWS_ENDPOINT_URL_DYNAMODB"] = url
+        try:
+            yield url
+        finally:
+            del os.environ["AWS_ENDPOINT_URL_DYNAMODB"]
+
+
+@pytest.fixture(scope="session")
+def captured_logs() -> io.StringIO:
+    """Every log line of the session's servers (JSON), for tests that read the logs."""
+    buffer = io.StringIO()
+    configure_logging("INFO", stream=buffer)
+    return buffer
+
+
+@pytest.fixture(scope="session")
+def stack(localstack: str | None, captured_logs: io.StringIO) -> Iterator[StackInfo]:
+    runner = StackThread(
+        StackConfig(
+            api_port=0, relay_port=0, aws_port=0, table_prefix="test-", log_level="INFO", overrides=GENEROUS_LIMITS
+        )
+    )
+    info = runner.start()
+    try:
+        yield info
+    finally:
+        runner.stop()
+
+
+@pytest.fixture(scope="session")
+def api(stack: StackInfo) -> str:
+    return stack.api_url
+
+
+@pytest.fixture(scope="session")
+def relay(stack: StackInfo) -> str:
+    return stack.relay_url
+
+
+RelayFactory = Callable[..., AbstractAsyncContextManager[RelayServer]]
+
+
+@pytest.fixture
+def relay_with(stack: StackInfo) -> RelayFactory:
+    """A relay of its own (port 0, this test's loop) on the shared tables, with overrides."""
+
+    @asynccontextmanager
+    async def start(**overrides: Any) -> AsyncIterator[RelayServer]:
+        settings = RelaySettings(**{**stack.common.model_dump(), **GENEROUS_LIMITS, "port": 0, **overrides})
+        server = RelayServer(settings)
+        await server.start()
+        try:
+            yield server
+        finally:
+            await server.stop()
+
+    return start
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Iterator[None]:
+    """Collect after each test, so a leaked socket or transport fails the test that leaked it."""
+    yield
+    gc.collect()

@@ -1,0 +1,169 @@
+"""Clients and helpers the tests share: real HTTP and WebSocket, no fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from devstack.stack import HttpServer, StackInfo
+from signaling_shared.dynamo import Repository, Room
+from signaling_shared.tokens import hash_room_token, new_room_id, new_room_token
+
+# One timeout unit, scaled for slow machines (SIGNALING_TEST_TIMEOUT_FACTOR=3 on a busy box).
+TIMEOUT = 5.0 * float(os.environ.get("SIGNALING_TEST_TIMEOUT_FACTOR", "1"))
+
+
+@dataclass(frozen=True)
+class User:
+    id_token: str
+    username: str
+
+    @property
+    def bearer(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.id_token}"}
+
+
+@dataclass(frozen=True)
+class RoomGrant:
+    room_id: str
+    token: str
+    expires_at: int
+
+
+async def sign_in(api: str) -> User:
+    async with httpx.AsyncClient(base_url=api, timeout=TIMEOUT) as client:
+        response = await client.post("/anonymous-signin")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return User(body["id_token"], body["username"])
+
+
+async def create_room(api: str, user: User) -> RoomGrant:
+    async with httpx.AsyncClient(base_url=api, timeout=TIMEOUT) as client:
+        response = await client.post("/create-room", headers=user.bearer)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return RoomGrant(body["room_id"], body["token"], body["expires_at"])
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class Peer:
+    """A signaling client over a real WebSocket."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.peer_id: str | None = None
+
+    @classmethod
+    async def connect(cls, url: str) -> Peer:
+        return cls(await connect(url, open_timeout=TIMEOUT, max_size=None))
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(message))
+
+    async def send_raw(self, frame: str | bytes) -> None:
+        await self.ws.send(frame)
+
+    async def recv(self) -> dict[str, Any]:
+        frame = await asyncio.wait_for(self.ws.recv(), TIMEOUT)
+        message = json.loads(frame)
+        assert isinstance(message, dict)
+        return message
+
+    async def expect(self, kind: str) -> dict[str, Any]:
+        message = await self.recv()
+        assert message.get("type") == kind, message
+        return message
+
+    async def expect_error(self, code: str) -> dict[str, Any]:
+        message = await self.expect("error")
+        assert message["code"] == code, message
+        assert set(message) == {"type", "code", "reason"}, message
+        assert message["reason"], message
+        return message
+
+    async def register(self, peer_id: str, room: RoomGrant, user: User) -> dict[str, Any]:
+        await self.send(
+            {
+                "type": "register",
+                "peer_id": peer_id,
+                "room_id": room.room_id,
+                "token": room.token,
+                "id_token": user.id_token,
+            }
+        )
+        reply = await self.expect("registered_auth")
+        self.peer_id = peer_id
+        return reply
+
+    async def barrier(self) -> None:
+        """Prove nothing else is queued for us: the reply to a probe must come next."""
+        await self.send_raw("barrier-probe")
+        await self.expect_error("INVALID_JSON")
+
+    async def closed(self) -> tuple[int | None, str | None]:
+        """Wait for the server to close us; the close code and reason."""
+        try:
+            while True:
+                await asyncio.wait_for(self.ws.recv(), TIMEOUT)
+        except ConnectionClosed:
+            pass
+        return self.ws.close_code, self.ws.close_reason
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+async def joined_pair(api: str, relay: str) -> tuple[RoomGrant, tuple[Peer, User], tuple[Peer, User]]:
+    """A fresh room with two registered peers, 'worker' and 'client', each its own identity."""
+    worker_user, client_user = await asyncio.gather(sign_in(api), sign_in(api))
+    room = await create_room(api, worker_user)
+    worker, client = await Peer.connect(relay), await Peer.connect(relay)
+    await worker.register(unique("Worker"), room, worker_user)
+    await client.register(unique("Client"), room, client_user)
+    joined = await worker.expect("peer_joined")
+    assert joined["peer_id"] == client.peer_id
+    return room, (worker, worker_user), (client, client_user)
+
+
+@asynccontextmanager
+async def serving(app: Any, stack: StackInfo) -> AsyncIterator[str]:
+    """Serve an ASGI app on port 0 in this test's loop; yields its base URL."""
+    server = HttpServer(app, stack.common, 0)
+    port = await server.start()
+    try:
+        yield f"http://{stack.common.host}:{port}"
+    finally:
+        await server.stop()
+
+
+def repository(stack: StackInfo) -> Repository:
+    """Direct access to the tables the services use (to check what they stored)."""
+    return Repository.from_settings(stack.common)
+
+
+async def peer_ids_in_table(stack: StackInfo, room_id: str) -> set[str]:
+    return {p.peer_id for p in await repository(stack).list_peers(room_id, now=time.time())}
+
+
+async def store_room(stack: StackInfo, owner: str, *, expires_in: int) -> RoomGrant:
+    """A room written straight to the table (e.g. one that expires in a second)."""
+    token = new_room_token()
+    now = int(time.time())
+    room = Room(new_room_id(), owner, hash_room_token(token), now, now + expires_in)
+    await repository(stack).create_room(room)
+    return RoomGrant(room.room_id, token, room.expires_at)

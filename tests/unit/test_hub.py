@@ -1,0 +1,108 @@
+"""Room membership and routing rules, without sockets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from signaling_shared.errors import PeerIdTaken, PeerNotFound, RoomFull
+from ws_relay.hub import Hub, Member
+
+
+@dataclass
+class FakeLink:
+    """A Link that records frames (the hub never calls it; members need one)."""
+
+    connection_id: str
+    frames: list[str] = field(default_factory=list)
+
+    def send(self, frame: str, relay_started: float | None = None) -> bool:
+        self.frames.append(frame)
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        pass
+
+
+def seat(hub: Hub, room: str, peer: str, sub: str) -> Member:
+    reservation = hub.reserve(room, peer, sub)
+    member = Member(room, peer, sub, FakeLink(f"{room}/{peer}/{sub}"), 0, 10**10)
+    hub.commit(reservation, member)
+    return member
+
+
+def test_route_finds_only_peers_of_the_same_room() -> None:
+    """A message can reach a peer of the sender's room and never one of another room."""
+    hub = Hub(max_peers_per_room=4)
+    a = seat(hub, "r1", "a", "s1")
+    b = seat(hub, "r1", "b", "s2")
+    seat(hub, "r2", "c", "s3")
+    assert hub.route(a, "b") is b
+    with pytest.raises(PeerNotFound):
+        hub.route(a, "c")
+
+
+def test_other_identity_cannot_take_a_live_peer_id() -> None:
+    """A live peer id belongs to its identity: another identity gets PEER_ID_TAKEN."""
+    hub = Hub(max_peers_per_room=4)
+    a = seat(hub, "r", "a", "owner")
+    with pytest.raises(PeerIdTaken):
+        hub.reserve("r", "a", "intruder")
+    assert hub.is_current(a)
+
+
+def test_same_identity_takes_over_and_old_member_is_returned() -> None:
+    """The same identity may take its peer id over; commit hands back the replaced member."""
+    hub = Hub(max_peers_per_room=2)
+    old = seat(hub, "r", "a", "owner")
+    seat(hub, "r", "b", "other")
+    reservation = hub.reserve("r", "a", "owner")  # room is full, but this is a takeover
+    assert reservation.replaces is old
+    new = Member("r", "a", "owner", FakeLink("new"), 1, 10**10)
+    assert hub.commit(reservation, new) is old
+    assert hub.is_current(new)
+    assert not hub.leave(old)  # the replaced member's departure removes nobody
+    assert hub.is_current(new)
+
+
+def test_cancelled_reservation_changes_nothing() -> None:
+    """A registration that fails after reserving evicts no one and frees its place."""
+    hub = Hub(max_peers_per_room=2)
+    old = seat(hub, "r", "a", "owner")
+    reservation = hub.reserve("r", "a", "owner")
+    hub.cancel(reservation)
+    assert hub.is_current(old)
+    assert hub.member_count == 1
+    seat(hub, "r", "b", "other")  # the place is free again
+
+
+def test_room_capacity_counts_pending_registrations() -> None:
+    """Concurrent registrations cannot overfill a room."""
+    hub = Hub(max_peers_per_room=2)
+    seat(hub, "r", "a", "s1")
+    hub.reserve("r", "b", "s2")
+    with pytest.raises(RoomFull):
+        hub.reserve("r", "c", "s3")
+    hub.reserve("other-room", "c", "s3")  # other rooms are unaffected
+
+
+def test_concurrent_registration_of_one_peer_id_is_refused() -> None:
+    """Two registrations racing for one peer id: the second is refused."""
+    hub = Hub(max_peers_per_room=4)
+    hub.reserve("r", "a", "owner")
+    with pytest.raises(PeerIdTaken):
+        hub.reserve("r", "a", "owner")
+
+
+def test_leave_empties_rooms_and_others_lists_the_rest() -> None:
+    """Members leave once; empty rooms disappear; others() excludes the member itself."""
+    hub = Hub(max_peers_per_room=4)
+    a = seat(hub, "r", "a", "s1")
+    b = seat(hub, "r", "b", "s2")
+    assert hub.others(a) == [b]
+    assert hub.leave(a)
+    assert not hub.leave(a)
+    assert hub.leave(b)
+    assert hub.room_count == 0
+    assert hub.member_count == 0

@@ -1,0 +1,101 @@
+"""The relay's wire protocol: parsing frames into typed messages, and encoding replies."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from signaling_shared.errors import InvalidJson, InvalidMessage, SignalingError, UnknownMessageType
+from ws_relay import protocol
+
+REGISTER = {"type": "register", "peer_id": "Worker-1", "room_id": "abc123", "token": "t" * 43, "id_token": "x.y.z"}
+
+
+def test_register_parses_with_seed_fields() -> None:
+    """A seed register message becomes a typed Register."""
+    parsed = protocol.parse_frame(json.dumps(REGISTER))
+    assert isinstance(parsed.message, protocol.Register)
+    assert parsed.message.peer_id == "Worker-1"
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        ("not json", InvalidJson),
+        ('{"type": "offer", "target": "a", "sdp": NaN}', InvalidJson),
+        ("[" * 100_000, InvalidJson),
+        ("[1, 2]", InvalidMessage),
+        ('"register"', InvalidMessage),
+        ("{}", InvalidMessage),
+        ('{"type": 5}', InvalidMessage),
+        ('{"type": "query"}', UnknownMessageType),
+        ('{"type": "offer", "target": "w"}', InvalidMessage),
+        ('{"type": "offer", "target": "has space", "sdp": "v=0"}', InvalidMessage),
+        ('{"type": "offer", "target": "w", "sdp": 5}', InvalidMessage),
+        ('{"type": "candidate", "target": "w"}', InvalidMessage),
+        ('{"type": "candidate", "target": "w", "candidate": 7}', InvalidMessage),
+        ('{"type": "register", "peer_id": "a", "room_id": "r", "token": "t"}', InvalidMessage),
+        (json.dumps({**REGISTER, "peer_id": "x" * 129}), InvalidMessage),
+        (json.dumps({**REGISTER, "room_id": "../etc"}), InvalidMessage),
+        (b'{"type": "register"}', InvalidMessage),
+    ],
+)
+def test_bad_frames_raise_typed_errors(frame: str | bytes, error: type[SignalingError]) -> None:
+    """Every malformed frame maps to exactly one typed error, never a crash."""
+    with pytest.raises(error) as raised:
+        protocol.parse_frame(frame)
+    assert raised.value.reason
+
+
+def test_unknown_type_reason_is_bounded() -> None:
+    """An unknown type is echoed back truncated, so replies stay small."""
+    with pytest.raises(UnknownMessageType) as raised:
+        protocol.parse_frame(json.dumps({"type": "z" * 10_000}))
+    assert len(raised.value.reason) < 100
+
+
+def test_relayed_frame_stamps_sender_and_keeps_other_fields() -> None:
+    """The target sees the registered sender and every field the sender put in."""
+    data = {"type": "offer", "target": "w", "sdp": "v=0", "custom": {"a": [1, 2]}}
+    frame = json.loads(protocol.relayed_frame(data, "c"))
+    assert frame == {**data, "sender": "c"}
+
+
+def test_relayed_frame_is_reencoded_so_duplicate_keys_cannot_spoof() -> None:
+    """Duplicate 'sender' keys collapse to the stamped one in the relayed frame."""
+    raw = '{"type":"offer","sender":"evil","target":"w","sdp":"v=0","sender":"c"}'
+    parsed = protocol.parse_frame(raw)
+    frame = protocol.relayed_frame(parsed.data, "c")
+    assert frame.count('"sender"') == 1
+    assert json.loads(frame)["sender"] == "c"
+
+
+def test_lone_surrogates_stay_sendable() -> None:
+    """A JSON escape of a lone surrogate is relayed as an escape (valid UTF-8 on the wire)."""
+    parsed = protocol.parse_frame('{"type":"offer","target":"w","sdp":"\\ud800"}')
+    frame = protocol.relayed_frame(parsed.data, "c")
+    frame.encode("utf-8")
+    assert json.loads(frame)["sdp"] == "\ud800"
+
+
+def test_error_frame_has_the_v1_shape() -> None:
+    """Errors are {type, code, reason} with an upper-case stable code."""
+    frame = json.loads(protocol.error_frame(InvalidJson()))
+    assert frame == {"type": "error", "code": "INVALID_JSON", "reason": "frame is not valid JSON"}
+
+
+def test_server_messages() -> None:
+    """registered_auth, peer_joined and peer_left carry the seed's fields."""
+    assert json.loads(protocol.registered_auth("r", "t", "p")) == {
+        "type": "registered_auth",
+        "room_id": "r",
+        "token": "t",
+        "peer_id": "p",
+    }
+    assert json.loads(protocol.peer_joined("p")) == {"type": "peer_joined", "peer_id": "p"}
+    assert json.loads(protocol.peer_left("p", "disconnected")) == {
+        "type": "peer_left",
+        "peer_id": "p",
+        "reason": "disconnected",
+    }

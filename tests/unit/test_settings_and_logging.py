@@ -1,0 +1,87 @@
+"""Settings come from the environment with the SIGNALING_ prefix; logs never carry secrets."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+import structlog
+from pydantic import ValidationError
+
+from signaling_shared.logging import REDACTED, configure_logging
+from signaling_shared.settings import CommonSettings, Environment, RelaySettings
+
+
+def test_environment_prefix_and_aws_endpoint_alias(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGNALING_* variables configure the services and AWS_ENDPOINT_URL is honoured."""
+    monkeypatch.setenv("SIGNALING_ENVIRONMENT", "development")
+    monkeypatch.setenv("SIGNALING_TABLE_PREFIX", "prod-")
+    monkeypatch.setenv("SIGNALING_MAX_PEERS_PER_ROOM", "7")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:9000")
+    settings = RelaySettings()
+    assert settings.rooms_table == "prod-rooms"
+    assert settings.peers_table == "prod-peers"
+    assert settings.max_peers_per_room == 7
+    assert settings.endpoint_for("cognito-idp") == "http://127.0.0.1:4566"
+    assert settings.endpoint_for("dynamodb") == "http://127.0.0.1:9000"
+
+
+def test_issuer_and_jwks_url_are_separate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issuer stays AWS-shaped while an emulator serves the keys at its own address."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER", raising=False)
+    aws = CommonSettings(cognito_user_pool_id="us-west-1_abc", cognito_client_id="c", aws_region="us-west-1")
+    assert aws.issuer == "https://cognito-idp.us-west-1.amazonaws.com/us-west-1_abc"
+    assert aws.jwks_url == aws.issuer + "/.well-known/jwks.json"
+    emulated = CommonSettings(
+        cognito_user_pool_id="p", cognito_client_id="c", aws_region="us-west-1", aws_endpoint_url="http://127.0.0.1:5"
+    )
+    assert emulated.issuer == "https://cognito-idp.us-west-1.amazonaws.com/p"
+    assert emulated.jwks_url == "http://127.0.0.1:5/p/.well-known/jwks.json"
+    explicit = CommonSettings(cognito_user_pool_id="p", cognito_client_id="c", cognito_jwks_url="http://keys")
+    assert explicit.jwks_url == "http://keys"
+
+
+def test_production_requires_a_user_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside development, missing Cognito ids stop the service at startup."""
+    monkeypatch.delenv("SIGNALING_ENVIRONMENT", raising=False)
+    with pytest.raises(ValidationError):
+        CommonSettings()
+    assert CommonSettings(environment=Environment.DEVELOPMENT).cognito_user_pool_id == ""
+
+
+def test_limits_are_validated() -> None:
+    """Nonsense limits are refused when settings are built."""
+    with pytest.raises(ValidationError):
+        RelaySettings(environment=Environment.DEVELOPMENT, max_frame_bytes=10)
+    with pytest.raises(ValidationError):
+        RelaySettings(environment=Environment.DEVELOPMENT, max_peers_per_room=1)
+
+
+def test_log_events_are_json_and_secret_fields_are_redacted() -> None:
+    """Whatever logs a token, ID token, SDP or candidate field, the line shows it redacted."""
+    buffer = io.StringIO()
+    root = logging.getLogger()
+    saved_handlers, saved_level, saved_config = root.handlers[:], root.level, structlog.get_config()
+    configure_logging("INFO", stream=buffer)
+    try:
+        structlog.stdlib.get_logger("test").info(
+            "event", token="room-secret", id_token="jwt", sdp="v=0", candidate="c", Authorization="Bearer x", ok=1
+        )
+        logging.getLogger("thirdparty").warning("plain %s", "message")
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        structlog.configure(**saved_config)
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    first = lines[0]
+    assert first["event"] == "event"
+    assert first["ok"] == 1
+    for key in ("token", "id_token", "sdp", "candidate", "Authorization"):
+        assert first[key] == REDACTED
+    assert lines[1]["event"] == "plain message"
+    assert lines[1]["level"] == "warning"
+    assert "room-secret" not in buffer.getvalue()
