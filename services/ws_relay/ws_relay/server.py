@@ -215,6 +215,10 @@ class RelayServer:
             try:
                 async for frame in ws:
                     await self.service.handle_frame(session, frame)
+                    # recv() does not yield while frames are buffered: yield here so the
+                    # writers (this peer's replies, its targets' outboxes) keep pace with a
+                    # pipelining sender instead of overflowing behind it.
+                    await asyncio.sleep(0)
             except ConnectionClosed:
                 pass
             finally:
