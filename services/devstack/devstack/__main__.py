@@ -40,11 +40,17 @@ async def run(config: StackConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     stack = Stack(config)
     try:
-        info = await stack.start()
-        print(info.banner(), flush=True)
-        await stop.wait()
+        starting = asyncio.create_task(stack.start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            print(starting.result().banner(), flush=True)  # raises why it could not start
+            await stopping
+        else:  # Ctrl-C during startup
+            starting.cancel()
         print("stopping...", flush=True)
     finally:
+        stopping.cancel()
         await stack.stop()
     print("stopped", flush=True)
 
@@ -55,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(run(config))
     except OSError as exc:
-        print(f"devstack: {exc} (is another stack running? choose ports with --api-port/--relay-port)", file=sys.stderr)
+        print(
+            f"devstack: {exc} (is another stack running? choose ports with --api-port, --relay-port and --aws-port)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -70,22 +71,36 @@ class HttpServer:
     def __init__(self, app: ASGIApp, settings: CommonSettings, port: int) -> None:
         self._server = _EmbeddedUvicorn(uvicorn_config(app, settings, port))
         self._task: asyncio.Task[None] | None = None
+        self._socket: socket.socket | None = None
         self.host = settings.host
 
     async def start(self) -> int:
-        self._task = asyncio.create_task(self._server.serve())
+        # Bind here, not in uvicorn: a busy port is then an OSError for the caller
+        # (uvicorn would call sys.exit), and port 0 resolves before serving.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self._server.config.port))
+        except OSError:
+            sock.close()
+            raise
+        self._socket = sock
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:  # uvicorn offers no startup event to await
             if self._task.done():
                 self._task.result()  # raises why it could not start
                 raise RuntimeError("HTTP server exited during startup")
             await asyncio.sleep(0.01)
-        return int(self._server.servers[0].sockets[0].getsockname()[1])
+        return int(sock.getsockname()[1])
 
     async def stop(self) -> None:
         if self._task is not None:
             self._server.should_exit = True
             await self._task
             self._task = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
 
 @dataclass
@@ -142,6 +157,10 @@ class Stack:
             return external
         from moto.server import ThreadedMotoServer  # dev/test dependency, imported only here
 
+        if self.config.aws_port:
+            # moto's server thread dies silently on a busy port and start() then waits forever.
+            with socket.socket() as probe:
+                probe.bind((self.config.host, self.config.aws_port))
         self._moto = ThreadedMotoServer(ip_address=self.config.host, port=self.config.aws_port, verbose=False)
         self._moto.start()
         host, port = self._moto.get_host_and_port()
