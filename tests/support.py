@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 
 from devstack.stack import HttpServer, StackInfo
 from signaling_shared.dynamo import Repository, Room
+from signaling_shared.settings import CommonSettings
 from signaling_shared.tokens import hash_room_token, new_room_id, new_room_token
 
 # One timeout unit, scaled for slow machines (SIGNALING_TEST_TIMEOUT_FACTOR=3 on a busy box).
@@ -141,12 +142,13 @@ async def joined_pair(api: str, relay: str) -> tuple[RoomGrant, tuple[Peer, User
 
 
 @asynccontextmanager
-async def serving(app: Any, stack: StackInfo) -> AsyncIterator[str]:
-    """Serve an ASGI app on port 0 in this test's loop; yields its base URL."""
-    server = HttpServer(app, stack.common, 0)
+async def serving(app: Any, settings: CommonSettings) -> AsyncIterator[str]:
+    """Serve an ASGI app on port 0 in this test's loop, uvicorn configured from ``settings``
+    as in production (e.g. ``forwarded_allow_ips``); yields its base URL."""
+    server = HttpServer(app, settings, 0)
     port = await server.start()
     try:
-        yield f"http://{stack.common.host}:{port}"
+        yield f"http://{settings.host}:{port}"
     finally:
         await server.stop()
 

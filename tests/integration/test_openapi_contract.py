@@ -96,19 +96,19 @@ async def _schemathesis(base_url: str, workdir: Path, *options: str, fail_on: li
 
 async def test_auth_api_conforms_to_its_openapi(stack: StackInfo, tmp_path: Path) -> None:
     """auth-api answers schemathesis's generated requests only as its OpenAPI documents."""
-    async with serving(create_auth_app(AuthSettings(**_service_settings(stack))), stack) as base_url:
+    async with serving(create_auth_app(AuthSettings(**_service_settings(stack))), stack.common) as base_url:
         await _schemathesis(base_url, tmp_path, fail_on=FAIL_ON)
 
 
 async def test_rooms_api_with_id_token_conforms_to_its_openapi(stack: StackInfo, api: str, tmp_path: Path) -> None:
     """rooms-api, given a real ID token (and probed without it and with a forged one), answers only as documented."""
     user = await sign_in(api)
-    async with serving(create_rooms_app(RoomsSettings(**_service_settings(stack))), stack) as base_url:
+    async with serving(create_rooms_app(RoomsSettings(**_service_settings(stack))), stack.common) as base_url:
         header = f"Authorization: {user.bearer['Authorization']}"
         await _schemathesis(base_url, tmp_path, "--header", header, fail_on=[*FAIL_ON, "missing_auth"])
 
 
 async def test_rooms_api_without_id_token_conforms_to_its_openapi(stack: StackInfo, tmp_path: Path) -> None:
     """rooms-api, with no or generated garbage Authorization headers, answers only as documented (401)."""
-    async with serving(create_rooms_app(RoomsSettings(**_service_settings(stack))), stack) as base_url:
+    async with serving(create_rooms_app(RoomsSettings(**_service_settings(stack))), stack.common) as base_url:
         await _schemathesis(base_url, tmp_path, fail_on=FAIL_ON)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 import io
-import json
 import socket
 
 import httpx
 import pytest
-from conftest import RelayFactory
 
+from api_checks import closed_port_url, sub_of
+from conftest import RelayFactory
 from devstack.stack import StackInfo
 from support import (
     TIMEOUT,
@@ -75,7 +74,7 @@ async def test_room_expiry_closes_its_peers(api: str, relay_with: RelayFactory, 
     """When the room expires its peers are closed with 4004 and new registrations get ROOM_EXPIRED."""
     async with relay_with() as server:
         user = await sign_in(api)
-        owner = json.loads(_claims(user.id_token))["sub"]
+        owner = sub_of(user.id_token)
         room = await store_room(stack, owner, expires_in=2)
         peer = await Peer.connect(ws_url(server))
         await peer.register("A", room, user)
@@ -94,11 +93,6 @@ async def test_room_expiry_closes_its_peers(api: str, relay_with: RelayFactory, 
         )
         await late.expect_error("ROOM_EXPIRED")
         await late.close()
-
-
-def _claims(token: str) -> str:
-    payload = token.split(".")[1]
-    return base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode()
 
 
 async def test_shutdown_closes_with_4500_and_frees_the_routing_table(
@@ -154,9 +148,7 @@ async def test_health_readiness_and_metrics(api: str, relay: str, stack: StackIn
 
 async def test_readiness_names_the_failing_dependency(relay_with: RelayFactory) -> None:
     """/readyz is 503 and names DynamoDB and the JWKS when they cannot be reached."""
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{closed.getsockname()[1]}/jwks.json"
+    dead = closed_port_url("127.0.0.1") + "/jwks.json"
     async with (
         relay_with(table_prefix="missing-", cognito_jwks_url=dead) as server,
         httpx.AsyncClient(base_url=http_url(server), timeout=TIMEOUT) as http,

@@ -10,10 +10,10 @@ import asyncio
 import json
 
 import pytest
-from conftest import RelayFactory
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from conftest import RelayFactory
 from support import TIMEOUT, Peer, create_room, sign_in
 from ws_relay.server import RelayServer
 

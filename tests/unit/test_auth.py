@@ -88,6 +88,8 @@ async def test_valid_token_gives_identity(key: KeyPair) -> None:
     [
         {"iss": "https://cognito-idp.us-west-1.amazonaws.com/other-pool"},
         {"aud": "another-client"},
+        {"aud": None},
+        {"iss": None},
         {"token_use": "access"},
         {"token_use": None},
         {"exp": int(time.time()) - 3600},

@@ -123,7 +123,14 @@ class TokenVerifier:
                 algorithms=[ALGORITHM],
                 audience=self.audience,
                 issuer=self.issuer,
-                options={"require_exp": True, "require_iat": True, "require_sub": True, "leeway": 30},
+                options={
+                    "require_aud": True,
+                    "require_iss": True,
+                    "require_exp": True,
+                    "require_iat": True,
+                    "require_sub": True,
+                    "leeway": 30,
+                },
             )
         except JOSEError as exc:
             raise InvalidIdToken("ID token failed verification") from exc

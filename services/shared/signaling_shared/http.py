@@ -74,6 +74,8 @@ def error_response(
     if metrics is not None:
         metrics.errors.labels(error.code.value).inc()
     response_headers = dict(headers or {})
+    if error.http_status == 401:  # RFC 9110 15.5.2 / RFC 6750 3: a 401 carries its challenge
+        response_headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
     if error.retry_after is not None:
         response_headers["Retry-After"] = str(max(1, int(error.retry_after + 0.999)))
     return JSONResponse(
