@@ -147,7 +147,7 @@ async def _assert_healthy(stack: DevStack) -> None:
         ready = {"status": "ready", "checks": {dependency: "ok", "jwks": "ok"}, "failing": []}
         assert (readyz.status_code, readyz.json()) == (200, ready), (base, readyz.text)
     healthz, readyz = await _get(f"{stack.relay_http}/healthz"), await _get(f"{stack.relay_http}/readyz")
-    assert (healthz.status_code, healthz.text) == (200, "ok\n")
+    assert (healthz.status_code, healthz.json()) == (200, {"status": "ok"})
     ready = {"status": "ready", "checks": {"dynamodb": "ok", "jwks": "ok"}, "failing": []}
     assert (readyz.status_code, readyz.json()) == (200, ready), readyz.text
 

@@ -86,27 +86,30 @@ async def test_registration_attempts_per_address(api: str, relay_with: RelayFact
         await peer.close()
 
 
-async def test_registration_attempts_per_room(api: str, relay_with: RelayFactory) -> None:
-    """A room takes only so many registrations per minute; other rooms are unaffected."""
+async def test_failed_registrations_per_room(api: str, relay_with: RelayFactory) -> None:
+    """Wrong room tokens are limited per room, but that cannot lock out a peer with the right token."""
     async with relay_with(register_burst_per_room=2, register_rate_per_minute_per_room=1) as server:
         user = await sign_in(api)
-        busy, calm = await create_room(api, user), await create_room(api, user)
-        peers = [await Peer.connect(url(server)) for _ in range(4)]
-        await peers[0].register("A", busy, user)
-        await peers[1].register("B", busy, user)
-        await peers[2].send(
-            {
-                "type": "register",
-                "peer_id": "C",
-                "room_id": busy.room_id,
-                "token": busy.token,
-                "id_token": user.id_token,
-            }
-        )
-        await peers[2].expect_error("RATE_LIMITED")
-        await peers[3].register("C", calm, user)
-        for peer in peers:
-            await peer.close()
+        room, other_room = await create_room(api, user), await create_room(api, user)
+        guesser, member = await Peer.connect(url(server)), await Peer.connect(url(server))
+        guess = {
+            "type": "register",
+            "peer_id": "G",
+            "room_id": room.room_id,
+            "token": "guess",
+            "id_token": user.id_token,
+        }
+        for _ in range(2):
+            await guesser.send(guess)
+            await guesser.expect_error("INVALID_ROOM_TOKEN")
+        await guesser.send(guess)
+        limited = await guesser.expect_error("RATE_LIMITED")
+        assert "failed registrations in this room" in limited["reason"]
+        await guesser.send({**guess, "room_id": other_room.room_id})  # other rooms keep their own budget
+        await guesser.expect_error("INVALID_ROOM_TOKEN")
+        await member.register("M", room, user)  # the right token still gets in
+        await guesser.close()
+        await member.close()
 
 
 async def test_room_capacity(api: str, relay_with: RelayFactory) -> None:

@@ -17,6 +17,9 @@ class FakeLink:
     connection_id: str
     frames: list[str] = field(default_factory=list)
 
+    def is_open(self) -> bool:
+        return True
+
     def send(self, frame: str, relay_started: float | None = None) -> bool:
         self.frames.append(frame)
         return True
@@ -27,7 +30,7 @@ class FakeLink:
 
 def seat(hub: Hub, room: str, peer: str, sub: str) -> Member:
     reservation = hub.reserve(room, peer, sub)
-    member = Member(room, peer, sub, FakeLink(f"{room}/{peer}/{sub}"), 0, 10**10)
+    member = Member(room, peer, sub, "", FakeLink(f"{room}/{peer}/{sub}"), 0, 10**10)
     hub.commit(reservation, member)
     return member
 
@@ -59,7 +62,7 @@ def test_same_identity_takes_over_and_old_member_is_returned() -> None:
     seat(hub, "r", "b", "other")
     reservation = hub.reserve("r", "a", "owner")  # room is full, but this is a takeover
     assert reservation.replaces is old
-    new = Member("r", "a", "owner", FakeLink("new"), 1, 10**10)
+    new = Member("r", "a", "owner", "", FakeLink("new"), 1, 10**10)
     assert hub.commit(reservation, new) is old
     assert hub.is_current(new)
     assert not hub.leave(old)  # the replaced member's departure removes nobody

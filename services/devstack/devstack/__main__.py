@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 
@@ -48,6 +49,8 @@ async def run(config: StackConfig) -> None:
             await stopping
         else:  # Ctrl-C during startup
             starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
         print("stopping...", flush=True)
     finally:
         stopping.cancel()

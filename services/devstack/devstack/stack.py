@@ -185,10 +185,15 @@ class Stack:
         resources = await asyncio.to_thread(bootstrap, common)
         base.update(cognito_user_pool_id=resources.user_pool_id, cognito_client_id=resources.client_id)
 
-        self.relay = RelayServer(RelaySettings(**{**base, "port": cfg.relay_port}))
+        # Built in a worker thread: creating AWS clients reads files, off the event loop.
+        self.relay = await asyncio.to_thread(RelayServer, RelaySettings(**{**base, "port": cfg.relay_port}))
         relay_port = await self.relay.start()
 
-        apis = ComposedApis(create_auth_app(AuthSettings(**base)), create_rooms_app(RoomsSettings(**base)))
+        auth_app, rooms_app = await asyncio.gather(
+            asyncio.to_thread(create_auth_app, AuthSettings(**base)),
+            asyncio.to_thread(create_rooms_app, RoomsSettings(**base)),
+        )
+        apis = ComposedApis(auth_app, rooms_app)
         self._api = HttpServer(apis, common, cfg.api_port)
         api_port = await self._api.start()
 

@@ -57,6 +57,7 @@ class TokenVerifier:
         audience: str,
         fetch_jwks: JwksFetcher,
         min_refresh_seconds: float = 30.0,
+        leeway_seconds: int = 30,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.issuer = issuer
@@ -64,8 +65,10 @@ class TokenVerifier:
         self._fetch_jwks = fetch_jwks
         self._min_refresh = min_refresh_seconds
         self._clock = clock
+        self._leeway = leeway_seconds
         self._keys: dict[str, dict[str, Any]] = {}
-        self._fetched_at: float | None = None
+        self._attempted_at: float | None = None
+        self._failed = False
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -75,24 +78,30 @@ class TokenVerifier:
             audience=settings.cognito_client_id,
             fetch_jwks=http_jwks_fetcher(settings.jwks_url, timeout=settings.http_timeout_seconds),
             min_refresh_seconds=settings.jwks_min_refresh_seconds,
+            leeway_seconds=settings.jwt_leeway_seconds,
         )
 
     async def refresh(self, *, force: bool = False) -> None:
-        """Fetch the keys, unless fetched within the refresh interval (and not forced)."""
+        """Fetch the keys, at most once per refresh interval (failed attempts count too)."""
         async with self._lock:
             now = self._clock()
-            if not force and self._fetched_at is not None and now - self._fetched_at < self._min_refresh:
+            recent = self._attempted_at is not None and now - self._attempted_at < self._min_refresh
+            if recent and not force:
+                if self._failed:
+                    raise AuthProviderUnavailable("signing keys could not be fetched")
                 return
+            self._attempted_at = now
             try:
                 document = await self._fetch_jwks()
             except (httpx.HTTPError, ValueError) as exc:
+                self._failed = True
                 raise AuthProviderUnavailable("signing keys could not be fetched") from exc
+            self._failed = False
             self._keys = {str(key["kid"]): key for key in document["keys"] if isinstance(key, dict) and "kid" in key}
-            self._fetched_at = now
 
     async def check(self) -> None:
-        """Readiness: the keys can be fetched (forced, so a dead JWKS URL shows)."""
-        await self.refresh(force=True)
+        """Readiness: the keys were fetched within the refresh interval, or can be now."""
+        await self.refresh()
 
     async def _key_for(self, kid: str) -> dict[str, Any]:
         if kid not in self._keys:
@@ -129,7 +138,7 @@ class TokenVerifier:
                     "require_exp": True,
                     "require_iat": True,
                     "require_sub": True,
-                    "leeway": 30,
+                    "leeway": self._leeway,
                 },
             )
         except JOSEError as exc:

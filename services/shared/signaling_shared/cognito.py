@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import uuid
 from collections.abc import Callable
@@ -73,23 +74,28 @@ class CognitoGateway:
         # Random, never stored or returned; the suffix satisfies any character-class policy.
         password = f"{secrets.token_urlsafe(32)}Aa1!"
         await self._call("sign_up", self._client.sign_up, ClientId=self.client_id, Username=username, Password=password)
-        await self._call(
-            "admin_confirm_sign_up",
-            self._client.admin_confirm_sign_up,
-            UserPoolId=self.user_pool_id,
-            Username=username,
-        )
-        response = await self._call(
-            "initiate_auth",
-            self._client.initiate_auth,
-            ClientId=self.client_id,
-            AuthFlow="USER_PASSWORD_AUTH",
-            AuthParameters={"USERNAME": username, "PASSWORD": password},
-        )
         try:
-            id_token = str(response["AuthenticationResult"]["IdToken"])  # type: ignore[index]
-        except (KeyError, TypeError) as exc:
-            raise AuthProviderUnavailable("identity provider returned no ID token") from exc
+            await self._call(
+                "admin_confirm_sign_up",
+                self._client.admin_confirm_sign_up,
+                UserPoolId=self.user_pool_id,
+                Username=username,
+            )
+            response = await self._call(
+                "initiate_auth",
+                self._client.initiate_auth,
+                ClientId=self.client_id,
+                AuthFlow="USER_PASSWORD_AUTH",
+                AuthParameters={"USERNAME": username, "PASSWORD": password},
+            )
+            try:
+                id_token = str(response["AuthenticationResult"]["IdToken"])  # type: ignore[index]
+            except (KeyError, TypeError) as exc:  # e.g. a challenge instead of tokens
+                raise AuthProviderUnavailable("identity provider returned no ID token") from exc
+        except AuthProviderUnavailable:
+            with contextlib.suppress(AuthProviderUnavailable):  # leave no orphan user behind
+                await self.delete_user(username)
+            raise
         return AnonymousUser(username=username, id_token=id_token)
 
     async def delete_user(self, username: str) -> bool:

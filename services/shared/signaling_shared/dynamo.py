@@ -39,6 +39,15 @@ def translate_error(operation: str, exc: Exception) -> RepositoryError:
         code = str(exc.response.get("Error", {}).get("Code", "Unknown"))
         if code == "ConditionalCheckFailedException":
             return ConditionFailed("condition failed", aws_code=code, operation=operation)
+        if code == "TransactionCanceledException":
+            reasons = tuple(
+                (reason.get("Code") if reason.get("Code") not in (None, "None") else None)
+                for reason in exc.response.get("CancellationReasons", [])
+            )
+            if "ConditionalCheckFailed" in reasons:
+                return ConditionFailed("condition failed", aws_code=code, operation=operation, reasons=reasons)
+            if any(r in _THROTTLE_CODES or r == "ThrottlingError" for r in reasons):
+                return Throttled("throttled", aws_code=code, operation=operation, reasons=reasons)
         if code in _THROTTLE_CODES:
             return Throttled("throttled", aws_code=code, operation=operation)
         return Unavailable(f"request refused ({code})", aws_code=code, operation=operation)
@@ -197,31 +206,74 @@ class Repository:
 
     # Peers -------------------------------------------------------------------------
 
-    async def claim_peer(self, peer: PeerRecord, *, now: int) -> None:
-        """Write ``peer`` unless a live entry of another identity holds its id.
+    def _room_check(self, room_id: str, condition: str, values: dict[str, Any] | None = None) -> dict[str, Any]:
+        check: dict[str, Any] = {
+            "TableName": self.rooms_table,
+            "Key": {"room_id": _s(room_id)},
+            "ConditionExpression": condition,
+        }
+        if values:
+            check["ExpressionAttributeValues"] = values
+        return {"ConditionCheck": check}
 
-        ConditionFailed means the peer id is live in this room under another identity.
+    async def claim_peer(self, peer: PeerRecord, *, now: int) -> None:
+        """Write ``peer`` if its room is live and no live entry of another identity holds its id.
+
+        One transaction with a check on the room, so a registration racing the room's
+        deletion cannot leave an entry behind. NotFound: the room is gone or expired;
+        ConditionFailed: the peer id is live in this room under another identity.
         """
-        await self._call(
-            "claim_peer",
-            self._client.put_item,
-            TableName=self.peers_table,
-            Item=_peer_item(peer),
-            ConditionExpression="attribute_not_exists(peer_id) OR owner_sub = :sub OR expires_at <= :now",
-            ExpressionAttributeValues={":sub": _s(peer.owner_sub), ":now": _n(now)},
-        )
+        try:
+            await self._call(
+                "claim_peer",
+                self._client.transact_write_items,
+                TransactItems=[
+                    self._room_check(
+                        peer.room_id, "attribute_exists(room_id) AND expires_at > :now", {":now": _n(now)}
+                    ),
+                    {
+                        "Put": {
+                            "TableName": self.peers_table,
+                            "Item": _peer_item(peer),
+                            "ConditionExpression": (
+                                "attribute_not_exists(peer_id) OR owner_sub = :sub OR expires_at <= :now"
+                            ),
+                            "ExpressionAttributeValues": {":sub": _s(peer.owner_sub), ":now": _n(now)},
+                        }
+                    },
+                ],
+            )
+        except ConditionFailed as exc:
+            if exc.reasons[:1] == ("ConditionalCheckFailed",):
+                raise NotFound("room is gone or expired", operation="claim_peer") from exc
+            raise
 
     async def refresh_peer(self, room_id: str, peer_id: str, connection_id: str, expires_at: int) -> None:
-        """Extend a live entry's lease; ConditionFailed if it was deleted or taken over."""
-        await self._call(
-            "refresh_peer",
-            self._client.update_item,
-            TableName=self.peers_table,
-            Key={"room_id": _s(room_id), "peer_id": _s(peer_id)},
-            UpdateExpression="SET expires_at = :exp",
-            ConditionExpression="connection_id = :cid",
-            ExpressionAttributeValues={":exp": _n(expires_at), ":cid": _s(connection_id)},
-        )
+        """Extend a live entry's lease.
+
+        NotFound: the room was deleted; ConditionFailed: the entry was removed or taken over.
+        """
+        try:
+            await self._call(
+                "refresh_peer",
+                self._client.transact_write_items,
+                TransactItems=[
+                    self._room_check(room_id, "attribute_exists(room_id)"),
+                    {
+                        "Update": {
+                            "TableName": self.peers_table,
+                            "Key": {"room_id": _s(room_id), "peer_id": _s(peer_id)},
+                            "UpdateExpression": "SET expires_at = :exp",
+                            "ConditionExpression": "connection_id = :cid",
+                            "ExpressionAttributeValues": {":exp": _n(expires_at), ":cid": _s(connection_id)},
+                        }
+                    },
+                ],
+            )
+        except ConditionFailed as exc:
+            if exc.reasons[:1] == ("ConditionalCheckFailed",):
+                raise NotFound("room was deleted", operation="refresh_peer") from exc
+            raise
 
     async def release_peer(self, room_id: str, peer_id: str, connection_id: str) -> None:
         """Delete the entry if this connection still holds it (a takeover keeps its own)."""

@@ -198,12 +198,24 @@ class InternalError(SignalingError):
 
 
 class RepositoryError(Exception):
-    """A data-layer failure; ``aws_code`` is the AWS error code when there is one."""
+    """A data-layer failure; ``aws_code`` is the AWS error code when there is one.
 
-    def __init__(self, message: str, *, aws_code: str | None = None, operation: str = "") -> None:
+    For a cancelled transaction, ``reasons`` holds each item's cancellation code (None
+    for items that did not fail), in the order the items were written.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        aws_code: str | None = None,
+        operation: str = "",
+        reasons: tuple[str | None, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.aws_code = aws_code
         self.operation = operation
+        self.reasons = reasons
 
 
 class NotFound(RepositoryError):

@@ -73,6 +73,8 @@ def configure_logging(level: str = "INFO", *, stream: TextIO | None = None) -> N
     # Third-party chatter that would log request bodies or repeat our own access logs.
     for noisy in ("botocore", "boto3", "urllib3", "httpx", "httpcore", "uvicorn.access", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # websockets logs frame contents (tokens, SDP) at DEBUG: never below INFO.
+    logging.getLogger("websockets").setLevel(max(logging.INFO, root.level))
 
     structlog.configure(
         processors=[
@@ -84,7 +86,3 @@ def configure_logging(level: str = "INFO", *, stream: TextIO | None = None) -> N
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-
-
-def get_logger(name: str) -> Any:
-    return structlog.stdlib.get_logger(name)

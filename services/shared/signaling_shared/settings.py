@@ -7,6 +7,7 @@ and passed down; nothing here reads the environment at import time.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,7 +35,7 @@ class CommonSettings(BaseSettings):
     )
 
     environment: Environment = Environment.PRODUCTION
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     host: str = "127.0.0.1"
 
     aws_region: str = Field(
@@ -73,6 +74,7 @@ class CommonSettings(BaseSettings):
     jwks_min_refresh_seconds: float = Field(
         default=30.0, ge=0, description="Least time between two JWKS fetches caused by unknown key ids."
     )
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=300, description="Clock skew allowed on exp and iat.")
     http_timeout_seconds: float = Field(default=5.0, gt=0)
 
     forwarded_allow_ips: str = Field(
@@ -146,8 +148,10 @@ class RelaySettings(CommonSettings):
     register_timeout_seconds: float = Field(default=10.0, gt=0, description="Close sockets not registered by then.")
     register_rate_per_minute_per_ip: float = Field(default=60.0, gt=0)
     register_burst_per_ip: int = Field(default=20, ge=1)
-    register_rate_per_minute_per_room: float = Field(default=120.0, gt=0)
-    register_burst_per_room: int = Field(default=40, ge=1)
+    register_rate_per_minute_per_room: float = Field(
+        default=30.0, gt=0, description="Registrations per room that fail the room token, per minute."
+    )
+    register_burst_per_room: int = Field(default=10, ge=1)
     outbox_max_messages: int = Field(
         default=512, ge=1, description="Messages waiting for a slow reader before it is disconnected."
     )
@@ -156,5 +160,12 @@ class RelaySettings(CommonSettings):
     )
     ping_interval_seconds: float | None = Field(default=20.0, gt=0)
     ping_timeout_seconds: float | None = Field(default=20.0, gt=0)
-    shutdown_grace_seconds: float = Field(default=5.0, ge=0)
+    shutdown_grace_seconds: float = Field(
+        default=5.0, ge=0, description="How long shutdown waits for sockets to close before releasing them."
+    )
+    handshake_timeout_seconds: float = Field(default=10.0, gt=0, description="Opening handshake deadline.")
+    close_timeout_seconds: float = Field(default=5.0, gt=0, description="Closing handshake deadline.")
+    inbound_queue_frames: int = Field(
+        default=16, ge=1, description="Frames read ahead per connection before TCP backpressure applies."
+    )
     compression: bool = Field(default=False, description="permessage-deflate; off saves ~64 KiB per connection.")

@@ -21,6 +21,9 @@ class Link(Protocol):
 
     connection_id: str
 
+    def is_open(self) -> bool:
+        """False once the connection is closing or closed."""
+
     def send(self, frame: str, relay_started: float | None = None) -> bool:
         """Queue ``frame``; False if the connection is closing or cannot keep up."""
 
@@ -33,6 +36,7 @@ class Member:
     room_id: str
     peer_id: str
     owner_sub: str
+    owner_username: str
     link: Link
     connected_at: int
     room_expires_at: int
@@ -50,7 +54,8 @@ class Reservation:
 class Hub:
     max_peers_per_room: int
     _rooms: dict[str, dict[str, Member]] = field(default_factory=dict)
-    _pending: dict[tuple[str, str], str] = field(default_factory=dict)
+    # (room, peer) -> whether the pending registration takes over a live member
+    _pending: dict[tuple[str, str], bool] = field(default_factory=dict)
 
     def reserve(self, room_id: str, peer_id: str, owner_sub: str) -> Reservation:
         """Hold ``peer_id`` in ``room_id`` for ``owner_sub`` or raise why it cannot be had.
@@ -64,10 +69,10 @@ class Hub:
         current = members.get(peer_id)
         if current is not None and current.owner_sub != owner_sub:
             raise PeerIdTaken()
-        pending_here = sum(1 for room, _ in self._pending if room == room_id)
-        if current is None and len(members) + pending_here >= self.max_peers_per_room:
+        arriving = sum(1 for (room, _), takeover in self._pending.items() if room == room_id and not takeover)
+        if current is None and len(members) + arriving >= self.max_peers_per_room:
             raise RoomFull(f"room is full ({self.max_peers_per_room} peers)")
-        self._pending[(room_id, peer_id)] = owner_sub
+        self._pending[(room_id, peer_id)] = current is not None
         return Reservation(room_id, peer_id, owner_sub, current)
 
     def cancel(self, reservation: Reservation) -> None:

@@ -11,13 +11,12 @@ from signaling_shared.settings import RelaySettings
 from ws_relay.server import RelayServer
 
 
-async def run(settings: RelaySettings) -> None:
+async def run(server: RelayServer) -> None:
     loop = asyncio.get_running_loop()
-    use_io_threads(loop, settings)
+    use_io_threads(loop, server.settings)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server = RelayServer(settings)
     await server.start()
     await stop.wait()
     await server.stop()
@@ -26,7 +25,9 @@ async def run(settings: RelaySettings) -> None:
 def main() -> None:
     settings = RelaySettings()
     configure_logging(settings.log_level)
-    asyncio.run(run(settings))
+    # Built before the loop starts: creating AWS clients reads files and may ask IMDS.
+    server = RelayServer(settings)
+    asyncio.run(run(server))
 
 
 if __name__ == "__main__":

@@ -20,10 +20,11 @@ import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from signaling_shared.auth import TokenVerifier
 from signaling_shared.dynamo import Repository
-from signaling_shared.health import run_readiness_checks
+from signaling_shared.health import HealthBody, run_readiness_checks
 from signaling_shared.settings import RelaySettings
 from ws_relay.close_codes import REASONS, CloseCode
 from ws_relay.metrics import RelayMetrics
@@ -51,6 +52,9 @@ class WebSocketLink:
         self._closing = False
         self._writer = asyncio.create_task(self._write())
         self._abort_task: asyncio.Task[None] | None = None
+
+    def is_open(self) -> bool:
+        return not self._closing and self._ws.state is State.OPEN
 
     def send(self, frame: str, relay_started: float | None = None) -> bool:
         if self._closing:
@@ -136,12 +140,12 @@ class RelayServer:
             s.port,
             process_request=self._process_request,
             max_size=s.max_frame_bytes,
-            max_queue=16,
+            max_queue=s.inbound_queue_frames,
             compression="deflate" if s.compression else None,
             ping_interval=s.ping_interval_seconds,
             ping_timeout=s.ping_timeout_seconds,
-            open_timeout=10,
-            close_timeout=5,
+            open_timeout=s.handshake_timeout_seconds,
+            close_timeout=s.close_timeout_seconds,
         )
         self._lease_task = asyncio.create_task(self._refresh_leases_forever())
         log.info("relay_listening", host=s.host, port=self.port, node_id=s.node_id)
@@ -155,12 +159,19 @@ class RelayServer:
         self.service.begin_shutdown()
         if self._lease_task is not None:
             self._lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease_task
         self.metrics.closes.labels(str(int(CloseCode.SERVER_SHUTDOWN))).inc(len(self.service.sessions))
         self._server.close(code=CloseCode.SERVER_SHUTDOWN, reason=REASONS[CloseCode.SERVER_SHUTDOWN])
+        grace = self.settings.shutdown_grace_seconds + self.settings.close_timeout_seconds
         try:
-            await asyncio.wait_for(self._server.wait_closed(), timeout=self.settings.shutdown_grace_seconds + 10)
+            await asyncio.wait_for(self._server.wait_closed(), timeout=grace)
         except TimeoutError:
-            log.warning("relay_stop_timeout", connections=len(self.service.sessions))
+            # Handlers still stuck (e.g. in a slow DynamoDB call): free their entries now,
+            # since the process is about to end under them.
+            stuck = list(self.service.sessions)
+            log.warning("relay_stop_timeout", connections=len(stuck))
+            await asyncio.gather(*(self.service.close_session(session) for session in stuck))
         self._server = None
         log.info("relay_stopped")
 
@@ -178,7 +189,7 @@ class RelayServer:
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
         if path == "/healthz":
-            return ws.respond(HTTPStatus.OK, "ok\n")
+            return _with_type(ws.respond(HTTPStatus.OK, HealthBody(status="ok").model_dump_json()), "application/json")
         if path == "/readyz":
             body = await run_readiness_checks({"dynamodb": self.repository.check, "jwks": self.verifier.check})
             status = HTTPStatus.OK if not body.failing else HTTPStatus.SERVICE_UNAVAILABLE
@@ -192,17 +203,26 @@ class RelayServer:
         return None
 
     def _client_ip(self, ws: ServerConnection) -> str:
+        """The client's address: the socket peer, or, behind trusted proxies, the rightmost
+        X-Forwarded-For entry that is not itself a trusted proxy (uvicorn's rule)."""
         peer = str(ws.remote_address[0]) if ws.remote_address else "unknown"
         forwarded = ws.request.headers.get("X-Forwarded-For") if ws.request else None
-        if not forwarded:
+        if not forwarded or not self._is_trusted(peer):
             return peer
+        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+        for hop in reversed(hops):
+            if not self._is_trusted(hop):
+                return hop
+        return hops[0] if hops else peer
+
+    def _is_trusted(self, address: str) -> bool:
+        if self._trusted is None:
+            return True
         try:
-            address = ipaddress.ip_address(peer)
+            ip = ipaddress.ip_address(address)
         except ValueError:
-            return peer
-        if self._trusted is None or any(address in net for net in self._trusted):
-            return forwarded.split(",")[-1].strip() or peer
-        return peer
+            return False
+        return any(ip in network for network in self._trusted)
 
     # WebSocket ---------------------------------------------------------------------
 

@@ -114,16 +114,12 @@ class RelayService:
         member = session.member
         if member is None or not self.hub.leave(member):
             return
-        log.info("peer_left", room_id=member.room_id, peer_id=member.peer_id)
+        log.info("peer_left")
         if not self.closing:
             frame = protocol.peer_left(member.peer_id, "disconnected")
             for other in self.hub.others(member):
                 other.link.send(frame)
-        try:
-            await self.repository.release_peer(member.room_id, member.peer_id, member.link.connection_id)
-        except RepositoryError as exc:
-            # The entry's lease runs out on its own; nothing else depends on it.
-            log.warning("release_failed", room_id=member.room_id, error=type(exc).__name__)
+        await self._release_quietly(member.room_id, member.peer_id, member.link.connection_id)
 
     # Frames ------------------------------------------------------------------------
 
@@ -170,61 +166,76 @@ class RelayService:
 
     async def _register(self, session: Session, message: protocol.Register) -> None:
         try:
-            await self._do_register(session, message)
-        except SignalingError as exc:
-            self.metrics.registrations.labels(exc.code.value.lower()).inc()
+            outcome = await self._do_register(session, message)
+        except (SignalingError, RepositoryError) as exc:
+            code = as_signaling_error(exc).code.value
+            self.metrics.registrations.labels(code).inc()
+            log.info("registration_refused", code=code, room_id=message.room_id, remote_ip=session.remote_ip)
             raise
-        except RepositoryError:
-            self.metrics.registrations.labels("storage_unavailable").inc()
-            raise
-        self.metrics.registrations.labels("ok").inc()
+        self.metrics.registrations.labels(outcome).inc()
 
-    async def _do_register(self, session: Session, message: protocol.Register) -> None:
+    async def _do_register(self, session: Session, message: protocol.Register) -> str:
+        """Register the socket's peer; the outcome label ('ok', or 'abandoned' if the socket left)."""
         if session.member is not None:
             raise AlreadyRegistered()
         if self.closing:
             raise ServerBusy("server is shutting down; reconnect")
         self._ip_limiter.enforce(session.remote_ip, "registrations from this address")
-        self._room_limiter.enforce(message.room_id, "registrations in this room")
         identity = await self.verifier.verify(message.id_token)
         try:
             room = await self.repository.get_room(message.room_id)
         except NotFound:
             raise RoomNotFound() from None
         if not room_token_matches(message.token, room.token_hash):
+            # Only failures count against the room: knowing a room id must not let anyone
+            # lock its members out.
+            self._room_limiter.enforce(message.room_id, "failed registrations in this room")
             raise InvalidRoomToken()
         now = self._clock()
         if room.is_expired(now):
             raise RoomExpired()
 
+        if not session.link.is_open():  # the socket left while we checked: claim nothing
+            return "abandoned"
         reservation = self.hub.reserve(message.room_id, message.peer_id, identity.sub)
-        connected_at = int(now)
-        record = PeerRecord(
+        member = Member(
             room_id=message.room_id,
             peer_id=message.peer_id,
             owner_sub=identity.sub,
             owner_username=identity.username,
-            connection_id=session.link.connection_id,
-            node_id=self.settings.node_id,
-            connected_at=connected_at,
-            expires_at=self._lease_end(now, room.expires_at),
+            link=session.link,
+            connected_at=int(now),
+            room_expires_at=room.expires_at,
         )
+        connection_id = session.link.connection_id
+        record = self._record(member, now)
         try:
             await self.repository.claim_peer(record, now=int(now))
         except ConditionFailed:
             self.hub.cancel(reservation)
             raise PeerIdTaken() from None
+        except NotFound:
+            self.hub.cancel(reservation)
+            raise RoomNotFound("room was deleted") from None
+        except Exception:
+            # The write may have landed before the failure: take back what may be ours.
+            self.hub.cancel(reservation)
+            await self._release_quietly(message.room_id, message.peer_id, connection_id)
+            raise
         except BaseException:
             self.hub.cancel(reservation)
             raise
-        member = Member(
-            room_id=message.room_id,
-            peer_id=message.peer_id,
-            owner_sub=identity.sub,
-            link=session.link,
-            connected_at=connected_at,
-            room_expires_at=room.expires_at,
-        )
+        if not session.link.is_open():
+            # The socket went away during the write (or its deadline passed): this attempt
+            # must not take the peer id from whoever holds it now, nor keep its entry.
+            self.hub.cancel(reservation)
+            holder = reservation.replaces
+            if holder is not None and self.hub.is_current(holder):
+                await self._restore(holder, now)
+            else:
+                await self._release_quietly(message.room_id, message.peer_id, connection_id)
+            return "abandoned"
+
         replaced = self.hub.commit(reservation, member)
         session.member = member
         if replaced is not None:
@@ -232,11 +243,39 @@ class RelayService:
         session.timers.append(
             asyncio.get_running_loop().call_later(max(0.0, room.expires_at - now), self._room_expired, session, member)
         )
-        log.info("peer_registered", room_id=member.room_id, peer_id=member.peer_id, takeover=replaced is not None)
+        structlog.contextvars.bind_contextvars(room_id=member.room_id, peer_id=member.peer_id)
+        log.info("peer_registered", takeover=replaced is not None)
         session.link.send(protocol.registered_auth(message.room_id, message.token, message.peer_id))
         joined = protocol.peer_joined(member.peer_id)
         for other in self.hub.others(member):
             other.link.send(joined)
+        return "ok"
+
+    def _record(self, member: Member, now: float) -> PeerRecord:
+        """The routing-table entry of ``member`` with a fresh lease."""
+        return PeerRecord(
+            room_id=member.room_id,
+            peer_id=member.peer_id,
+            owner_sub=member.owner_sub,
+            owner_username=member.owner_username,
+            connection_id=member.link.connection_id,
+            node_id=self.settings.node_id,
+            connected_at=member.connected_at,
+            expires_at=self._lease_end(now, member.room_expires_at),
+        )
+
+    async def _restore(self, member: Member, now: float) -> None:
+        """Write back the entry of a live member that an abandoned takeover overwrote."""
+        try:
+            await self.repository.claim_peer(self._record(member, now), now=int(now))
+        except RepositoryError as exc:
+            log.warning("restore_failed", room_id=member.room_id, error=type(exc).__name__)
+
+    async def _release_quietly(self, room_id: str, peer_id: str, connection_id: str) -> None:
+        try:
+            await self.repository.release_peer(room_id, peer_id, connection_id)
+        except RepositoryError as exc:  # the entry's lease runs out on its own
+            log.warning("release_failed", room_id=room_id, error=type(exc).__name__)
 
     def _lease_end(self, now: float, room_expires_at: int) -> int:
         return min(room_expires_at, int(now) + self.settings.peer_lease_seconds)
@@ -248,10 +287,10 @@ class RelayService:
     # Leases ------------------------------------------------------------------------
 
     async def refresh_leases(self) -> None:
-        """Extend every live member's routing entry; close those whose entry is gone.
+        """Extend every live member's routing entry; close those whose room or entry is gone.
 
-        An entry disappears when the room's creator deletes the room (rooms-api
-        removes the entries first), so this is also how deletions reach the relay.
+        This is how a room's deletion through rooms-api reaches the relay: within a third
+        of the lease (40 s by default), its peers are closed with 4003.
         """
         now = self._clock()
         limit = asyncio.Semaphore(LEASE_REFRESH_CONCURRENCY)
@@ -259,28 +298,20 @@ class RelayService:
         async def refresh(member: Member) -> None:
             async with limit:
                 try:
+                    record = self._record(member, now)
                     await self.repository.refresh_peer(
-                        member.room_id,
-                        member.peer_id,
-                        member.link.connection_id,
-                        self._lease_end(now, member.room_expires_at),
+                        record.room_id, record.peer_id, record.connection_id, record.expires_at
                     )
+                except NotFound:
+                    if self.hub.is_current(member):
+                        self._close(member.link, CloseCode.ROOM_DELETED)
                 except ConditionFailed:
                     if self.hub.is_current(member):
-                        self._close(member.link, await self._gone_reason(member.room_id))
+                        self._close(member.link, CloseCode.REPLACED)
                 except RepositoryError as exc:
                     log.warning("lease_refresh_failed", room_id=member.room_id, error=type(exc).__name__)
 
         await asyncio.gather(*(refresh(m) for m in list(self.hub.members())))
-
-    async def _gone_reason(self, room_id: str) -> CloseCode:
-        try:
-            await self.repository.get_room(room_id)
-        except NotFound:
-            return CloseCode.ROOM_DELETED
-        except RepositoryError:
-            pass
-        return CloseCode.REPLACED
 
     # Shutdown ----------------------------------------------------------------------
 
