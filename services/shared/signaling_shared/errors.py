@@ -7,8 +7,9 @@ Clients branch on ``code``; ``reason`` is for people and may change.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 class ErrorCode(StrEnum):
@@ -241,3 +242,16 @@ def as_signaling_error(exc: BaseException) -> SignalingError:
     if isinstance(exc, RepositoryError) and not isinstance(exc, NotFound):
         return StorageUnavailable()
     return InternalError()
+
+
+def describe_validation_error(errors: Sequence[Mapping[str, Any]], *, skip: int = 0) -> str:
+    """A short reason for the first validation error: ``field.path: message``.
+
+    ``skip`` drops leading location parts that name no field (a union's tag).
+    """
+    if not errors:
+        return "malformed"
+    first = errors[0]
+    where = ".".join(str(part) for part in tuple(first.get("loc", ()))[skip:])
+    message = str(first.get("msg", "invalid"))
+    return (f"{where}: {message}" if where else message)[:200]

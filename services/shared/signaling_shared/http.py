@@ -36,6 +36,7 @@ from signaling_shared.errors import (
     RouteNotFound,
     SignalingError,
     as_signaling_error,
+    describe_validation_error,
 )
 from signaling_shared.health import HealthBody, ReadinessBody, ReadinessCheck, run_readiness_checks
 from signaling_shared.metrics import ServiceMetrics
@@ -104,10 +105,8 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
 
     async def on_validation_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ()))
-        reason = f"{where}: {first.get('msg', 'invalid')}" if where else "request is malformed"
-        return error_response(InvalidRequest(reason[:200]), metrics)
+        reason = describe_validation_error(exc.errors())
+        return error_response(InvalidRequest(reason), metrics)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)

@@ -18,11 +18,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from signaling_shared.errors import InvalidJson, InvalidMessage, SignalingError, UnknownMessageType
+from signaling_shared.errors import (
+    InvalidJson,
+    InvalidMessage,
+    SignalingError,
+    UnknownMessageType,
+    describe_validation_error,
+)
 from signaling_shared.tokens import ID_PATTERN
 
 PeerId = Field(pattern=ID_PATTERN, description="1-128 of A-Z a-z 0-9 _ . : @ + -")
@@ -65,30 +71,18 @@ class Candidate(_Relayed):
 
 
 RelayedMessage = Offer | Answer | Candidate
-ClientMessage = Register | RelayedMessage
-
-MESSAGE_TYPES: dict[str, type[BaseModel]] = {
-    "register": Register,
-    "offer": Offer,
-    "answer": Answer,
-    "candidate": Candidate,
-}
+ClientMessage = Annotated[Register | Offer | Answer | Candidate, Field(discriminator="type")]
+_CLIENT_MESSAGE: TypeAdapter[Register | Offer | Answer | Candidate] = TypeAdapter(ClientMessage)
 
 
 @dataclass(frozen=True, slots=True)
 class Parsed:
-    message: ClientMessage
+    message: Register | Offer | Answer | Candidate
     data: dict[str, Any]
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
-
-
-def _describe(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"]) or "message"
-    return f"{where}: {error['msg']}"[:200]
 
 
 def parse_frame(frame: str | bytes) -> Parsed:
@@ -104,14 +98,12 @@ def parse_frame(frame: str | bytes) -> Parsed:
     kind = data.get("type")
     if not isinstance(kind, str):
         raise InvalidMessage("type: a string is required")
-    model = MESSAGE_TYPES.get(kind)
-    if model is None:
-        raise UnknownMessageType(f"unknown message type {kind[:40]!r}")
     try:
-        message = model.model_validate(data)
+        message = _CLIENT_MESSAGE.validate_python(data)
     except ValidationError as exc:
-        raise InvalidMessage(_describe(exc)) from None
-    assert isinstance(message, Register | Offer | Answer | Candidate)
+        if exc.errors()[0]["type"] == "union_tag_invalid":
+            raise UnknownMessageType(f"unknown message type {kind[:40]!r}") from None
+        raise InvalidMessage(describe_validation_error(exc.errors(), skip=1)) from None
     return Parsed(message, data)
 
 
