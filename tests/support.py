@@ -97,6 +97,12 @@ class Peer:
         assert message["reason"], message
         return message
 
+    async def expect_error_with_id(self, code: str, correlation_id: str | int) -> dict[str, Any]:
+        message = await self.expect("error")
+        assert message == {"type": "error", "code": code, "reason": message.get("reason"), "id": correlation_id}
+        assert message["reason"], message
+        return message
+
     async def register(self, peer_id: str, room: RoomGrant, user: User) -> dict[str, Any]:
         await self.send(
             {

@@ -86,16 +86,77 @@ def test_error_frame_has_the_v1_shape() -> None:
 
 
 def test_server_messages() -> None:
-    """registered_auth, peer_joined and peer_left carry the seed's fields."""
-    assert json.loads(protocol.registered_auth("r", "t", "p")) == {
+    """registered_auth, peer_joined and peer_left carry the seed's fields (v2 adds to them)."""
+    view = protocol.peer_view("q", "worker", {"tags": ["gpu"]}, 7)
+    assert json.loads(protocol.registered_auth("r", "t", "p", peers=[view], correlation_id=None)) == {
         "type": "registered_auth",
         "room_id": "r",
         "token": "t",
         "peer_id": "p",
+        "peers": [{"peer_id": "q", "role": "worker", "metadata": {"tags": ["gpu"]}, "connected_at": 7}],
     }
-    assert json.loads(protocol.peer_joined("p")) == {"type": "peer_joined", "peer_id": "p"}
+    assert json.loads(protocol.registered_auth("r", "t", "p", peers=[], correlation_id=5))["id"] == 5
+    assert json.loads(protocol.peer_joined(view)) == {"type": "peer_joined", **view}
     assert json.loads(protocol.peer_left("p", "disconnected")) == {
         "type": "peer_left",
         "peer_id": "p",
         "reason": "disconnected",
     }
+
+
+def test_relayed_frame_drops_the_senders_correlation_id() -> None:
+    """The id is the sender's own: the target never sees it."""
+    frame = json.loads(protocol.relayed_frame({"type": "offer", "target": "w", "sdp": "v", "id": 3}, "c"))
+    assert "id" not in frame
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"id": "abc"}, "abc"),
+        ({"id": 7}, 7),
+        ({"id": True}, None),
+        ({"id": -1}, None),
+        ({"id": "x" * 65}, None),
+        ({"id": ["a"]}, None),
+        ([], None),
+    ],
+)
+def test_correlation_ids(data: object, expected: object) -> None:
+    """Only short strings and safe non-negative integers are echoed back as ids."""
+    assert protocol.correlation_id_of(data) == expected
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type": "peer_message", "to_peer_id": "a", "payload": {"x": [1, {"y": null}]}, "id": "m1"}',
+        '{"type": "broadcast", "payload": "hi"}',
+        '{"type": "discover_peers", "filters": {"role": "worker"}}',
+        '{"type": "update_metadata", "metadata": {"tags": []}, "id": 9}',
+        '{"type": "ping"}',
+        '{"type": "register", "peer_id": "a", "room_id": "r", "token": "t", "id_token": "j", "role": "worker",'
+        ' "metadata": {"tags": ["gpu"]}}',
+    ],
+)
+def test_v2_messages_parse(frame: str) -> None:
+    """Every v2 message type parses into its model."""
+    parsed = protocol.parse_frame(frame)
+    assert parsed.message.type == json.loads(frame)["type"]
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type": "register", "peer_id": "a", "room_id": "r", "token": "t", "id_token": "j", "role": "a b"}',
+        '{"type": "register", "peer_id": "a", "room_id": "r", "token": "t", "id_token": "j", "metadata": []}',
+        '{"type": "update_metadata", "metadata": "x"}',
+        '{"type": "peer_message", "payload": 1}',
+        '{"type": "discover_peers", "filters": []}',
+        '{"type": "ping", "id": {"a": 1}}',
+    ],
+)
+def test_malformed_v2_messages(frame: str) -> None:
+    """Wrongly typed v2 fields are INVALID_MESSAGE."""
+    with pytest.raises(InvalidMessage):
+        protocol.parse_frame(frame)

@@ -85,7 +85,10 @@ def rooms_router(service: RoomsService, identity: Callable[..., Awaitable[Identi
             status="active",
             created_at=room.created_at,
             expires_at=room.expires_at,
-            peers=[PeerView(peer_id=p.peer_id, connected_at=p.connected_at) for p in peers],
+            peers=[
+                PeerView(peer_id=p.peer_id, role=p.role, metadata=p.metadata, connected_at=p.connected_at)
+                for p in peers
+            ],
         )
 
     @router.delete(

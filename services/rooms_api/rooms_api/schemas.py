@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from signaling_shared.tokens import ID_PATTERN
@@ -45,6 +47,8 @@ class DeleteRoomResponse(BaseModel):
 
 class PeerView(BaseModel):
     peer_id: str
+    role: str = Field(description="The role the peer registered with ('peer' by default).")
+    metadata: dict[str, Any] = Field(description="The peer's metadata, as last updated.")
     connected_at: int = Field(description="Unix time the peer registered.")
 
 

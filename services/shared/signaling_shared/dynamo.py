@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
@@ -78,6 +79,8 @@ class PeerRecord:
     node_id: str
     connected_at: int
     expires_at: int
+    role: str = "peer"
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def _s(value: str) -> dict[str, str]:
@@ -118,6 +121,8 @@ def _peer_item(peer: PeerRecord) -> dict[str, Any]:
         "node_id": _s(peer.node_id),
         "connected_at": _n(peer.connected_at),
         "expires_at": _n(peer.expires_at),
+        "role": _s(peer.role),
+        "metadata": _s(json.dumps(peer.metadata, separators=(",", ":"))),
     }
 
 
@@ -131,7 +136,17 @@ def _peer_from(item: dict[str, Any]) -> PeerRecord:
         node_id=item.get("node_id", {}).get("S", ""),
         connected_at=int(item["connected_at"]["N"]),
         expires_at=int(item["expires_at"]["N"]),
+        role=item.get("role", {}).get("S", "peer"),
+        metadata=_json_object(item.get("metadata", {}).get("S", "{}")),
     )
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 class Repository:
@@ -274,6 +289,23 @@ class Repository:
             if exc.reasons[:1] == ("ConditionalCheckFailed",):
                 raise NotFound("room was deleted", operation="refresh_peer") from exc
             raise
+
+    async def update_peer_metadata(
+        self, room_id: str, peer_id: str, connection_id: str, metadata: dict[str, Any]
+    ) -> None:
+        """Store a live entry's new metadata; ConditionFailed if the entry is no longer ours."""
+        await self._call(
+            "update_peer_metadata",
+            self._client.update_item,
+            TableName=self.peers_table,
+            Key={"room_id": _s(room_id), "peer_id": _s(peer_id)},
+            UpdateExpression="SET metadata = :m",
+            ConditionExpression="connection_id = :cid",
+            ExpressionAttributeValues={
+                ":m": _s(json.dumps(metadata, separators=(",", ":"))),
+                ":cid": _s(connection_id),
+            },
+        )
 
     async def release_peer(self, room_id: str, peer_id: str, connection_id: str) -> None:
         """Delete the entry if this connection still holds it (a takeover keeps its own)."""

@@ -142,6 +142,7 @@ class RelaySettings(CommonSettings):
     node_id: str = Field(default="relay-1", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     max_frame_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     max_peers_per_room: int = Field(default=32, ge=2, le=10_000)
+    max_metadata_bytes: int = Field(default=4096, ge=2, le=32 * 1024, description="A peer's metadata, as JSON.")
     max_connections: int = Field(default=10_000, ge=1)
     messages_per_second: float = Field(default=50.0, gt=0, description="Sustained frames per connection.")
     message_burst: int = Field(default=100, ge=1, description="Frames a connection may send at once.")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from signaling_shared.errors import PeerIdTaken, PeerNotFound, RoomFull
 
@@ -40,6 +40,8 @@ class Member:
     link: Link
     connected_at: int
     room_expires_at: int
+    role: str = "peer"
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

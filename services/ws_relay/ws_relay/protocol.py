@@ -1,17 +1,28 @@
 """The wire protocol: client frames to typed messages, server messages to frames.
 
-Pure functions, no I/O. The seed's (v1) messages, unchanged on the wire:
+Pure functions, no I/O. The seed's (v1) messages work unchanged:
 
     client -> server  register   {peer_id, room_id, token, id_token}
     client -> server  offer      {sender, target, sdp, ...}       relayed to target
     client -> server  answer     {sender, target, sdp, ...}       relayed to target
     client -> server  candidate  {sender, target, candidate, ...} relayed to target
-    server -> client  registered_auth {room_id, token, peer_id}
-    server -> client  peer_joined {peer_id} / peer_left {peer_id, reason}
+    server -> client  registered_auth {room_id, token, peer_id, ...}
+    server -> client  peer_joined {peer_id, ...} / peer_left {peer_id, reason}
     server -> client  error {code, reason}
 
-Relayed messages keep every field the sender put in them; the server only stamps
-``sender`` with the peer registered on the socket.
+Version 2 adds, all optional for v1 clients:
+
+    register          + role, metadata
+    update_metadata   {metadata}                   -> room: metadata_updated
+    discover_peers    {filters}                    -> peer_list {count, peers}
+    peer_message      {to_peer_id, payload}        -> target: peer_message {from_peer_id, ...}
+    broadcast         {payload}                    -> others: broadcast {from_peer_id, payload}
+    ping              {}                           -> pong
+    any message       + id                         -> ack {id} (or error {code, reason, id})
+
+Relayed v1 messages keep every field the sender put in them (but ``id``, which is
+the sender's own correlation id); the server stamps ``sender`` with the peer
+registered on the socket.
 """
 
 from __future__ import annotations
@@ -32,20 +43,30 @@ from signaling_shared.errors import (
 from signaling_shared.tokens import ID_PATTERN
 
 PeerId = Field(pattern=ID_PATTERN, description="1-128 of A-Z a-z 0-9 _ . : @ + -")
+ROLE_PATTERN = r"^[A-Za-z0-9_.-]{1,32}$"
+DEFAULT_ROLE = "peer"
+# A correlation id: the client's own, echoed back in ack, error and replies.
+CorrelationId = Annotated[str, Field(min_length=1, max_length=64)] | Annotated[int, Field(ge=0, lt=2**53)]
 
 
-class Register(BaseModel):
+class _ClientMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
+    id: CorrelationId | None = None
+
+
+class Register(_ClientMessage):
     type: Literal["register"]
     peer_id: str = PeerId
     room_id: str = PeerId
     token: str = Field(min_length=1, max_length=512)
     id_token: str = Field(min_length=1, max_length=8192)
+    role: str = Field(default=DEFAULT_ROLE, pattern=ROLE_PATTERN)
+    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class _Relayed(BaseModel):
-    """A message for one other peer of the room. Unknown fields travel along."""
+class _Relayed(_ClientMessage):
+    """A v1 message for one other peer of the room. Unknown fields travel along."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -70,14 +91,44 @@ class Candidate(_Relayed):
     candidate: dict[str, Any] | str | None
 
 
+class UpdateMetadata(_ClientMessage):
+    type: Literal["update_metadata"]
+    metadata: dict[str, Any]
+
+
+class DiscoverPeers(_ClientMessage):
+    type: Literal["discover_peers"]
+    filters: dict[str, Any] = Field(default_factory=dict)
+
+
+class PeerMessage(_ClientMessage):
+    """An application message for one peer; ``payload`` is any JSON and arrives untouched."""
+
+    type: Literal["peer_message"]
+    to_peer_id: str = PeerId
+    payload: Any = None
+
+
+class Broadcast(_ClientMessage):
+    type: Literal["broadcast"]
+    payload: Any = None
+
+
+class Ping(_ClientMessage):
+    type: Literal["ping"]
+
+
 RelayedMessage = Offer | Answer | Candidate
-ClientMessage = Annotated[Register | Offer | Answer | Candidate, Field(discriminator="type")]
-_CLIENT_MESSAGE: TypeAdapter[Register | Offer | Answer | Candidate] = TypeAdapter(ClientMessage)
+AnyClientMessage = (
+    Register | Offer | Answer | Candidate | UpdateMetadata | DiscoverPeers | PeerMessage | Broadcast | Ping
+)
+ClientMessage = Annotated[AnyClientMessage, Field(discriminator="type")]
+_CLIENT_MESSAGE: TypeAdapter[AnyClientMessage] = TypeAdapter(ClientMessage)
 
 
 @dataclass(frozen=True, slots=True)
 class Parsed:
-    message: Register | Offer | Answer | Candidate
+    message: AnyClientMessage
     data: dict[str, Any]
 
 
@@ -85,8 +136,8 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_frame(frame: str | bytes) -> Parsed:
-    """The typed message in ``frame``, or the typed error saying what is wrong with it."""
+def decode_frame(frame: str | bytes) -> dict[str, Any]:
+    """The JSON object in ``frame``, or InvalidJson / InvalidMessage."""
     if not isinstance(frame, str):
         raise InvalidMessage("binary frames are not supported; send JSON text")
     try:
@@ -95,16 +146,26 @@ def parse_frame(frame: str | bytes) -> Parsed:
         raise InvalidJson() from None
     if not isinstance(data, dict):
         raise InvalidMessage("a message is a JSON object")
+    return data
+
+
+def parse_message(data: dict[str, Any]) -> AnyClientMessage:
+    """The typed message in a decoded frame, or the typed error saying what is wrong."""
     kind = data.get("type")
     if not isinstance(kind, str):
         raise InvalidMessage("type: a string is required")
     try:
-        message = _CLIENT_MESSAGE.validate_python(data)
+        return _CLIENT_MESSAGE.validate_python(data)
     except ValidationError as exc:
         if exc.errors()[0]["type"] == "union_tag_invalid":
             raise UnknownMessageType(f"unknown message type {kind[:40]!r}") from None
         raise InvalidMessage(describe_validation_error(exc.errors(), skip=1)) from None
-    return Parsed(message, data)
+
+
+def parse_frame(frame: str | bytes) -> Parsed:
+    """decode_frame then parse_message."""
+    data = decode_frame(frame)
+    return Parsed(parse_message(data), data)
 
 
 def encode(message: dict[str, Any]) -> str:
@@ -112,29 +173,82 @@ def encode(message: dict[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"))
 
 
-def relayed_frame(data: dict[str, Any], sender: str) -> str:
-    """The frame the target receives: the sender's message, ``sender`` stamped.
-
-    Always re-encoded, so a frame with duplicate keys cannot show one sender to us
-    and another to a client whose parser keeps the first key.
-    """
+def _encode_relayed(message: dict[str, Any]) -> str:
     try:
-        return encode({**data, "sender": sender})
+        return encode(message)
     except (ValueError, RecursionError):
         raise InvalidMessage("message cannot be relayed (nesting too deep)") from None
 
 
-def registered_auth(room_id: str, token: str, peer_id: str) -> str:
-    return encode({"type": "registered_auth", "room_id": room_id, "token": token, "peer_id": peer_id})
+def relayed_frame(data: dict[str, Any], sender: str) -> str:
+    """The frame the target receives: the sender's message, ``sender`` stamped, ``id`` dropped.
+
+    Always re-encoded, so a frame with duplicate keys cannot show one sender to us
+    and another to a client whose parser keeps the first key.
+    """
+    return _encode_relayed({**{k: v for k, v in data.items() if k != "id"}, "sender": sender})
 
 
-def peer_joined(peer_id: str) -> str:
-    return encode({"type": "peer_joined", "peer_id": peer_id})
+def peer_message(sender: str, target: str, payload: Any) -> str:
+    return _encode_relayed({"type": "peer_message", "from_peer_id": sender, "to_peer_id": target, "payload": payload})
+
+
+def broadcast(sender: str, payload: Any) -> str:
+    return _encode_relayed({"type": "broadcast", "from_peer_id": sender, "payload": payload})
+
+
+def with_id(message: dict[str, Any], correlation_id: str | int | None) -> dict[str, Any]:
+    return message if correlation_id is None else {**message, "id": correlation_id}
+
+
+def ack(correlation_id: str | int) -> str:
+    return encode({"type": "ack", "id": correlation_id})
+
+
+def pong(correlation_id: str | int | None) -> str:
+    return encode(with_id({"type": "pong"}, correlation_id))
+
+
+def peer_view(peer_id: str, role: str, metadata: dict[str, Any], connected_at: int) -> dict[str, Any]:
+    return {"peer_id": peer_id, "role": role, "metadata": metadata, "connected_at": connected_at}
+
+
+def peer_list(peers: list[dict[str, Any]], correlation_id: str | int | None) -> str:
+    return encode(with_id({"type": "peer_list", "count": len(peers), "peers": peers}, correlation_id))
+
+
+def metadata_updated(view: dict[str, Any]) -> str:
+    return encode({"type": "metadata_updated", **view})
+
+
+def registered_auth(
+    room_id: str, token: str, peer_id: str, *, peers: list[dict[str, Any]], correlation_id: str | int | None
+) -> str:
+    """The seed's confirmation, plus the peers already in the room (v2)."""
+    message = {"type": "registered_auth", "room_id": room_id, "token": token, "peer_id": peer_id, "peers": peers}
+    return encode(with_id(message, correlation_id))
+
+
+def peer_joined(view: dict[str, Any]) -> str:
+    return encode({"type": "peer_joined", **view})
 
 
 def peer_left(peer_id: str, reason: str) -> str:
     return encode({"type": "peer_left", "peer_id": peer_id, "reason": reason})
 
 
-def error_frame(error: SignalingError) -> str:
-    return encode({"type": "error", "code": error.code.value, "reason": error.reason})
+def error_frame(error: SignalingError, correlation_id: str | int | None = None) -> str:
+    """v1 shape ``{type, code, reason}``; with the request's ``id`` when it had one."""
+    return encode(with_id({"type": "error", "code": error.code.value, "reason": error.reason}, correlation_id))
+
+
+def correlation_id_of(data: Any) -> str | int | None:
+    """The ``id`` of a raw message if it is a valid correlation id (for errors on invalid messages)."""
+    if not isinstance(data, dict):
+        return None
+    value = data.get("id")
+    if isinstance(value, str) and 0 < len(value) <= 64:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
+        return value
+    return None

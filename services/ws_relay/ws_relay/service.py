@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -20,10 +21,12 @@ from signaling_shared.errors import (
     AlreadyRegistered,
     ConditionFailed,
     DeliveryFailed,
+    InvalidMessage,
     InvalidRoomToken,
     NotFound,
     NotRegistered,
     PeerIdTaken,
+    PeerNotFound,
     RateLimited,
     RepositoryError,
     RoomExpired,
@@ -36,7 +39,7 @@ from signaling_shared.errors import (
 from signaling_shared.ratelimit import KeyedRateLimiter, TokenBucket
 from signaling_shared.settings import RelaySettings
 from signaling_shared.tokens import room_token_matches
-from ws_relay import protocol
+from ws_relay import discovery, protocol
 from ws_relay.close_codes import REASONS, CloseCode
 from ws_relay.hub import Hub, Link, Member
 from ws_relay.metrics import RelayMetrics
@@ -125,42 +128,105 @@ class RelayService:
 
     async def handle_frame(self, session: Session, frame: str | bytes) -> None:
         started = time.perf_counter()
+        correlation_id: str | int | None = None
         try:
             if not session.bucket.take(time.monotonic()):
                 raise RateLimited(
                     f"more than {self.settings.messages_per_second:g} messages per second",
                     retry_after=session.bucket.retry_after(time.monotonic()),
                 )
-            parsed = protocol.parse_frame(frame)
-            message = parsed.message
-            if isinstance(message, protocol.Register):
-                await self._register(session, message)
-            else:
-                self._relay(session, message, parsed, started)
+            data = protocol.decode_frame(frame)
+            correlation_id = protocol.correlation_id_of(data)
+            message = protocol.parse_message(data)
+            await self._dispatch(session, message, data, started)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a typed reply
-            self._reply_error(session, exc)
+            self._reply_error(session, exc, correlation_id)
 
-    def _reply_error(self, session: Session, exc: Exception) -> None:
+    async def _dispatch(
+        self, session: Session, message: protocol.AnyClientMessage, data: dict[str, Any], started: float
+    ) -> None:
+        if isinstance(message, protocol.Register):
+            await self._register(session, message)
+            return
+        if isinstance(message, protocol.Ping):
+            session.link.send(protocol.pong(message.id))
+            return
+        member = session.member
+        if member is None:
+            raise NotRegistered()
+        if isinstance(message, protocol.DiscoverPeers):
+            session.link.send(protocol.peer_list(self._discover(member, message.filters), message.id))
+            return
+        if isinstance(message, protocol.UpdateMetadata):
+            await self._update_metadata(member, message.metadata)
+        elif isinstance(message, protocol.PeerMessage):
+            target = self.hub.route(member, message.to_peer_id)
+            self._deliver(target, protocol.peer_message(member.peer_id, target.peer_id, message.payload), started)
+        elif isinstance(message, protocol.Broadcast):
+            frame = protocol.broadcast(member.peer_id, message.payload)
+            for other in self.hub.others(member):
+                other.link.send(frame, started)
+        else:
+            self._relay(member, message, data, started)
+        self.metrics.relayed.labels(message.type).inc()
+        if message.id is not None:
+            session.link.send(protocol.ack(message.id))
+
+    def _reply_error(self, session: Session, exc: Exception, correlation_id: str | int | None) -> None:
         error = as_signaling_error(exc)
         if not isinstance(exc, SignalingError | RepositoryError):
             log.error("unhandled_error", error_type=type(exc).__name__, exc_info=exc)
         self.metrics.errors.labels(error.code.value).inc()
-        session.link.send(protocol.error_frame(error))
+        session.link.send(protocol.error_frame(error, correlation_id))
 
     # Relay -------------------------------------------------------------------------
 
-    def _relay(
-        self, session: Session, message: protocol.RelayedMessage, parsed: protocol.Parsed, started: float
-    ) -> None:
-        member = session.member
-        if member is None:
-            raise NotRegistered()
+    def _relay(self, member: Member, message: protocol.RelayedMessage, data: dict[str, Any], started: float) -> None:
         if message.sender is not None and message.sender != member.peer_id:
             raise SenderMismatch(f"sender must be {member.peer_id!r}, the peer registered on this connection")
         target = self.hub.route(member, message.target)
-        if not target.link.send(protocol.relayed_frame(parsed.data, member.peer_id), started):
-            raise DeliveryFailed(f"peer {message.target!r} is not reading its messages")
-        self.metrics.relayed.labels(message.type).inc()
+        self._deliver(target, protocol.relayed_frame(data, member.peer_id), started)
+
+    def _deliver(self, target: Member, frame: str, started: float) -> None:
+        if not target.link.send(frame, started):
+            raise DeliveryFailed(f"peer {target.peer_id!r} is not reading its messages")
+
+    # Metadata and discovery --------------------------------------------------------
+
+    def _check_metadata(self, metadata: dict[str, Any]) -> None:
+        size = len(protocol.encode(metadata))
+        if size > self.settings.max_metadata_bytes:
+            raise InvalidMessage(f"metadata is {size} bytes; the limit is {self.settings.max_metadata_bytes}")
+
+    async def _update_metadata(self, member: Member, metadata: dict[str, Any]) -> None:
+        self._check_metadata(metadata)
+        try:
+            await self.repository.update_peer_metadata(
+                member.room_id, member.peer_id, member.link.connection_id, metadata
+            )
+        except ConditionFailed:
+            raise PeerNotFound("this connection no longer holds its peer id") from None
+        if not self.hub.is_current(member):
+            raise PeerNotFound("this connection no longer holds its peer id")
+        member.metadata = metadata
+        frame = protocol.metadata_updated(self._view(member))
+        for other in self.hub.others(member):
+            other.link.send(frame)
+
+    def _discover(self, member: Member, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        try:
+            discovery.validate_filters(filters)
+        except discovery.FilterError as exc:
+            raise InvalidMessage(str(exc)) from None
+        return [
+            self._view(other)
+            for other in self.hub.others(member)
+            if discovery.matches(filters, other.role, other.metadata)
+        ]
+
+    @staticmethod
+    def _view(member: Member) -> dict[str, Any]:
+        return protocol.peer_view(member.peer_id, member.role, member.metadata, member.connected_at)
 
     # Registration ------------------------------------------------------------------
 
@@ -180,6 +246,7 @@ class RelayService:
             raise AlreadyRegistered()
         if self.closing:
             raise ServerBusy("server is shutting down; reconnect")
+        self._check_metadata(message.metadata)
         self._ip_limiter.enforce(session.remote_ip, "registrations from this address")
         identity = await self.verifier.verify(message.id_token)
         try:
@@ -206,6 +273,8 @@ class RelayService:
             link=session.link,
             connected_at=int(now),
             room_expires_at=room.expires_at,
+            role=message.role,
+            metadata=message.metadata,
         )
         connection_id = session.link.connection_id
         record = self._record(member, now)
@@ -245,9 +314,18 @@ class RelayService:
         )
         structlog.contextvars.bind_contextvars(room_id=member.room_id, peer_id=member.peer_id)
         log.info("peer_registered", takeover=replaced is not None)
-        session.link.send(protocol.registered_auth(message.room_id, message.token, message.peer_id))
-        joined = protocol.peer_joined(member.peer_id)
-        for other in self.hub.others(member):
+        others = self.hub.others(member)
+        session.link.send(
+            protocol.registered_auth(
+                message.room_id,
+                message.token,
+                message.peer_id,
+                peers=[self._view(other) for other in others],
+                correlation_id=message.id,
+            )
+        )
+        joined = protocol.peer_joined(self._view(member))
+        for other in others:
             other.link.send(joined)
         return "ok"
 
@@ -262,6 +340,8 @@ class RelayService:
             node_id=self.settings.node_id,
             connected_at=member.connected_at,
             expires_at=self._lease_end(now, member.room_expires_at),
+            role=member.role,
+            metadata=member.metadata,
         )
 
     async def _restore(self, member: Member, now: float) -> None:
