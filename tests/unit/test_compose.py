@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
 from container_checks import ROOT, SECRET_NAME, SERVICES, SETTING_NAMES, SETTINGS, env_name
@@ -195,7 +196,10 @@ def test_env_example_values_are_valid(clean_environment: pytest.MonkeyPatch) -> 
         clean_environment.setenv(name, value)
         for cls in SETTINGS:
             if name in {env_name(f) for f in cls.model_fields}:
-                settings: BaseSettings = cls(cognito_user_pool_id="pool", cognito_client_id="client")
+                # A minimal valid production configuration, so each value is judged alone.
+                settings: BaseSettings = cls(
+                    cognito_user_pool_id="pool", cognito_client_id="client", turn_secrets=[SecretStr("s" * 32)]
+                )
                 assert settings is not None
         if not active:
             clean_environment.delenv(name)

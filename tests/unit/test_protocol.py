@@ -88,14 +88,17 @@ def test_error_frame_has_the_v1_shape() -> None:
 def test_server_messages() -> None:
     """registered_auth, peer_joined and peer_left carry the seed's fields (v2 adds to them)."""
     view = protocol.peer_view("q", "worker", {"tags": ["gpu"]}, 7)
-    assert json.loads(protocol.registered_auth("r", "t", "p", peers=[view], correlation_id=None)) == {
+    ice = {"ice_servers": [{"urls": ["stun:s"]}], "ttl": 60}
+    assert json.loads(protocol.registered_auth("r", "t", "p", peers=[view], ice=ice, correlation_id=None)) == {
         "type": "registered_auth",
         "room_id": "r",
         "token": "t",
         "peer_id": "p",
         "peers": [{"peer_id": "q", "role": "worker", "metadata": {"tags": ["gpu"]}, "connected_at": 7}],
+        "ice_servers": [{"urls": ["stun:s"]}],
+        "ttl": 60,
     }
-    assert json.loads(protocol.registered_auth("r", "t", "p", peers=[], correlation_id=5))["id"] == 5
+    assert json.loads(protocol.registered_auth("r", "t", "p", peers=[], ice=ice, correlation_id=5))["id"] == 5
     assert json.loads(protocol.peer_joined(view)) == {"type": "peer_joined", **view}
     assert json.loads(protocol.peer_left("p", "disconnected")) == {
         "type": "peer_left",

@@ -30,7 +30,14 @@ from rooms_api.main import create_app as create_rooms_app
 from signaling_shared.aws import use_io_threads
 from signaling_shared.bootstrap import Bootstrapped, bootstrap
 from signaling_shared.http import uvicorn_config
-from signaling_shared.settings import AuthSettings, CommonSettings, Environment, RelaySettings, RoomsSettings
+from signaling_shared.settings import (
+    DEVELOPMENT_TURN_SECRET,
+    AuthSettings,
+    CommonSettings,
+    Environment,
+    RelaySettings,
+    RoomsSettings,
+)
 from ws_relay.server import RelayServer
 
 AUTH_PREFIX = "/auth-api"
@@ -112,6 +119,11 @@ class StackConfig:
     table_prefix: str = "dev-"
     region: str = "us-west-1"
     log_level: str = "INFO"
+    # TURN entries handed out by default, so the local stack gives real credentials (a
+    # coturn on this address with this secret accepts them: see tests/integration/test_turn.py).
+    stun_urls: tuple[str, ...] = ("stun:127.0.0.1:3478",)
+    turn_urls: tuple[str, ...] = ("turn:127.0.0.1:3478?transport=udp", "turn:127.0.0.1:3478?transport=tcp")
+    turn_secret: str = DEVELOPMENT_TURN_SECRET
     # Extra settings for every service (e.g. {"room_ttl_seconds": 60}); unknown keys are ignored.
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -179,6 +191,9 @@ class Stack:
             "aws_region": cfg.region,
             "aws_endpoint_url": endpoint,
             "table_prefix": cfg.table_prefix,
+            "stun_urls": list(cfg.stun_urls),
+            "turn_urls": list(cfg.turn_urls),
+            "turn_secrets": [cfg.turn_secret],
             **cfg.overrides,
         }
         common = CommonSettings(**base)

@@ -33,7 +33,7 @@ def create_app(settings: RoomsSettings, metrics: ServiceMetrics | None = None) -
         description="Rooms with a room token and an expiry for the signaling service.",
         metrics=metrics,
         checks={"dynamodb": repository.check, "jwks": verifier.check},
-        routers=[rooms_router(service, bearer_identity(verifier))],
+        routers=[rooms_router(service, bearer_identity(verifier), settings)],
     )
 
 

@@ -3,12 +3,20 @@
 # No "from __future__ import annotations": FastAPI must resolve the Annotated aliases defined
 # inside rooms_router() at runtime.
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
 
-from rooms_api.schemas import CreateRoomResponse, DeleteRoomRequest, DeleteRoomResponse, PeerView, RoomView
+from rooms_api.schemas import (
+    CreateRoomResponse,
+    DeleteRoomRequest,
+    DeleteRoomResponse,
+    IceServersResponse,
+    PeerView,
+    RoomView,
+)
 from rooms_api.service import Deleted, RoomsService
 from signaling_shared.auth import Identity
 from signaling_shared.errors import (
@@ -20,7 +28,9 @@ from signaling_shared.errors import (
     StorageUnavailable,
 )
 from signaling_shared.http import error_responses
+from signaling_shared.settings import CommonSettings
 from signaling_shared.tokens import ID_PATTERN
+from signaling_shared.turn import ice_servers
 
 # The dependencies of every route: the ID token is checked (JWKS may be unreachable) and
 # DynamoDB is called.
@@ -45,7 +55,9 @@ def _deleted(result: Deleted) -> DeleteRoomResponse:
     )
 
 
-def rooms_router(service: RoomsService, identity: Callable[..., Awaitable[Identity]]) -> APIRouter:
+def rooms_router(
+    service: RoomsService, identity: Callable[..., Awaitable[Identity]], settings: CommonSettings
+) -> APIRouter:
     router = APIRouter(tags=["rooms"])
     Caller = Annotated[Identity, Depends(identity)]
     RoomId = Annotated[str, Path(pattern=ID_PATTERN, description="Room id from /create-room.")]
@@ -99,5 +111,15 @@ def rooms_router(service: RoomsService, identity: Callable[..., Awaitable[Identi
     )
     async def delete_room(room_id: RoomId, caller: Caller) -> DeleteRoomResponse:
         return _deleted(await service.delete(caller, room_id))
+
+    @router.get(
+        "/ice-servers",
+        response_model=IceServersResponse,
+        response_model_exclude_none=True,  # STUN entries carry no username/credential at all
+        summary="STUN/TURN servers with TURN credentials that expire after 'ttl' seconds.",
+        responses=error_responses(InvalidIdToken, AuthProviderUnavailable),
+    )
+    async def get_ice_servers(caller: Caller) -> IceServersResponse:
+        return IceServersResponse.model_validate(ice_servers(settings, caller.sub, time.time()))
 
     return router

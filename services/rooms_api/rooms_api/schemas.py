@@ -58,3 +58,16 @@ class RoomView(BaseModel):
     created_at: int
     expires_at: int
     peers: list[PeerView] = Field(description="Peers connected now, oldest first.")
+
+
+class IceServer(BaseModel):
+    urls: list[str]
+    username: str | None = Field(default=None, description="TURN only: '<expiry>:<peer>'.")
+    credential: str | None = Field(default=None, description="TURN only: base64 HMAC-SHA1 of the username.")
+
+
+class IceServersResponse(BaseModel):
+    """For RTCPeerConnection's iceServers; fetch again before ``ttl`` seconds pass."""
+
+    ice_servers: list[IceServer]
+    ttl: int = Field(description="Seconds the TURN credentials stay valid.")

@@ -9,8 +9,11 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Handed out by the local stack only; refused in production.
+DEVELOPMENT_TURN_SECRET = "development-turn-secret-never-use-in-production"  # noqa: S105 - public on purpose
 
 
 class Environment(StrEnum):
@@ -77,15 +80,33 @@ class CommonSettings(BaseSettings):
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=300, description="Clock skew allowed on exp and iat.")
     http_timeout_seconds: float = Field(default=5.0, gt=0)
 
+    stun_urls: list[str] = Field(default_factory=list, description="STUN URLs handed to peers.")
+    turn_urls: list[str] = Field(default_factory=list, description="TURN URLs handed to peers with credentials.")
+    turn_secrets: list[SecretStr] = Field(
+        default_factory=list,
+        description="TURN REST API shared secrets (coturn static-auth-secret); the first signs, "
+        "all are configured in coturn during a rotation.",
+    )
+    turn_credential_ttl_seconds: int = Field(
+        default=3600, ge=1, le=7 * 24 * 3600, description="Lifetime of TURN credentials; refreshed at 80%."
+    )
     forwarded_allow_ips: str = Field(
         default="127.0.0.1",
         description="Proxies whose X-Forwarded-For is trusted for the client address (comma-separated, '*' for any).",
     )
 
     @model_validator(mode="after")
-    def _cognito_configured(self) -> CommonSettings:
-        if self.environment is Environment.PRODUCTION and not (self.cognito_user_pool_id and self.cognito_client_id):
+    def _production_ready(self) -> CommonSettings:
+        if self.environment is not Environment.PRODUCTION:
+            return self
+        if not (self.cognito_user_pool_id and self.cognito_client_id):
             raise ValueError("cognito_user_pool_id and cognito_client_id are required in production")
+        if self.turn_urls and not self.turn_secrets:
+            raise ValueError("turn_urls need turn_secrets")
+        for secret in self.turn_secrets:
+            value = secret.get_secret_value()
+            if len(value) < 32 or value == DEVELOPMENT_TURN_SECRET:
+                raise ValueError("turn_secrets must be real secrets of at least 32 characters in production")
         return self
 
     @property

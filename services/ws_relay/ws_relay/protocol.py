@@ -222,11 +222,29 @@ def metadata_updated(view: dict[str, Any]) -> str:
 
 
 def registered_auth(
-    room_id: str, token: str, peer_id: str, *, peers: list[dict[str, Any]], correlation_id: str | int | None
+    room_id: str,
+    token: str,
+    peer_id: str,
+    *,
+    peers: list[dict[str, Any]],
+    ice: dict[str, Any],
+    correlation_id: str | int | None,
 ) -> str:
-    """The seed's confirmation, plus the peers already in the room (v2)."""
-    message = {"type": "registered_auth", "room_id": room_id, "token": token, "peer_id": peer_id, "peers": peers}
+    """The seed's confirmation, plus (v2) the peers already in the room and the ICE servers."""
+    message = {
+        "type": "registered_auth",
+        "room_id": room_id,
+        "token": token,
+        "peer_id": peer_id,
+        "peers": peers,
+        **ice,
+    }
     return encode(with_id(message, correlation_id))
+
+
+def ice_servers(ice: dict[str, Any]) -> str:
+    """Fresh ICE servers, pushed before the previous TURN credentials expire."""
+    return encode({"type": "ice_servers", **ice})
 
 
 def peer_joined(view: dict[str, Any]) -> str:

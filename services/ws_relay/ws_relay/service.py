@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from signaling_shared import turn
 from signaling_shared.auth import TokenVerifier
 from signaling_shared.dynamo import PeerRecord, Repository
 from signaling_shared.errors import (
@@ -47,6 +48,7 @@ from ws_relay.metrics import RelayMetrics
 log = structlog.stdlib.get_logger("ws_relay")
 
 LEASE_REFRESH_CONCURRENCY = 16
+ICE_REFRESH_AT = 0.8  # of the credentials' lifetime
 
 
 @dataclass(eq=False)
@@ -56,6 +58,7 @@ class Session:
     bucket: TokenBucket
     member: Member | None = None
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    ice_timer: asyncio.TimerHandle | None = None
 
 
 class RelayService:
@@ -112,8 +115,9 @@ class RelayService:
     async def close_session(self, session: Session) -> None:
         """The connection is gone: leave the room, tell the others, free the routing entry."""
         self.sessions.discard(session)
-        for timer in session.timers:
-            timer.cancel()
+        for timer in (*session.timers, session.ice_timer):
+            if timer is not None:
+                timer.cancel()
         member = session.member
         if member is None or not self.hub.leave(member):
             return
@@ -315,15 +319,18 @@ class RelayService:
         structlog.contextvars.bind_contextvars(room_id=member.room_id, peer_id=member.peer_id)
         log.info("peer_registered", takeover=replaced is not None)
         others = self.hub.others(member)
+        ice = turn.ice_servers(self.settings, member.peer_id, now)
         session.link.send(
             protocol.registered_auth(
                 message.room_id,
                 message.token,
                 message.peer_id,
                 peers=[self._view(other) for other in others],
+                ice=ice,
                 correlation_id=message.id,
             )
         )
+        self._schedule_ice_refresh(session, member, ice["ttl"])
         joined = protocol.peer_joined(self._view(member))
         for other in others:
             other.link.send(joined)
@@ -356,6 +363,21 @@ class RelayService:
             await self.repository.release_peer(room_id, peer_id, connection_id)
         except RepositoryError as exc:  # the entry's lease runs out on its own
             log.warning("release_failed", room_id=room_id, error=type(exc).__name__)
+
+    def _schedule_ice_refresh(self, session: Session, member: Member, ttl: int) -> None:
+        """Push fresh TURN credentials well before the current ones expire."""
+        if not self.settings.turn_urls:
+            return
+        session.ice_timer = asyncio.get_running_loop().call_later(
+            ttl * ICE_REFRESH_AT, self._refresh_ice, session, member
+        )
+
+    def _refresh_ice(self, session: Session, member: Member) -> None:
+        if not self.hub.is_current(member):
+            return
+        ice = turn.ice_servers(self.settings, member.peer_id, self._clock())
+        member.link.send(protocol.ice_servers(ice))
+        self._schedule_ice_refresh(session, member, ice["ttl"])
 
     def _lease_end(self, now: float, room_expires_at: int) -> int:
         return min(room_expires_at, int(now) + self.settings.peer_lease_seconds)

@@ -1,0 +1,36 @@
+"""ICE servers for peers, with ephemeral TURN credentials (the TURN REST API scheme).
+
+coturn's ``use-auth-secret`` checks ``username = "<expiry unix time>:<peer>"`` and
+``credential = base64(HMAC-SHA1(secret, username))``; the credential is worthless after
+its expiry, so a leaked one expires by itself. The first configured secret signs; coturn
+accepts every secret it is configured with, which is how a secret is rotated.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from typing import Any
+
+from signaling_shared.settings import CommonSettings
+
+
+def turn_credential(secret: str, username: str) -> str:
+    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def ice_servers(settings: CommonSettings, peer: str, now: float) -> dict[str, Any]:
+    """``{"ice_servers": [...], "ttl": seconds}`` for ``peer``, valid from ``now``."""
+    ttl = settings.turn_credential_ttl_seconds
+    servers: list[dict[str, Any]] = []
+    if settings.stun_urls:
+        servers.append({"urls": list(settings.stun_urls)})
+    if settings.turn_urls and settings.turn_secrets:
+        username = f"{int(now) + ttl}:{peer}"
+        secret = settings.turn_secrets[0].get_secret_value()
+        servers.append(
+            {"urls": list(settings.turn_urls), "username": username, "credential": turn_credential(secret, username)}
+        )
+    return {"ice_servers": servers, "ttl": ttl}

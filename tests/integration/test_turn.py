@@ -1,0 +1,184 @@
+"""ICE servers with ephemeral TURN credentials, proven against a real coturn.
+
+coturn (Debian package ``coturn``) runs on loopback with ``use-auth-secret`` and two
+static secrets (an old one and the current one, as during a rotation). A real TURN
+client (aioice) allocates a relay with the credentials our services hand out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aioice.stun import TransactionFailed
+from aioice.turn import create_turn_endpoint
+
+from conftest import RelayFactory
+from devstack.stack import StackInfo
+from signaling_shared.settings import CommonSettings
+from signaling_shared.turn import ice_servers
+from support import TIMEOUT, Peer, create_room, sign_in
+
+pytestmark = pytest.mark.integration
+
+OLD_SECRET = "an-older-secret-still-accepted-during-rotation"
+
+
+def _free_port() -> int:
+    """A port free for both TCP and UDP (coturn listens on both)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = int(tcp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+        return port
+
+
+@pytest.fixture(scope="module")
+def coturn(tmp_path_factory: pytest.TempPathFactory, stack: StackInfo) -> Iterator[tuple[str, int]]:
+    """A coturn on loopback accepting the stack's TURN secret and an older one."""
+    binary = shutil.which("turnserver")
+    if binary is None:
+        if os.environ.get("SIGNALING_REQUIRE_TURN") == "1":
+            pytest.fail("coturn (turnserver) is required here: apt-get install coturn")
+        pytest.skip("coturn is not installed (CI installs it and sets SIGNALING_REQUIRE_TURN=1)")
+    directory = tmp_path_factory.mktemp("coturn")
+    port = _free_port()
+    current = stack.common.turn_secrets[0].get_secret_value()
+    config = Path(directory, "turnserver.conf")
+    config.write_text(
+        "\n".join(
+            [
+                "listening-ip=127.0.0.1",
+                "relay-ip=127.0.0.1",
+                f"listening-port={port}",
+                "use-auth-secret",
+                f"static-auth-secret={OLD_SECRET}",
+                f"static-auth-secret={current}",
+                "realm=signaling.test",
+                "no-tls",
+                "no-dtls",
+                "no-cli",
+                "fingerprint",
+                "log-file=stdout",
+                "simple-log",
+                f"pidfile={directory}/turnserver.pid",
+                f"userdb={directory}/turndb",
+            ]
+        )
+    )
+    process = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    assert process.stdout is not None
+    stdout = process.stdout
+
+    def read() -> None:
+        for line in stdout:
+            lines.put(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        while "Total General servers" not in lines.get(timeout=6 * TIMEOUT):
+            pass
+        yield "127.0.0.1", port
+    finally:
+        process.terminate()
+        process.wait(timeout=TIMEOUT)
+        stdout.close()
+        reader.join(timeout=TIMEOUT)
+
+
+async def allocate(server: tuple[str, int], username: str, credential: str) -> tuple[str, int]:
+    """A TURN allocation with these credentials; the relayed address."""
+    transport, _ = await asyncio.wait_for(
+        create_turn_endpoint(asyncio.DatagramProtocol, server, username, credential), 4 * TIMEOUT
+    )
+    try:
+        relayed: tuple[str, int] = transport.get_extra_info("sockname")
+        return relayed
+    finally:
+        transport.close()
+
+
+def turn_entry(ice: dict[str, Any]) -> dict[str, Any]:
+    entries = [server for server in ice["ice_servers"] if "credential" in server]
+    assert len(entries) == 1, ice
+    entry: dict[str, Any] = entries[0]
+    return entry
+
+
+async def test_issued_credentials_are_accepted_by_coturn(api: str, coturn: tuple[str, int]) -> None:
+    """GET /ice-servers hands out STUN and TURN entries whose credentials coturn accepts."""
+    user = await sign_in(api)
+    async with httpx.AsyncClient(base_url=api, timeout=TIMEOUT) as client:
+        response = await client.get("/ice-servers", headers=user.bearer)
+        unauthenticated = await client.get("/ice-servers")
+    assert unauthenticated.status_code == 401
+    assert response.status_code == 200, response.text
+    ice = response.json()
+    assert ice["ttl"] == 3600
+    assert {"urls": ["stun:127.0.0.1:3478"]} in ice["ice_servers"]  # no null username/credential
+    entry = turn_entry(ice)
+    assert all(url.startswith("turn:") for url in entry["urls"])
+    expiry, _, peer = entry["username"].partition(":")
+    assert int(expiry) > 0
+    assert peer
+    host, port = await allocate(coturn, entry["username"], entry["credential"])
+    assert host == "127.0.0.1"
+    assert port > 0
+
+
+async def test_expired_or_forged_credentials_are_refused(stack: StackInfo, coturn: tuple[str, int]) -> None:
+    """coturn refuses credentials past their expiry and credentials signed with another secret."""
+    settings = stack.common
+    expired = turn_entry(ice_servers(settings, "peer-1", now=time.time() - 2 * settings.turn_credential_ttl_seconds))
+    with pytest.raises(TransactionFailed) as refused:
+        await allocate(coturn, expired["username"], expired["credential"])
+    assert "401" in str(refused.value)
+    forged_settings = CommonSettings(**{**settings.model_dump(), "turn_secrets": ["not-the-secret-coturn-knows-xxxx"]})
+    forged = turn_entry(ice_servers(forged_settings, "peer-1", now=time.time()))
+    with pytest.raises(TransactionFailed):
+        await allocate(coturn, forged["username"], forged["credential"])
+
+
+async def test_a_rotated_secret_keeps_working(stack: StackInfo, coturn: tuple[str, int]) -> None:
+    """During a rotation coturn accepts credentials signed with the older secret too."""
+    older = CommonSettings(**{**stack.common.model_dump(), "turn_secrets": [OLD_SECRET]})
+    entry = turn_entry(ice_servers(older, "peer-1", now=time.time()))
+    await allocate(coturn, entry["username"], entry["credential"])
+
+
+async def test_registration_carries_ice_servers_and_the_relay_refreshes_them(
+    api: str, relay_with: RelayFactory, coturn: tuple[str, int]
+) -> None:
+    """registered_auth includes ICE servers; fresh credentials are pushed before they expire."""
+    async with relay_with(turn_credential_ttl_seconds=2) as server:
+        user = await sign_in(api)
+        room = await create_room(api, user)
+        peer = await Peer.connect(f"ws://127.0.0.1:{server.port}")
+        registered = await peer.register("P", room, user)
+        first = turn_entry(registered)
+        assert registered["ttl"] == 2
+        assert first["username"].endswith(":P")
+        await allocate(coturn, first["username"], first["credential"])
+        pushed = await peer.expect("ice_servers")  # at 80% of the 2 s lifetime
+        second = turn_entry(pushed)
+        assert int(second["username"].split(":")[0]) > int(first["username"].split(":")[0])
+        await allocate(coturn, second["username"], second["credential"])
+        await peer.close()
