@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements/dev.txt services/*/pyprojec
 PACKAGES := services/shared services/auth_api services/rooms_api services/ws_relay services/devstack
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev test lint format typecheck unit integration e2e lock clean
+.PHONY: help install dev test lint format typecheck unit integration e2e schema lock clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ format: $(STAMP) ## Apply ruff's formatting and safe fixes
 
 typecheck: $(STAMP) ## mypy --strict on the services and tests
 	$(BIN)/mypy
+
+schema: $(STAMP) ## Regenerate docs/protocol.schema.json from the relay's message models
+	$(BIN)/python -m ws_relay.schema
 
 lock: ## Re-pin requirements/*.txt from requirements/*.in
 	cd requirements && ../$(BIN)/pip-compile --quiet --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links -o runtime.txt runtime.in

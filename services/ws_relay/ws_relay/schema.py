@@ -1,0 +1,191 @@
+"""The machine-readable protocol: JSON Schemas of every message both ways, from the code.
+
+The client messages are the parser's own models (``protocol.ClientMessage``); the server
+messages are described here and every frame the server encodes is checked against them
+by the tests. ``docs/protocol.schema.json`` is this module's output, checked in; CI
+fails when it differs from what the code generates (``make schema`` rewrites it).
+
+    python -m ws_relay.schema [--check] [PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from signaling_shared.errors import ErrorCode
+from ws_relay.close_codes import REASONS, RETRYABLE_RANGE
+from ws_relay.protocol import ClientMessage, CorrelationId
+
+DEFAULT_PATH = Path(__file__).resolve().parents[3] / "docs" / "protocol.schema.json"
+
+
+class _Server(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PeerView(_Server):
+    peer_id: str
+    role: str
+    metadata: dict[str, Any]
+    connected_at: int = Field(description="Unix time the peer registered.")
+
+
+class IceServer(_Server):
+    urls: list[str]
+    username: str | None = Field(default=None, description="TURN only: '<expiry>:<peer>'.")
+    credential: str | None = Field(default=None, description="TURN only: base64 HMAC-SHA1 of the username.")
+
+
+class RegisteredAuth(_Server):
+    type: Literal["registered_auth"]
+    room_id: str
+    token: str
+    peer_id: str
+    peers: list[PeerView] = Field(description="v2: the peers already in the room.")
+    ice_servers: list[IceServer] = Field(description="v2: for RTCPeerConnection.")
+    ttl: int = Field(description="v2: seconds the TURN credentials stay valid.")
+    id: CorrelationId | None = None
+
+
+class IceServers(_Server):
+    type: Literal["ice_servers"]
+    ice_servers: list[IceServer]
+    ttl: int
+
+
+class PeerJoined(PeerView):
+    type: Literal["peer_joined"]
+
+
+class MetadataUpdated(PeerView):
+    type: Literal["metadata_updated"]
+
+
+class PeerLeft(_Server):
+    type: Literal["peer_left"]
+    peer_id: str
+    reason: str
+
+
+class PeerList(_Server):
+    type: Literal["peer_list"]
+    count: int
+    peers: list[PeerView]
+    id: CorrelationId | None = None
+
+
+class PeerMessageDelivered(_Server):
+    type: Literal["peer_message"]
+    from_peer_id: str
+    to_peer_id: str
+    payload: Any
+
+
+class BroadcastDelivered(_Server):
+    type: Literal["broadcast"]
+    from_peer_id: str
+    payload: Any
+
+
+class _RelayedDelivered(BaseModel):
+    """A v1 message as its target receives it: every field the sender sent, sender stamped."""
+
+    model_config = ConfigDict(extra="allow")
+
+    sender: str
+    target: str
+
+
+class OfferDelivered(_RelayedDelivered):
+    type: Literal["offer"]
+    sdp: str
+
+
+class AnswerDelivered(_RelayedDelivered):
+    type: Literal["answer"]
+    sdp: str
+
+
+class CandidateDelivered(_RelayedDelivered):
+    type: Literal["candidate"]
+    candidate: dict[str, Any] | str | None
+
+
+class Ack(_Server):
+    type: Literal["ack"]
+    id: CorrelationId
+
+
+class Pong(_Server):
+    type: Literal["pong"]
+    id: CorrelationId | None = None
+
+
+class Error(_Server):
+    type: Literal["error"]
+    code: ErrorCode
+    reason: str
+    id: CorrelationId | None = Field(default=None, description="Only when the request carried one.")
+
+
+AnyServerMessage = (
+    RegisteredAuth
+    | IceServers
+    | PeerJoined
+    | MetadataUpdated
+    | PeerLeft
+    | PeerList
+    | PeerMessageDelivered
+    | BroadcastDelivered
+    | OfferDelivered
+    | AnswerDelivered
+    | CandidateDelivered
+    | Ack
+    | Pong
+    | Error
+)
+ServerMessage = Annotated[AnyServerMessage, Field(discriminator="type")]
+SERVER_MESSAGE: TypeAdapter[AnyServerMessage] = TypeAdapter(ServerMessage)
+
+
+def protocol_schema() -> dict[str, Any]:
+    """Everything a client needs to speak the protocol, as one JSON document."""
+    return {
+        "title": "Signaling WebSocket protocol",
+        "client_messages": TypeAdapter(ClientMessage).json_schema(),
+        "server_messages": SERVER_MESSAGE.json_schema(),
+        "error_codes": sorted(code.value for code in ErrorCode),
+        "close_codes": {
+            str(int(code)): {"name": code.name, "reason": reason, "retryable": int(code) in RETRYABLE_RANGE}
+            for code, reason in sorted(REASONS.items())
+        },
+    }
+
+
+def render() -> str:
+    return json.dumps(protocol_schema(), indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", nargs="?", type=Path, default=DEFAULT_PATH)
+    parser.add_argument("--check", action="store_true", help="Fail if the file differs from the code.")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        if not args.path.exists() or args.path.read_text() != text:
+            print(f"{args.path} is out of date: run `make schema`", file=sys.stderr)
+            return 1
+        return 0
+    args.path.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""The machine-readable protocol matches the code, the server's frames match it, the docs cover it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from signaling_shared.errors import ErrorCode, InvalidJson, PeerNotFound
+from ws_relay import protocol, schema
+from ws_relay.close_codes import CloseCode
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+VIEW = protocol.peer_view("W", "worker", {"tags": ["gpu"]}, 1)
+ICE = {"ice_servers": [{"urls": ["stun:s"]}, {"urls": ["turn:t"], "username": "9:W", "credential": "c"}], "ttl": 60}
+
+
+def test_checked_in_schema_is_what_the_code_generates() -> None:
+    """docs/protocol.schema.json is up to date (`make schema` regenerates it)."""
+    assert schema.main(["--check"]) == 0
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        protocol.registered_auth("r", "t", "p", peers=[VIEW], ice=ICE, correlation_id=None),
+        protocol.registered_auth("r", "t", "p", peers=[], ice={"ice_servers": [], "ttl": 60}, correlation_id="x"),
+        protocol.ice_servers(ICE),
+        protocol.peer_joined(VIEW),
+        protocol.metadata_updated(VIEW),
+        protocol.peer_left("p", "disconnected"),
+        protocol.peer_list([VIEW], 3),
+        protocol.peer_list([], None),
+        protocol.peer_message("a", "b", {"any": ["json"]}),
+        protocol.broadcast("a", None),
+        protocol.relayed_frame({"type": "offer", "target": "b", "sdp": "v=0", "extra": 1, "id": 4}, "a"),
+        protocol.relayed_frame({"type": "answer", "target": "b", "sdp": "v=0"}, "a"),
+        protocol.relayed_frame({"type": "candidate", "target": "b", "candidate": None}, "a"),
+        protocol.ack("m1"),
+        protocol.pong(None),
+        protocol.pong(7),
+        protocol.error_frame(InvalidJson()),
+        protocol.error_frame(PeerNotFound(), "m2"),
+    ],
+)
+def test_every_server_frame_matches_the_schema(frame: str) -> None:
+    """What the server encodes validates against its published models (no undocumented field)."""
+    schema.SERVER_MESSAGE.validate_json(frame)
+
+
+def _message_types(document: dict[str, Any]) -> set[str]:
+    return {
+        definition["properties"]["type"]["const"]
+        for definition in document["$defs"].values()
+        if "type" in definition.get("properties", {}) and "const" in definition["properties"]["type"]
+    }
+
+
+def test_docs_cover_every_message_error_and_close_code() -> None:
+    """docs/protocol.md names every message type both ways, every error code and every close code."""
+    text = (DOCS / "protocol.md").read_text()
+    document = json.loads((DOCS / "protocol.schema.json").read_text())
+    names = set(re.findall(r"`([a-z_]+)`", text))
+    assert _message_types(document["client_messages"]) - names == set()
+    assert _message_types(document["server_messages"]) - names == set()
+    assert {code.value for code in ErrorCode} - set(re.findall(r"`([A-Z_]+)`", text)) == set()
+    for code in CloseCode:
+        assert f"| {int(code)} | `{code.name}` |" in text
