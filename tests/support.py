@@ -68,6 +68,8 @@ class Peer:
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self.peer_id: str | None = None
+        self.last_seq = 0
+        self.resume_token: str | None = None
 
     @classmethod
     async def connect(cls, url: str) -> Peer:
@@ -80,9 +82,17 @@ class Peer:
         await self.ws.send(frame)
 
     async def recv(self) -> dict[str, Any]:
+        """The next message, its ``seq`` checked (contiguous, no gap, no duplicate) and removed."""
         frame = await asyncio.wait_for(self.ws.recv(), TIMEOUT)
         message = json.loads(frame)
         assert isinstance(message, dict)
+        if message.get("type") == "registered_auth":
+            self.last_seq = message.get("last_seq", 0)
+            self.resume_token = message.get("resume_token")
+        if "seq" in message:
+            seq = message.pop("seq")
+            assert seq == self.last_seq + 1, (seq, self.last_seq, message)
+            self.last_seq = seq
         return message
 
     async def expect(self, kind: str) -> dict[str, Any]:

@@ -271,7 +271,7 @@ async def test_seed_flow_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
         worker, client = await _seed_flow(stack)
         try:
             await client.close()
-            assert await worker.recv() == {"type": "peer_left", "peer_id": client.peer_id, "reason": "disconnected"}
+            assert await worker.recv() == {"type": "peer_left", "peer_id": client.peer_id, "reason": "closed"}
         finally:
             await worker.close()
             await client.close()

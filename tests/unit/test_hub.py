@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -16,11 +17,12 @@ class FakeLink:
 
     connection_id: str
     frames: list[str] = field(default_factory=list)
+    on_confirm: Callable[[int], None] | None = None
 
     def is_open(self) -> bool:
         return True
 
-    def send(self, frame: str, relay_started: float | None = None) -> bool:
+    def send(self, frame: str, relay_started: float | None = None, seq: int | None = None) -> bool:
         self.frames.append(frame)
         return True
 
@@ -28,9 +30,13 @@ class FakeLink:
         pass
 
 
+def member_of(room: str, peer: str, sub: str, link: FakeLink) -> Member:
+    return Member(room, peer, sub, "", link, link.connection_id, 0, 10**10)
+
+
 def seat(hub: Hub, room: str, peer: str, sub: str) -> Member:
     reservation = hub.reserve(room, peer, sub)
-    member = Member(room, peer, sub, "", FakeLink(f"{room}/{peer}/{sub}"), 0, 10**10)
+    member = member_of(room, peer, sub, FakeLink(f"{room}/{peer}/{sub}"))
     hub.commit(reservation, member)
     return member
 
@@ -62,7 +68,7 @@ def test_same_identity_takes_over_and_old_member_is_returned() -> None:
     seat(hub, "r", "b", "other")
     reservation = hub.reserve("r", "a", "owner")  # room is full, but this is a takeover
     assert reservation.replaces is old
-    new = Member("r", "a", "owner", "", FakeLink("new"), 1, 10**10)
+    new = member_of("r", "a", "owner", FakeLink("new"))
     assert hub.commit(reservation, new) is old
     assert hub.is_current(new)
     assert not hub.leave(old)  # the replaced member's departure removes nobody
@@ -109,3 +115,19 @@ def test_leave_empties_rooms_and_others_lists_the_rest() -> None:
     assert hub.leave(b)
     assert hub.room_count == 0
     assert hub.member_count == 0
+
+
+def test_frames_are_numbered_and_kept_until_confirmed() -> None:
+    """Every frame gets the next seq; confirmed frames are forgotten; a resume gets the rest."""
+    member = member_of("r", "a", "s", FakeLink("c"))
+    stamped = [member.stamp(f'{{"type":"t{i}"}}') for i in range(5)]
+    assert [seq for seq, _ in stamped] == [1, 2, 3, 4, 5]
+    assert stamped[0][1] == '{"seq":1,"type":"t0"}'
+    member.confirm(2)
+    assert member.missed_since(2) == [frame for _, frame in stamped[2:]]
+    assert member.missed_since(4) == [stamped[4][1]]
+    assert member.missed_since(5) == []
+    assert member.missed_since(1) is None  # seq 2 was confirmed and forgotten
+    assert member.missed_since(6) is None  # never sent
+    member.confirm(5)
+    assert member.missed_since(5) == []

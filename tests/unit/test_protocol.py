@@ -89,7 +89,9 @@ def test_server_messages() -> None:
     """registered_auth, peer_joined and peer_left carry the seed's fields (v2 adds to them)."""
     view = protocol.peer_view("q", "worker", {"tags": ["gpu"]}, 7)
     ice = {"ice_servers": [{"urls": ["stun:s"]}], "ttl": 60}
-    assert json.loads(protocol.registered_auth("r", "t", "p", peers=[view], ice=ice, correlation_id=None)) == {
+    assert json.loads(
+        protocol.registered_auth("r", "t", "p", peers=[view], ice=ice, resume_token="rt", correlation_id=None)
+    ) == {
         "type": "registered_auth",
         "room_id": "r",
         "token": "t",
@@ -97,13 +99,21 @@ def test_server_messages() -> None:
         "peers": [{"peer_id": "q", "role": "worker", "metadata": {"tags": ["gpu"]}, "connected_at": 7}],
         "ice_servers": [{"urls": ["stun:s"]}],
         "ttl": 60,
+        "resume_token": "rt",
+        "resumed": False,
+        "last_seq": 0,
     }
-    assert json.loads(protocol.registered_auth("r", "t", "p", peers=[], ice=ice, correlation_id=5))["id"] == 5
+    assert (
+        json.loads(protocol.registered_auth("r", "t", "p", peers=[], ice=ice, resume_token="rt", correlation_id=5))[
+            "id"
+        ]
+        == 5
+    )
     assert json.loads(protocol.peer_joined(view)) == {"type": "peer_joined", **view}
-    assert json.loads(protocol.peer_left("p", "disconnected")) == {
+    assert json.loads(protocol.peer_left("p", "closed")) == {
         "type": "peer_left",
         "peer_id": "p",
-        "reason": "disconnected",
+        "reason": "closed",
     }
 
 

@@ -26,12 +26,14 @@ def test_checked_in_schema_is_what_the_code_generates() -> None:
 @pytest.mark.parametrize(
     "frame",
     [
-        protocol.registered_auth("r", "t", "p", peers=[VIEW], ice=ICE, correlation_id=None),
-        protocol.registered_auth("r", "t", "p", peers=[], ice={"ice_servers": [], "ttl": 60}, correlation_id="x"),
+        protocol.registered_auth("r", "t", "p", peers=[VIEW], ice=ICE, resume_token="rt", correlation_id=None),
+        protocol.registered_auth(
+            "r", "t", "p", peers=[], ice={"ice_servers": [], "ttl": 60}, resume_token="rt", correlation_id="x"
+        ),
         protocol.ice_servers(ICE),
         protocol.peer_joined(VIEW),
         protocol.metadata_updated(VIEW),
-        protocol.peer_left("p", "disconnected"),
+        protocol.peer_left("p", "closed"),
         protocol.peer_list([VIEW], 3),
         protocol.peer_list([], None),
         protocol.peer_message("a", "b", {"any": ["json"]}),

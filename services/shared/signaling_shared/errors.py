@@ -23,6 +23,7 @@ class ErrorCode(StrEnum):
     # Session
     NOT_REGISTERED = "NOT_REGISTERED"
     ALREADY_REGISTERED = "ALREADY_REGISTERED"
+    RESUME_FAILED = "RESUME_FAILED"
     INVALID_ID_TOKEN = "INVALID_ID_TOKEN"
     # Rooms
     ROOM_NOT_FOUND = "ROOM_NOT_FOUND"
@@ -102,6 +103,12 @@ class AlreadyRegistered(SignalingError):
     code = ErrorCode.ALREADY_REGISTERED
     http_status = 409
     default_reason = "this connection is already registered"
+
+
+class ResumeFailed(SignalingError):
+    code = ErrorCode.RESUME_FAILED
+    http_status = 409
+    default_reason = "the session cannot be resumed: register without resume_token"
 
 
 class InvalidIdToken(SignalingError):

@@ -180,6 +180,15 @@ class RelaySettings(CommonSettings):
     peer_lease_seconds: int = Field(
         default=120, ge=10, description="Routing-table entries expire this long after the last refresh."
     )
+    resume_window_seconds: float = Field(
+        default=60.0, gt=0, description="How long a dropped peer keeps its place, waiting for a resume."
+    )
+    resume_buffer_messages: int = Field(
+        default=1024, ge=1, description="Unconfirmed messages kept per peer for a resume; past it the peer is dropped."
+    )
+    resume_buffer_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="The same bound in bytes (the frames as sent)."
+    )
     ping_interval_seconds: float | None = Field(default=20.0, gt=0)
     ping_timeout_seconds: float | None = Field(default=20.0, gt=0)
     shutdown_grace_seconds: float = Field(

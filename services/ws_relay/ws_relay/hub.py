@@ -1,5 +1,9 @@
 """Room membership and routing on one relay node. Pure: no I/O, no clock, no asyncio.
 
+A ``Member`` is a peer's place in a room. It outlives its connection: when the socket
+drops, the member is detached (``link`` is None) and keeps numbering and logging what
+is sent to it, so a resume within the window replays exactly what the client missed.
+
 A registration is two-phase because it writes the routing table in between:
 ``reserve`` checks the rules and holds the place (so concurrent registrations cannot
 overfill a room or both take one peer id), then ``commit`` or ``cancel``. Nothing
@@ -9,7 +13,8 @@ evicts no one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,11 +25,13 @@ class Link(Protocol):
     """One client connection as the relay logic sees it."""
 
     connection_id: str
+    # Told the highest seq the client has certainly received (its pong arrived after it).
+    on_confirm: Callable[[int], None] | None
 
     def is_open(self) -> bool:
         """False once the connection is closing or closed."""
 
-    def send(self, frame: str, relay_started: float | None = None) -> bool:
+    def send(self, frame: str, relay_started: float | None = None, seq: int | None = None) -> bool:
         """Queue ``frame``; False if the connection is closing or cannot keep up."""
 
     def close(self, code: int, reason: str) -> None:
@@ -37,11 +44,41 @@ class Member:
     peer_id: str
     owner_sub: str
     owner_username: str
-    link: Link
+    link: Link | None  # None while detached, waiting for a resume
+    connection_id: str  # the connection that holds the routing-table entry
     connected_at: int
     room_expires_at: int
     role: str = "peer"
     metadata: dict[str, Any] = field(default_factory=dict)
+    resume_hash: str = ""
+    seq: int = 0
+    # Frames sent and not yet confirmed received, oldest first: what a resume replays.
+    unconfirmed: deque[tuple[int, str]] = field(default_factory=deque)
+    unconfirmed_bytes: int = 0
+    # Timer handles owned by the service (room expiry, ICE refresh, resume window).
+    timers: dict[str, Any] = field(default_factory=dict)
+
+    def stamp(self, frame: str) -> tuple[int, str]:
+        """Number a frame (an encoded JSON object) and keep it until confirmed."""
+        self.seq += 1
+        stamped = f'{{"seq":{self.seq},{frame[1:]}'
+        self.unconfirmed.append((self.seq, stamped))
+        self.unconfirmed_bytes += len(stamped)
+        return self.seq, stamped
+
+    def confirm(self, seq: int) -> None:
+        """The client has received everything up to ``seq``: forget it."""
+        while self.unconfirmed and self.unconfirmed[0][0] <= seq:
+            self.unconfirmed_bytes -= len(self.unconfirmed.popleft()[1])
+
+    def missed_since(self, last_seq: int) -> list[str] | None:
+        """The frames after ``last_seq``, or None if some of them are no longer kept."""
+        if last_seq < 0 or last_seq > self.seq:
+            return None
+        oldest = self.unconfirmed[0][0] if self.unconfirmed else self.seq + 1
+        if last_seq + 1 < oldest:
+            return None
+        return [frame for seq, frame in self.unconfirmed if seq > last_seq]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +134,9 @@ class Hub:
         if not members:
             del self._rooms[member.room_id]
         return True
+
+    def get(self, room_id: str, peer_id: str) -> Member | None:
+        return self._rooms.get(room_id, {}).get(peer_id)
 
     def is_current(self, member: Member) -> bool:
         return self._rooms.get(member.room_id, {}).get(member.peer_id) is member

@@ -12,13 +12,15 @@ Pure functions, no I/O. The seed's (v1) messages work unchanged:
 
 Version 2 adds, all optional for v1 clients:
 
-    register          + role, metadata
+    register          + role, metadata; + resume_token, last_seq to resume
     update_metadata   {metadata}                   -> room: metadata_updated
     discover_peers    {filters}                    -> peer_list {count, peers}
     peer_message      {to_peer_id, payload}        -> target: peer_message {from_peer_id, ...}
     broadcast         {payload}                    -> others: broadcast {from_peer_id, payload}
     ping              {}                           -> pong
     any message       + id                         -> ack {id} (or error {code, reason, id})
+    every frame after registered_auth carries seq (1, 2, ...), so a resume can say
+    what it last saw
 
 Relayed v1 messages keep every field the sender put in them (but ``id``, which is
 the sender's own correlation id); the server stamps ``sender`` with the peer
@@ -63,6 +65,8 @@ class Register(_ClientMessage):
     id_token: str = Field(min_length=1, max_length=8192)
     role: str = Field(default=DEFAULT_ROLE, pattern=ROLE_PATTERN)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    resume_token: str | None = Field(default=None, min_length=1, max_length=128)
+    last_seq: int = Field(default=0, ge=0, lt=2**53, description="The last seq the client received.")
 
 
 class _Relayed(_ClientMessage):
@@ -228,9 +232,13 @@ def registered_auth(
     *,
     peers: list[dict[str, Any]],
     ice: dict[str, Any],
+    resume_token: str,
     correlation_id: str | int | None,
+    resumed: bool = False,
+    last_seq: int = 0,
 ) -> str:
-    """The seed's confirmation, plus (v2) the peers already in the room and the ICE servers."""
+    """The seed's confirmation, plus (v2) the peers already in the room, the ICE servers and
+    what a resume needs. Not numbered: numbering starts with the frame after it."""
     message = {
         "type": "registered_auth",
         "room_id": room_id,
@@ -238,6 +246,9 @@ def registered_auth(
         "peer_id": peer_id,
         "peers": peers,
         **ice,
+        "resume_token": resume_token,
+        "resumed": resumed,
+        "last_seq": last_seq,
     }
     return encode(with_id(message, correlation_id))
 

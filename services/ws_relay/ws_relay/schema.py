@@ -28,6 +28,8 @@ DEFAULT_PATH = Path(__file__).resolve().parents[3] / "docs" / "protocol.schema.j
 class _Server(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    seq: int | None = Field(default=None, description="Numbers every frame after registered_auth.")
+
 
 class PeerView(_Server):
     peer_id: str
@@ -50,6 +52,9 @@ class RegisteredAuth(_Server):
     peers: list[PeerView] = Field(description="v2: the peers already in the room.")
     ice_servers: list[IceServer] = Field(description="v2: for RTCPeerConnection.")
     ttl: int = Field(description="v2: seconds the TURN credentials stay valid.")
+    resume_token: str = Field(description="v2: present it with last_seq to resume after a dropped connection.")
+    resumed: bool = Field(description="v2: true when this answers a resume.")
+    last_seq: int = Field(description="v2: the seq of the last frame sent before this one (0 when new).")
     id: CorrelationId | None = None
 
 
@@ -98,6 +103,7 @@ class _RelayedDelivered(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
+    seq: int | None = None
     sender: str
     target: str
 

@@ -13,8 +13,10 @@ import contextlib
 import ipaddress
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import cast
 
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -32,6 +34,9 @@ from ws_relay.service import RelayService
 
 log = structlog.stdlib.get_logger("ws_relay.server")
 
+# Under continuous traffic the outbox never drains: confirm at least every so many frames.
+CONFIRM_EVERY = 32
+
 
 @dataclass(frozen=True, slots=True)
 class _Close:
@@ -44,25 +49,30 @@ class WebSocketLink:
 
     def __init__(self, ws: ServerConnection, *, outbox_max: int, metrics: RelayMetrics) -> None:
         self.connection_id = uuid.uuid4().hex
+        self.on_confirm: Callable[[int], None] | None = None
         self._ws = ws
         self._metrics = metrics
         self._outbox_max = outbox_max
         # One slot more than the limit, so a close always fits behind the frames.
-        self._queue: asyncio.Queue[tuple[str, float | None] | _Close] = asyncio.Queue(outbox_max + 1)
+        self._queue: asyncio.Queue[tuple[str, float | None, int | None] | _Close] = asyncio.Queue(outbox_max + 1)
         self._closing = False
+        self._written_seq = 0  # the last numbered frame handed to the socket
+        self._pinged_seq = 0  # the last one a confirmation ping was sent after
+        self._confirming = False  # a confirmation ping is in flight
+        self._since_ping = 0  # numbered frames written since the last confirmation ping
         self._writer = asyncio.create_task(self._write())
         self._abort_task: asyncio.Task[None] | None = None
 
     def is_open(self) -> bool:
         return not self._closing and self._ws.state is State.OPEN
 
-    def send(self, frame: str, relay_started: float | None = None) -> bool:
+    def send(self, frame: str, relay_started: float | None = None, seq: int | None = None) -> bool:
         if self._closing:
             return False
         if self._queue.qsize() >= self._outbox_max:
             self._abort(CloseCode.SLOW_CONSUMER)
             return False
-        self._queue.put_nowait((frame, relay_started))
+        self._queue.put_nowait((frame, relay_started, seq))
         return True
 
     def close(self, code: int, reason: str) -> None:
@@ -84,10 +94,34 @@ class WebSocketLink:
                 if isinstance(item, _Close):
                     await self._ws.close(item.code, item.reason)
                     return
-                frame, started = item
+                frame, started, seq = item
                 await self._ws.send(frame)
                 if started is not None:
                     self._metrics.relay_latency.observe(time.perf_counter() - started)
+                if seq is not None:
+                    self._written_seq = seq
+                    self._since_ping += 1
+                if self._queue.empty() or self._since_ping >= CONFIRM_EVERY:
+                    await self._confirm_written()
+
+    async def _confirm_written(self) -> None:
+        """After a burst, ping: the pong proves the client received everything before it,
+        so those frames need not be kept for a resume any more."""
+        if self._confirming or self.on_confirm is None or self._written_seq <= self._pinged_seq:
+            return
+        seq, confirm = self._written_seq, self.on_confirm
+        self._pinged_seq = seq
+        self._confirming = True
+        self._since_ping = 0
+        # An explicit payload: websockets would draw one from the global random module.
+        pong = await self._ws.ping(f"confirm:{seq}")
+
+        def confirmed(waiter: asyncio.Future[float]) -> None:
+            self._confirming = False
+            if not waiter.cancelled() and waiter.exception() is None:
+                confirm(seq)
+
+        cast("asyncio.Future[float]", pong).add_done_callback(confirmed)
 
     async def finish(self) -> None:
         """The connection has ended: stop the writer."""
@@ -172,6 +206,7 @@ class RelayServer:
             stuck = list(self.service.sessions)
             log.warning("relay_stop_timeout", connections=len(stuck))
             await asyncio.gather(*(self.service.close_session(session) for session in stuck))
+        await self.service.release_detached()
         self._server = None
         log.info("relay_stopped")
 
@@ -242,9 +277,33 @@ class RelayServer:
             except ConnectionClosed:
                 pass
             finally:
-                await self.service.close_session(session)
+                resumable, reason = _how_it_ended(ws)
+                await self.service.close_session(session, resumable=resumable, reason=reason)
                 await link.finish()
-                log.info("connection_closed", code=ws.close_code)
+                log.info("connection_closed", code=ws.close_code, resumable=resumable)
+
+
+# Endings after which the peer keeps its place for the resume window: the network or
+# the client's process failed (no close frame, 1006, 1011 on a ping timeout), or we cut
+# the socket for reasons it can recover from (4500 shutdown, 4501 slow reader).
+_RESUMABLE_CODES = frozenset({1006, 1011, int(CloseCode.SERVER_SHUTDOWN), int(CloseCode.SLOW_CONSUMER)})
+_LEAVE_REASONS = {
+    int(CloseCode.ROOM_DELETED): "room_deleted",
+    int(CloseCode.ROOM_EXPIRED): "room_expired",
+    int(CloseCode.REPLACED): "replaced",
+}
+
+
+def _how_it_ended(ws: ServerConnection) -> tuple[bool, str]:
+    """Whether the member may resume, and the reason the room hears if it leaves now."""
+    received, sent = ws.protocol.close_rcvd, ws.protocol.close_sent
+    if received is None and sent is None:
+        return True, "timeout"
+    we_closed = sent is not None and (received is None or ws.protocol.close_rcvd_then_sent is False)
+    code = sent.code if we_closed and sent is not None else (received.code if received is not None else 1006)
+    if code in _RESUMABLE_CODES:
+        return True, "timeout"
+    return False, _LEAVE_REASONS.get(code, "closed")
 
 
 def _with_type(response: Response, content_type: str) -> Response:

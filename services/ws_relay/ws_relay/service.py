@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -30,6 +30,7 @@ from signaling_shared.errors import (
     PeerNotFound,
     RateLimited,
     RepositoryError,
+    ResumeFailed,
     RoomExpired,
     RoomNotFound,
     SenderMismatch,
@@ -39,7 +40,7 @@ from signaling_shared.errors import (
 )
 from signaling_shared.ratelimit import KeyedRateLimiter, TokenBucket
 from signaling_shared.settings import RelaySettings
-from signaling_shared.tokens import room_token_matches
+from signaling_shared.tokens import hash_room_token, new_room_token, room_token_matches
 from ws_relay import discovery, protocol
 from ws_relay.close_codes import REASONS, CloseCode
 from ws_relay.hub import Hub, Link, Member
@@ -57,8 +58,7 @@ class Session:
     remote_ip: str
     bucket: TokenBucket
     member: Member | None = None
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
-    ice_timer: asyncio.TimerHandle | None = None
+    deadline: asyncio.TimerHandle | None = None
 
 
 class RelayService:
@@ -84,6 +84,7 @@ class RelayService:
             settings.register_rate_per_minute_per_room, settings.register_burst_per_room
         )
         self.sessions: set[Session] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.closing = False
         metrics.track(self)
 
@@ -98,9 +99,8 @@ class RelayService:
             ),
         )
         self.sessions.add(session)
-        loop = asyncio.get_running_loop()
-        session.timers.append(
-            loop.call_later(self.settings.register_timeout_seconds, self._registration_deadline, session)
+        session.deadline = asyncio.get_running_loop().call_later(
+            self.settings.register_timeout_seconds, self._registration_deadline, session
         )
         return session
 
@@ -108,25 +108,77 @@ class RelayService:
         if session.member is None:
             self._close(session.link, CloseCode.REGISTRATION_TIMEOUT)
 
-    def _close(self, link: Link, code: CloseCode) -> None:
-        self.metrics.closes.labels(str(int(code))).inc()
-        link.close(code, REASONS[code])
+    def _close(self, link: Link | None, code: CloseCode) -> None:
+        if link is not None:
+            self.metrics.closes.labels(str(int(code))).inc()
+            link.close(code, REASONS[code])
 
-    async def close_session(self, session: Session) -> None:
-        """The connection is gone: leave the room, tell the others, free the routing entry."""
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close_session(self, session: Session, *, resumable: bool = False, reason: str = "closed") -> None:
+        """The connection is gone. A dropped connection (``resumable``) detaches its member for
+        the resume window; otherwise the member leaves the room now, with ``reason``."""
         self.sessions.discard(session)
-        for timer in (*session.timers, session.ice_timer):
-            if timer is not None:
-                timer.cancel()
+        if session.deadline is not None:
+            session.deadline.cancel()
         member = session.member
-        if member is None or not self.hub.leave(member):
+        if member is None or member.link is not session.link or not self.hub.is_current(member):
+            return  # never registered, resumed elsewhere, or replaced
+        if resumable and not self.closing:
+            member.link = None
+            member.timers["detached"] = asyncio.get_running_loop().call_later(
+                self.settings.resume_window_seconds, self._resume_window_over, member
+            )
+            log.info("peer_detached", room_id=member.room_id, peer_id=member.peer_id)
             return
-        log.info("peer_left")
+        await self._leave(member, reason)
+
+    def _resume_window_over(self, member: Member) -> None:
+        if member.link is None and self.hub.is_current(member):
+            self._spawn(self._leave(member, "timeout"))
+
+    async def _leave(self, member: Member, reason: str = "closed") -> None:
+        """Remove ``member`` from its room, tell the others why, free its routing entry."""
+        if not self.hub.leave(member):
+            return
+        for timer in member.timers.values():
+            timer.cancel()
+        log.info("peer_left", room_id=member.room_id, peer_id=member.peer_id, reason=reason)
         if not self.closing:
-            frame = protocol.peer_left(member.peer_id, "disconnected")
+            frame = protocol.peer_left(member.peer_id, reason)
             for other in self.hub.others(member):
-                other.link.send(frame)
-        await self._release_quietly(member.room_id, member.peer_id, member.link.connection_id)
+                self._push(other, frame)
+        await self._release_quietly(member.room_id, member.peer_id, member.connection_id)
+
+    def _push(self, member: Member, frame: str, started: float | None = None) -> bool:
+        """Number ``frame`` for ``member`` and send it, or keep it for a resume if detached.
+
+        False when the member cannot hold more unconfirmed frames: it is dropped from the
+        room (``overflow``), and the frame is not delivered.
+        """
+        if (
+            len(member.unconfirmed) >= self.settings.resume_buffer_messages
+            or member.unconfirmed_bytes + len(frame) > self.settings.resume_buffer_bytes
+        ):
+            self._close(member.link, CloseCode.SLOW_CONSUMER)
+            member.link = None
+            self._spawn(self._leave(member, "overflow"))
+            return False
+        seq, stamped = member.stamp(frame)
+        if member.link is not None:
+            member.link.send(stamped, started, seq)  # a slow reader is cut off and detached
+        return True
+
+    def _reply(self, session: Session, frame: str) -> None:
+        """A reply on this connection: numbered once the connection holds a member."""
+        member = session.member
+        if member is not None and member.link is session.link:
+            self._push(member, frame)
+        else:
+            session.link.send(frame)
 
     # Frames ------------------------------------------------------------------------
 
@@ -153,13 +205,13 @@ class RelayService:
             await self._register(session, message)
             return
         if isinstance(message, protocol.Ping):
-            session.link.send(protocol.pong(message.id))
+            self._reply(session, protocol.pong(message.id))
             return
         member = session.member
         if member is None:
             raise NotRegistered()
         if isinstance(message, protocol.DiscoverPeers):
-            session.link.send(protocol.peer_list(self._discover(member, message.filters), message.id))
+            self._reply(session, protocol.peer_list(self._discover(member, message.filters), message.id))
             return
         if isinstance(message, protocol.UpdateMetadata):
             await self._update_metadata(member, message.metadata)
@@ -169,19 +221,19 @@ class RelayService:
         elif isinstance(message, protocol.Broadcast):
             frame = protocol.broadcast(member.peer_id, message.payload)
             for other in self.hub.others(member):
-                other.link.send(frame, started)
+                self._push(other, frame, started)
         else:
             self._relay(member, message, data, started)
         self.metrics.relayed.labels(message.type).inc()
         if message.id is not None:
-            session.link.send(protocol.ack(message.id))
+            self._reply(session, protocol.ack(message.id))
 
     def _reply_error(self, session: Session, exc: Exception, correlation_id: str | int | None) -> None:
         error = as_signaling_error(exc)
         if not isinstance(exc, SignalingError | RepositoryError):
             log.error("unhandled_error", error_type=type(exc).__name__, exc_info=exc)
         self.metrics.errors.labels(error.code.value).inc()
-        session.link.send(protocol.error_frame(error, correlation_id))
+        self._reply(session, protocol.error_frame(error, correlation_id))
 
     # Relay -------------------------------------------------------------------------
 
@@ -192,8 +244,8 @@ class RelayService:
         self._deliver(target, protocol.relayed_frame(data, member.peer_id), started)
 
     def _deliver(self, target: Member, frame: str, started: float) -> None:
-        if not target.link.send(frame, started):
-            raise DeliveryFailed(f"peer {target.peer_id!r} is not reading its messages")
+        if not self._push(target, frame, started):
+            raise DeliveryFailed(f"peer {target.peer_id!r} cannot take more messages")
 
     # Metadata and discovery --------------------------------------------------------
 
@@ -205,9 +257,7 @@ class RelayService:
     async def _update_metadata(self, member: Member, metadata: dict[str, Any]) -> None:
         self._check_metadata(metadata)
         try:
-            await self.repository.update_peer_metadata(
-                member.room_id, member.peer_id, member.link.connection_id, metadata
-            )
+            await self.repository.update_peer_metadata(member.room_id, member.peer_id, member.connection_id, metadata)
         except ConditionFailed:
             raise PeerNotFound("this connection no longer holds its peer id") from None
         if not self.hub.is_current(member):
@@ -215,7 +265,7 @@ class RelayService:
         member.metadata = metadata
         frame = protocol.metadata_updated(self._view(member))
         for other in self.hub.others(member):
-            other.link.send(frame)
+            self._push(other, frame)
 
     def _discover(self, member: Member, filters: dict[str, Any]) -> list[dict[str, Any]]:
         try:
@@ -245,7 +295,8 @@ class RelayService:
         self.metrics.registrations.labels(outcome).inc()
 
     async def _do_register(self, session: Session, message: protocol.Register) -> str:
-        """Register the socket's peer; the outcome label ('ok', or 'abandoned' if the socket left)."""
+        """Register the socket's peer; the outcome label ('ok', 'resumed', or 'abandoned'
+        if the socket left meanwhile)."""
         if session.member is not None:
             raise AlreadyRegistered()
         if self.closing:
@@ -253,6 +304,8 @@ class RelayService:
         self._check_metadata(message.metadata)
         self._ip_limiter.enforce(session.remote_ip, "registrations from this address")
         identity = await self.verifier.verify(message.id_token)
+        if message.resume_token is not None:
+            return await self._resume(session, message, identity.sub)
         try:
             room = await self.repository.get_room(message.room_id)
         except NotFound:
@@ -269,21 +322,23 @@ class RelayService:
         if not session.link.is_open():  # the socket left while we checked: claim nothing
             return "abandoned"
         reservation = self.hub.reserve(message.room_id, message.peer_id, identity.sub)
+        resume_token = new_room_token()
         member = Member(
             room_id=message.room_id,
             peer_id=message.peer_id,
             owner_sub=identity.sub,
             owner_username=identity.username,
             link=session.link,
+            connection_id=session.link.connection_id,
             connected_at=int(now),
             room_expires_at=room.expires_at,
             role=message.role,
             metadata=message.metadata,
+            resume_hash=hash_room_token(resume_token),
         )
-        connection_id = session.link.connection_id
-        record = self._record(member, now)
+        connection_id = member.connection_id
         try:
-            await self.repository.claim_peer(record, now=int(now))
+            await self.repository.claim_peer(self._record(member, now), now=int(now))
         except ConditionFailed:
             self.hub.cancel(reservation)
             raise PeerIdTaken() from None
@@ -310,16 +365,18 @@ class RelayService:
             return "abandoned"
 
         replaced = self.hub.commit(reservation, member)
-        session.member = member
         if replaced is not None:
+            for timer in replaced.timers.values():
+                timer.cancel()
             self._close(replaced.link, CloseCode.REPLACED)
-        session.timers.append(
-            asyncio.get_running_loop().call_later(max(0.0, room.expires_at - now), self._room_expired, session, member)
+        self._attach(session, member)
+        member.timers["room_expiry"] = asyncio.get_running_loop().call_later(
+            max(0.0, room.expires_at - now), self._room_expired, member
         )
         structlog.contextvars.bind_contextvars(room_id=member.room_id, peer_id=member.peer_id)
         log.info("peer_registered", takeover=replaced is not None)
         others = self.hub.others(member)
-        ice = turn.ice_servers(self.settings, member.peer_id, now)
+        ice = self._ice(member, now)
         session.link.send(
             protocol.registered_auth(
                 message.room_id,
@@ -327,14 +384,86 @@ class RelayService:
                 message.peer_id,
                 peers=[self._view(other) for other in others],
                 ice=ice,
+                resume_token=resume_token,
                 correlation_id=message.id,
             )
         )
-        self._schedule_ice_refresh(session, member, ice["ttl"])
         joined = protocol.peer_joined(self._view(member))
         for other in others:
-            other.link.send(joined)
+            self._push(other, joined)
         return "ok"
+
+    async def _resume(self, session: Session, message: protocol.Register, sub: str) -> str:
+        """Reattach a detached (or half-open) member: no leave or join for the room, and
+        everything after the client's ``last_seq`` is sent again, in order."""
+        assert message.resume_token is not None
+        member = self.hub.get(message.room_id, message.peer_id)
+        if (
+            member is None
+            or member.owner_sub != sub
+            or not room_token_matches(message.resume_token, member.resume_hash)
+        ):
+            raise ResumeFailed("no session to resume here: register without resume_token")
+        missed = member.missed_since(message.last_seq)
+        if missed is None:
+            raise ResumeFailed(f"frames after seq {message.last_seq} are no longer kept: register again")
+        now = self._clock()
+        if not session.link.is_open():
+            return "abandoned"
+        previous = member.link
+        member.link, member.connection_id = session.link, session.link.connection_id
+        try:
+            await self.repository.claim_peer(self._record(member, now), now=int(now))
+        except (ConditionFailed, NotFound) as exc:
+            member.link = previous
+            raise ResumeFailed("the session's room or routing entry is gone: register again") from exc
+        if previous is not None:  # a half-open socket the client gave up on
+            self._close(previous, CloseCode.REPLACED)
+        self._attach(session, member)
+        resume_token = new_room_token()
+        member.resume_hash = hash_room_token(resume_token)
+        structlog.contextvars.bind_contextvars(room_id=member.room_id, peer_id=member.peer_id)
+        log.info("peer_resumed", replayed=len(missed))
+        session.link.send(
+            protocol.registered_auth(
+                member.room_id,
+                message.token,
+                member.peer_id,
+                peers=[self._view(other) for other in self.hub.others(member)],
+                ice=self._ice(member, now),
+                resume_token=resume_token,
+                correlation_id=message.id,
+                resumed=True,
+                last_seq=member.seq,
+            )
+        )
+        for frame in missed:
+            session.link.send(frame)
+        return "resumed"
+
+    def _attach(self, session: Session, member: Member) -> None:
+        session.member = member
+        member.link = session.link
+        session.link.on_confirm = member.confirm
+        detached = member.timers.pop("detached", None)
+        if detached is not None:
+            detached.cancel()
+
+    def _ice(self, member: Member, now: float) -> dict[str, Any]:
+        """ICE servers for ``member``, with a refresh scheduled before the credentials expire."""
+        ice = turn.ice_servers(self.settings, member.peer_id, now)
+        previous = member.timers.pop("ice", None)
+        if previous is not None:
+            previous.cancel()
+        if self.settings.turn_urls:
+            member.timers["ice"] = asyncio.get_running_loop().call_later(
+                ice["ttl"] * ICE_REFRESH_AT, self._refresh_ice, member
+            )
+        return ice
+
+    def _refresh_ice(self, member: Member) -> None:
+        if self.hub.is_current(member):
+            self._push(member, protocol.ice_servers(self._ice(member, self._clock())))
 
     def _record(self, member: Member, now: float) -> PeerRecord:
         """The routing-table entry of ``member`` with a fresh lease."""
@@ -343,7 +472,7 @@ class RelayService:
             peer_id=member.peer_id,
             owner_sub=member.owner_sub,
             owner_username=member.owner_username,
-            connection_id=member.link.connection_id,
+            connection_id=member.connection_id,
             node_id=self.settings.node_id,
             connected_at=member.connected_at,
             expires_at=self._lease_end(now, member.room_expires_at),
@@ -364,27 +493,18 @@ class RelayService:
         except RepositoryError as exc:  # the entry's lease runs out on its own
             log.warning("release_failed", room_id=room_id, error=type(exc).__name__)
 
-    def _schedule_ice_refresh(self, session: Session, member: Member, ttl: int) -> None:
-        """Push fresh TURN credentials well before the current ones expire."""
-        if not self.settings.turn_urls:
-            return
-        session.ice_timer = asyncio.get_running_loop().call_later(
-            ttl * ICE_REFRESH_AT, self._refresh_ice, session, member
-        )
-
-    def _refresh_ice(self, session: Session, member: Member) -> None:
-        if not self.hub.is_current(member):
-            return
-        ice = turn.ice_servers(self.settings, member.peer_id, self._clock())
-        member.link.send(protocol.ice_servers(ice))
-        self._schedule_ice_refresh(session, member, ice["ttl"])
-
     def _lease_end(self, now: float, room_expires_at: int) -> int:
         return min(room_expires_at, int(now) + self.settings.peer_lease_seconds)
 
-    def _room_expired(self, session: Session, member: Member) -> None:
+    def _room_expired(self, member: Member) -> None:
         if self.hub.is_current(member):
-            self._close(session.link, CloseCode.ROOM_EXPIRED)
+            self._end(member, CloseCode.ROOM_EXPIRED, "room_expired")
+
+    def _end(self, member: Member, code: CloseCode, reason: str) -> None:
+        """End a member's session for good: close its socket (if any) and leave the room."""
+        self._close(member.link, code)
+        member.link = None
+        self._spawn(self._leave(member, reason))
 
     # Leases ------------------------------------------------------------------------
 
@@ -406,10 +526,10 @@ class RelayService:
                     )
                 except NotFound:
                     if self.hub.is_current(member):
-                        self._close(member.link, CloseCode.ROOM_DELETED)
+                        self._end(member, CloseCode.ROOM_DELETED, "room_deleted")
                 except ConditionFailed:
                     if self.hub.is_current(member):
-                        self._close(member.link, CloseCode.REPLACED)
+                        self._end(member, CloseCode.REPLACED, "replaced")
                 except RepositoryError as exc:
                     log.warning("lease_refresh_failed", room_id=member.room_id, error=type(exc).__name__)
 
@@ -420,3 +540,8 @@ class RelayService:
     def begin_shutdown(self) -> None:
         """Refuse new registrations and stop announcing departures."""
         self.closing = True
+
+    async def release_detached(self) -> None:
+        """At shutdown, after the sockets closed: free the entries of detached members too."""
+        await asyncio.gather(*(self._leave(m) for m in list(self.hub.members()) if m.link is None))
+        await asyncio.gather(*list(self._tasks))

@@ -1,0 +1,174 @@
+"""Lossless resume within the resume window, on one relay process.
+
+A socket that drops without a close frame (its TCP connection aborted) leaves its peer
+detached: the room sees nothing, messages to it are kept, numbered, and replayed in
+order when it registers again with its resume token and the last seq it saw.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from conftest import RelayFactory
+from devstack.stack import StackInfo
+from support import Peer, RoomGrant, User, create_room, peer_ids_in_table, sign_in
+from ws_relay.server import RelayServer
+
+pytestmark = pytest.mark.integration
+
+
+def url(server: RelayServer) -> str:
+    return f"ws://127.0.0.1:{server.port}"
+
+
+async def drop(peer: Peer) -> None:
+    """Cut the TCP connection without a close frame, as a network failure would."""
+    peer.ws.transport.abort()
+    await peer.ws.wait_closed()
+
+
+def resume_message(peer: Peer, room: RoomGrant, user: User, **changes: Any) -> dict[str, Any]:
+    assert peer.peer_id is not None
+    return {
+        "type": "register",
+        "peer_id": peer.peer_id,
+        "room_id": room.room_id,
+        "token": room.token,
+        "id_token": user.id_token,
+        "resume_token": peer.resume_token,
+        "last_seq": peer.last_seq,
+        **changes,
+    }
+
+
+async def resume(old: Peer, address: str, room: RoomGrant, user: User, **changes: Any) -> tuple[Peer, dict[str, Any]]:
+    """Register again on a new socket with the old one's resume token and last seq."""
+    new = await Peer.connect(address)
+    new.peer_id, new.last_seq = old.peer_id, old.last_seq
+    await new.send(resume_message(old, room, user, **changes))
+    registered = await new.expect("registered_auth")  # sets last_seq to the server's
+    new.last_seq = old.last_seq  # the replay continues from what the old socket saw
+    return new, registered
+
+
+async def room_of_two(api: str, address: str) -> tuple[RoomGrant, Peer, User, Peer, User]:
+    a_user, b_user = await sign_in(api), await sign_in(api)
+    room = await create_room(api, a_user)
+    a, b = await Peer.connect(address), await Peer.connect(address)
+    await a.register("A", room, a_user)
+    await b.register("B", room, b_user)
+    await a.expect("peer_joined")
+    return room, a, a_user, b, b_user
+
+
+async def test_resume_after_a_dropped_socket_replays_everything_in_order(
+    api: str, relay_with: RelayFactory, stack: StackInfo
+) -> None:
+    """Messages sent while B was away are acked to A, replayed to B in order with contiguous seqs."""
+    async with relay_with() as server:
+        room, a, _, b, b_user = await room_of_two(api, url(server))
+        await a.send({"type": "peer_message", "to_peer_id": "B", "payload": 0})
+        assert (await b.expect("peer_message"))["payload"] == 0
+        await drop(b)
+
+        sent = []
+        for i in range(1, 6):
+            await a.send({"type": "peer_message", "to_peer_id": "B", "payload": i, "id": f"m{i}"})
+            assert await a.expect("ack") == {"type": "ack", "id": f"m{i}"}  # kept for B: accepted
+            sent.append(i)
+        await a.send({"type": "offer", "target": "B", "sdp": "v=0 while away", "id": "o"})
+        await a.expect("ack")
+        await a.send({"type": "broadcast", "payload": "all", "id": "b"})
+        await a.expect("ack")
+        await a.barrier()  # and no peer_left reached A
+        assert await peer_ids_in_table(stack, room.room_id) == {"A", "B"}
+
+        b2, registered = await resume(b, url(server), room, b_user)
+        assert registered["resumed"] is True
+        assert registered["last_seq"] == b.last_seq + 7
+        assert [p["peer_id"] for p in registered["peers"]] == ["A"]
+        replayed = [await b2.expect("peer_message") for _ in sent]  # recv() checks seqs: no gap, no duplicate
+        assert [m["payload"] for m in replayed] == sent
+        assert (await b2.expect("offer"))["sdp"] == "v=0 while away"
+        assert (await b2.expect("broadcast"))["payload"] == "all"
+
+        await a.send({"type": "peer_message", "to_peer_id": "B", "payload": "after"})
+        assert (await b2.expect("peer_message"))["payload"] == "after"  # numbering goes on
+        await a.barrier()
+        for peer in (a, b2):
+            await peer.close()
+
+
+async def test_a_resume_needs_the_token_and_the_identity(api: str, relay_with: RelayFactory) -> None:
+    """A wrong token or another identity gets RESUME_FAILED and changes nothing; the right one resumes."""
+    async with relay_with() as server:
+        room, a, _, b, b_user = await room_of_two(api, url(server))
+        await drop(b)
+        stranger = await sign_in(api)
+        for changes, user in (({"resume_token": "forged"}, b_user), ({}, stranger)):
+            attempt = await Peer.connect(url(server))
+            await attempt.send(resume_message(b, room, user, **changes))
+            await attempt.expect_error("RESUME_FAILED")
+            await attempt.close()
+        await a.barrier()  # the room saw nothing
+        b2, registered = await resume(b, url(server), room, b_user)
+        assert registered["resumed"] is True
+        for peer in (a, b2):
+            await peer.close()
+
+
+async def test_a_peer_that_does_not_come_back_leaves_after_the_window(
+    api: str, relay_with: RelayFactory, stack: StackInfo
+) -> None:
+    """Past the resume window the room gets peer_left 'timeout', the entry goes, a resume fails."""
+    async with relay_with(resume_window_seconds=0.5) as server:
+        room, a, _, b, b_user = await room_of_two(api, url(server))
+        await drop(b)
+        left = await a.expect("peer_left")
+        assert left == {"type": "peer_left", "peer_id": "B", "reason": "timeout"}
+        assert await peer_ids_in_table(stack, room.room_id) == {"A"}
+        late = await Peer.connect(url(server))
+        await late.send(resume_message(b, room, b_user))
+        await late.expect_error("RESUME_FAILED")
+        await late.close()
+        await a.close()
+
+
+async def test_a_clean_close_leaves_at_once(api: str, relay_with: RelayFactory) -> None:
+    """A client that closes its socket properly leaves now: peer_left 'closed'."""
+    async with relay_with() as server:
+        _, a, _, b, _ = await room_of_two(api, url(server))
+        await b.close()
+        assert await a.expect("peer_left") == {"type": "peer_left", "peer_id": "B", "reason": "closed"}
+        await a.close()
+
+
+async def test_a_detached_peer_that_would_overflow_is_dropped(api: str, relay_with: RelayFactory) -> None:
+    """Past resume_buffer_messages the sender gets DELIVERY_FAILED and the room peer_left 'overflow'."""
+    async with relay_with(resume_buffer_messages=3) as server:
+        _, a, _, b, _ = await room_of_two(api, url(server))
+        await drop(b)
+        for i in range(3):
+            await a.send({"type": "peer_message", "to_peer_id": "B", "payload": i, "id": i})
+            await a.expect("ack")
+        await a.send({"type": "peer_message", "to_peer_id": "B", "payload": 3, "id": 3})
+        await a.expect_error_with_id("DELIVERY_FAILED", 3)
+        assert await a.expect("peer_left") == {"type": "peer_left", "peer_id": "B", "reason": "overflow"}
+        await a.close()
+
+
+async def test_resume_from_a_new_socket_while_the_old_one_still_looks_open(api: str, relay_with: RelayFactory) -> None:
+    """A half-open old socket is closed with 4002 when its peer resumes elsewhere; the room sees nothing."""
+    async with relay_with() as server:
+        room, a, _, b, b_user = await room_of_two(api, url(server))
+        b2, registered = await resume(b, url(server), room, b_user)
+        assert registered["resumed"] is True
+        code, _ = await b.closed()
+        assert code == 4002
+        await a.send({"type": "peer_message", "to_peer_id": "B", "payload": "here"})
+        assert (await b2.expect("peer_message"))["payload"] == "here"
+        await a.barrier()
+        for peer in (a, b2):
+            await peer.close()
