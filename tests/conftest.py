@@ -20,22 +20,10 @@ import pytest
 from devstack.stack import StackConfig, StackInfo, StackThread
 from signaling_shared.logging import configure_logging
 from signaling_shared.settings import RelaySettings
+from support import GENEROUS_LIMITS
 from ws_relay.server import RelayServer
 
 LOCALSTACK_IMAGE = "localstack/localstack:3.8.1"
-
-# The shared stack lets the whole suite sign in and register from one address; the
-# limits themselves are tested on servers of their own with small limits.
-GENEROUS_LIMITS: dict[str, Any] = {
-    "signin_rate_per_minute": 100_000,
-    "signin_burst": 10_000,
-    "room_create_rate_per_minute": 100_000,
-    "room_create_burst": 10_000,
-    "register_rate_per_minute_per_ip": 100_000,
-    "register_burst_per_ip": 10_000,
-    "register_rate_per_minute_per_room": 100_000,
-    "register_burst_per_room": 10_000,
-}
 
 
 def _docker_available() -> bool:

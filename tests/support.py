@@ -17,9 +17,24 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from devstack.stack import HttpServer, StackInfo
-from signaling_shared.dynamo import Repository, Room
-from signaling_shared.settings import CommonSettings
+from signaling_shared.dynamo import PeerRecord, Repository, Room
+from signaling_shared.settings import CommonSettings, RelaySettings
 from signaling_shared.tokens import hash_room_token, new_room_id, new_room_token
+from ws_relay.server import RelayServer
+
+# The shared stack lets the whole suite sign in and register from one address; the
+# limits themselves are tested on servers of their own with small limits.
+GENEROUS_LIMITS: dict[str, Any] = {
+    "signin_rate_per_minute": 100_000,
+    "signin_burst": 10_000,
+    "room_create_rate_per_minute": 100_000,
+    "room_create_burst": 10_000,
+    "register_rate_per_minute_per_ip": 100_000,
+    "register_burst_per_ip": 10_000,
+    "register_rate_per_minute_per_room": 100_000,
+    "register_burst_per_room": 10_000,
+}
+
 
 # One timeout unit, scaled for slow machines (SIGNALING_TEST_TIMEOUT_FACTOR=3 on a busy box).
 TIMEOUT = 5.0 * float(os.environ.get("SIGNALING_TEST_TIMEOUT_FACTOR", "1"))
@@ -185,3 +200,72 @@ async def store_room(stack: StackInfo, owner: str, *, expires_in: int) -> RoomGr
     room = Room(new_room_id(), owner, hash_room_token(token), now, now + expires_in)
     await repository(stack).create_room(room)
     return RoomGrant(room.room_id, token, room.expires_at)
+
+
+class GatedRepository(Repository):
+    """The real repository; once armed, the next call of ``held`` waits at the gate (and
+    then raises ``fail_with`` instead of running, when set).
+
+    ``completed`` receives the name of every gated-kind call that finishes after arming, so
+    a test can wait for the abandoned attempt's last write instead of guessing.
+    """
+
+    held: str = "get_room"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reached = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.completed: asyncio.Queue[str] = asyncio.Queue()
+        self._armed = False
+        self._watching = False
+        self.fail_with: Exception | None = None
+
+    def arm(self) -> None:
+        self._armed = True
+        self._watching = True
+
+    async def _hold(self, name: str) -> None:
+        if self._armed and name == self.held:
+            self._armed = False
+            self.reached.set()
+            await self.gate.wait()
+
+    async def get_room(self, room_id: str) -> Room:
+        await self._hold("get_room")
+        try:
+            return await super().get_room(room_id)
+        finally:
+            self._done("get_room")
+
+    async def claim_peer(self, peer: PeerRecord, *, now: int) -> None:
+        failure = self.fail_with if self._armed and self.held == "claim_peer" else None
+        await self._hold("claim_peer")
+        try:
+            if failure is not None:
+                raise failure
+            await super().claim_peer(peer, now=now)
+        finally:
+            self._done("claim_peer")
+
+    def _done(self, name: str) -> None:
+        if self._watching and name == self.held:
+            self.completed.put_nowait(name)
+
+
+@asynccontextmanager
+async def gated_relay(
+    stack: StackInfo, held: str, **overrides: Any
+) -> AsyncIterator[tuple[RelayServer, GatedRepository]]:
+    """A relay on the real tables whose repository is gated (see GatedRepository)."""
+    settings = RelaySettings(**{**stack.common.model_dump(), **GENEROUS_LIMITS, "port": 0, **overrides})
+    gated = GatedRepository.from_settings(settings)
+    assert isinstance(gated, GatedRepository)
+    gated.held = held
+    server = RelayServer(settings, repository=gated)
+    await server.start()
+    try:
+        yield server, gated
+    finally:
+        gated.gate.set()
+        await server.stop()

@@ -20,11 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
-from conftest import GENEROUS_LIMITS
 from devstack.stack import StackInfo
 from signaling_shared.errors import ErrorCode
 from signaling_shared.settings import RelaySettings
-from support import TIMEOUT, Peer, RoomGrant, User, create_room, sign_in
+from support import GENEROUS_LIMITS, TIMEOUT, Peer, RoomGrant, User, create_room, sign_in
 from ws_relay.server import RelayServer
 
 pytestmark = pytest.mark.integration

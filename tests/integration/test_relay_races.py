@@ -7,82 +7,14 @@ a chosen call until the test has lined up the other side of the race.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 import httpx
 import pytest
 
-from conftest import GENEROUS_LIMITS
 from devstack.stack import StackInfo
-from signaling_shared.dynamo import PeerRecord, Repository, Room
-from signaling_shared.settings import RelaySettings
-from support import TIMEOUT, Peer, User, create_room, peer_ids_in_table, repository, sign_in
-from ws_relay.server import RelayServer
+from support import TIMEOUT, Peer, User, create_room, gated_relay, peer_ids_in_table, repository, sign_in
 
 pytestmark = pytest.mark.integration
-
-
-class GatedRepository(Repository):
-    """The real repository; once armed, the next call of ``held`` waits at the gate.
-
-    ``completed`` receives the name of every gated-kind call that finishes after arming, so
-    a test can wait for the abandoned attempt's last write instead of guessing.
-    """
-
-    held: str = "get_room"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.reached = asyncio.Event()
-        self.gate = asyncio.Event()
-        self.completed: asyncio.Queue[str] = asyncio.Queue()
-        self._armed = False
-        self._watching = False
-
-    def arm(self) -> None:
-        self._armed = True
-        self._watching = True
-
-    async def _hold(self, name: str) -> None:
-        if self._armed and name == self.held:
-            self._armed = False
-            self.reached.set()
-            await self.gate.wait()
-
-    async def get_room(self, room_id: str) -> Room:
-        await self._hold("get_room")
-        try:
-            return await super().get_room(room_id)
-        finally:
-            self._done("get_room")
-
-    async def claim_peer(self, peer: PeerRecord, *, now: int) -> None:
-        await self._hold("claim_peer")
-        try:
-            await super().claim_peer(peer, now=now)
-        finally:
-            self._done("claim_peer")
-
-    def _done(self, name: str) -> None:
-        if self._watching and name == self.held:
-            self.completed.put_nowait(name)
-
-
-@asynccontextmanager
-async def gated_relay(stack: StackInfo, held: str) -> AsyncIterator[tuple[RelayServer, GatedRepository]]:
-    settings = RelaySettings(**{**stack.common.model_dump(), **GENEROUS_LIMITS, "port": 0})
-    gated = GatedRepository.from_settings(settings)
-    assert isinstance(gated, GatedRepository)
-    gated.held = held
-    server = RelayServer(settings, repository=gated)
-    await server.start()
-    try:
-        yield server, gated
-    finally:
-        gated.gate.set()
-        await server.stop()
 
 
 def register(peer_id: str, room_id: str, token: str, user: User) -> dict[str, str]:

@@ -7,13 +7,15 @@ order when it registers again with its resume token and the last seq it saw.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
 from conftest import RelayFactory
 from devstack.stack import StackInfo
-from support import Peer, RoomGrant, User, create_room, peer_ids_in_table, sign_in
+from signaling_shared.errors import Unavailable
+from support import TIMEOUT, Peer, RoomGrant, User, create_room, gated_relay, peer_ids_in_table, sign_in
 from ws_relay.server import RelayServer
 
 pytestmark = pytest.mark.integration
@@ -172,3 +174,126 @@ async def test_resume_from_a_new_socket_while_the_old_one_still_looks_open(api: 
         await a.barrier()
         for peer in (a, b2):
             await peer.close()
+
+
+async def test_seq_cannot_be_forged_by_a_sender(api: str, relay_with: RelayFactory) -> None:
+    """A relayed message carrying its own 'seq' or 'sender' reaches the target with the server's."""
+    async with relay_with() as server:
+        _, a, _, b, _ = await room_of_two(api, url(server))
+        await a.send({"type": "offer", "target": "B", "sdp": "v=0", "seq": 999, "sender": "A"})
+        offer = await b.expect("offer")  # recv() asserts the seq is B's next one, not 999
+        assert offer == {"type": "offer", "target": "B", "sdp": "v=0", "sender": "A"}
+        for peer in (a, b):
+            await peer.close()
+
+
+async def test_frames_sent_during_a_resume_follow_the_replay(api: str, stack: StackInfo) -> None:
+    """While the resume's write is under way, new frames are kept and come after the replay, in order."""
+    async with gated_relay(stack, "claim_peer") as (server, gated):
+        room, a, _, b, b_user = await room_of_two(api, url(server))
+        await drop(b)
+        await a.send({"type": "peer_message", "to_peer_id": "B", "payload": "before"})
+        b2 = await Peer.connect(url(server))
+        b2.peer_id = b.peer_id
+        gated.arm()
+        await b2.send(resume_message(b, room, b_user))
+        await asyncio.wait_for(gated.reached.wait(), TIMEOUT)
+        await a.send({"type": "peer_message", "to_peer_id": "B", "payload": "during", "id": "d"})
+        await a.expect("ack")
+        gated.gate.set()
+        registered = await b2.expect("registered_auth")
+        assert registered["resumed"] is True
+        b2.last_seq = b.last_seq
+        assert [(await b2.expect("peer_message"))["payload"] for _ in range(2)] == ["before", "during"]
+        await a.barrier()
+        for peer in (a, b2):
+            await peer.close()
+
+
+async def test_a_failed_resume_write_changes_nothing(api: str, stack: StackInfo) -> None:
+    """A storage failure during a resume is STORAGE_UNAVAILABLE; the peer stays detached and can retry."""
+    async with gated_relay(stack, "claim_peer") as (server, gated):
+        room, a, _, b, b_user = await room_of_two(api, url(server))
+        await drop(b)
+        gated.fail_with = Unavailable("injected", operation="claim_peer")
+        gated.arm()
+        gated.gate.set()
+        failed = await Peer.connect(url(server))
+        await failed.send(resume_message(b, room, b_user))
+        await failed.expect_error("STORAGE_UNAVAILABLE")
+        await failed.close()
+        await a.barrier()  # still no peer_left
+        b2, registered = await resume(b, url(server), room, b_user)
+        assert registered["resumed"] is True
+        for peer in (a, b2):
+            await peer.close()
+
+
+async def test_a_lease_refresh_during_a_resume_does_not_end_it(api: str, stack: StackInfo) -> None:
+    """The lease refresh skips a member being resumed instead of taking the new entry for a takeover."""
+    async with gated_relay(stack, "claim_peer") as (server, gated):
+        room, a, _, b, b_user = await room_of_two(api, url(server))
+        await drop(b)
+        b2 = await Peer.connect(url(server))
+        b2.peer_id = b.peer_id
+        gated.arm()
+        await b2.send(resume_message(b, room, b_user))
+        await asyncio.wait_for(gated.reached.wait(), TIMEOUT)
+        await server.service.refresh_leases()
+        gated.gate.set()
+        assert (await b2.expect("registered_auth"))["resumed"] is True
+        await server.service.refresh_leases()
+        b2.last_seq = b.last_seq
+        await b2.barrier()  # still open
+        await a.barrier()  # no peer_left
+        for peer in (a, b2):
+            await peer.close()
+
+
+async def test_a_replay_larger_than_the_outbox_arrives_whole(api: str, relay_with: RelayFactory) -> None:
+    """Frames owed to a resuming peer are replayed even past the outbox limit (they are owed already)."""
+    async with relay_with(outbox_max_messages=4) as server:
+        room, a, _, b, b_user = await room_of_two(api, url(server))
+        await drop(b)
+        for i in range(20):
+            await a.send({"type": "peer_message", "to_peer_id": "B", "payload": i, "id": i})
+            await a.expect("ack")
+        b2, _ = await resume(b, url(server), room, b_user)
+        assert [(await b2.expect("peer_message"))["payload"] for _ in range(20)] == list(range(20))
+        for peer in (a, b2):
+            await peer.close()
+
+
+async def test_confirmed_frames_are_forgotten(api: str, relay_with: RelayFactory) -> None:
+    """A peer that reads keeps confirming: the frames kept for it stay few however many it gets."""
+    async with relay_with(messages_per_second=10_000, message_burst=10_000) as server:
+        _, a, _, b, _ = await room_of_two(api, url(server))
+        for i in range(300):
+            await a.send({"type": "peer_message", "to_peer_id": "B", "payload": i})
+            assert (await b.expect("peer_message"))["payload"] == i
+        member = server.service.hub.get(
+            *next((m.room_id, m.peer_id) for m in server.service.hub.members() if m.peer_id == "B")
+        )
+        assert member is not None
+        assert len(member.unconfirmed) < 50  # without confirmation all 300 would still be kept
+        for peer in (a, b):
+            await peer.close()
+
+
+async def test_a_connected_peer_that_never_confirms_is_closed_as_overflow(api: str, relay_with: RelayFactory) -> None:
+    """A connected peer owed more than the resume buffer is closed with 4005 and leaves ('overflow')."""
+    async with relay_with(resume_buffer_bytes=4096, outbox_max_messages=10_000) as server:
+        _, a, _, b, _ = await room_of_two(api, url(server))
+        # b stops reading: its client buffers a few frames, then reads (and answers) no ping.
+        for i in range(200):
+            await a.send({"type": "peer_message", "to_peer_id": "B", "payload": "x" * 100, "id": i})
+            reply = await a.recv()
+            if reply["type"] == "error":
+                assert reply == {"type": "error", "code": "DELIVERY_FAILED", "reason": reply["reason"], "id": i}
+                break
+        else:
+            raise AssertionError("the buffer never overflowed")
+        assert await a.expect("peer_left") == {"type": "peer_left", "peer_id": "B", "reason": "overflow"}
+        code, _ = await b.closed()
+        assert code == 4005
+        await a.close()

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
 from signaling_shared.errors import InvalidJson, InvalidMessage, SignalingError, UnknownMessageType
 from ws_relay import protocol
 
+
+def parse(frame: str | bytes) -> tuple[protocol.AnyClientMessage, dict[str, Any]]:
+    """What the relay does with a frame: decode it, then type it."""
+    data = protocol.decode_frame(frame)
+    return protocol.parse_message(data), data
+
+
 REGISTER = {"type": "register", "peer_id": "Worker-1", "room_id": "abc123", "token": "t" * 43, "id_token": "x.y.z"}
 
 
 def test_register_parses_with_seed_fields() -> None:
     """A seed register message becomes a typed Register."""
-    parsed = protocol.parse_frame(json.dumps(REGISTER))
-    assert isinstance(parsed.message, protocol.Register)
-    assert parsed.message.peer_id == "Worker-1"
+    message, _ = parse(json.dumps(REGISTER))
+    assert isinstance(message, protocol.Register)
+    assert message.peer_id == "Worker-1"
 
 
 @pytest.mark.parametrize(
@@ -44,14 +52,14 @@ def test_register_parses_with_seed_fields() -> None:
 def test_bad_frames_raise_typed_errors(frame: str | bytes, error: type[SignalingError]) -> None:
     """Every malformed frame maps to exactly one typed error, never a crash."""
     with pytest.raises(error) as raised:
-        protocol.parse_frame(frame)
+        parse(frame)
     assert raised.value.reason
 
 
 def test_unknown_type_reason_is_bounded() -> None:
     """An unknown type is echoed back truncated, so replies stay small."""
     with pytest.raises(UnknownMessageType) as raised:
-        protocol.parse_frame(json.dumps({"type": "z" * 10_000}))
+        parse(json.dumps({"type": "z" * 10_000}))
     assert len(raised.value.reason) < 100
 
 
@@ -65,16 +73,16 @@ def test_relayed_frame_stamps_sender_and_keeps_other_fields() -> None:
 def test_relayed_frame_is_reencoded_so_duplicate_keys_cannot_spoof() -> None:
     """Duplicate 'sender' keys collapse to the stamped one in the relayed frame."""
     raw = '{"type":"offer","sender":"evil","target":"w","sdp":"v=0","sender":"c"}'
-    parsed = protocol.parse_frame(raw)
-    frame = protocol.relayed_frame(parsed.data, "c")
+    _, data = parse(raw)
+    frame = protocol.relayed_frame(data, "c")
     assert frame.count('"sender"') == 1
     assert json.loads(frame)["sender"] == "c"
 
 
 def test_lone_surrogates_stay_sendable() -> None:
     """A JSON escape of a lone surrogate is relayed as an escape (valid UTF-8 on the wire)."""
-    parsed = protocol.parse_frame('{"type":"offer","target":"w","sdp":"\\ud800"}')
-    frame = protocol.relayed_frame(parsed.data, "c")
+    _, data = parse('{"type":"offer","target":"w","sdp":"\\ud800"}')
+    frame = protocol.relayed_frame(data, "c")
     frame.encode("utf-8")
     assert json.loads(frame)["sdp"] == "\ud800"
 
@@ -117,10 +125,12 @@ def test_server_messages() -> None:
     }
 
 
-def test_relayed_frame_drops_the_senders_correlation_id() -> None:
-    """The id is the sender's own: the target never sees it."""
-    frame = json.loads(protocol.relayed_frame({"type": "offer", "target": "w", "sdp": "v", "id": 3}, "c"))
-    assert "id" not in frame
+def test_relayed_frame_drops_the_keys_the_server_owns() -> None:
+    """The sender's id, a forged seq or sender never reach the target."""
+    data = {"type": "offer", "target": "w", "sdp": "v", "id": 3, "seq": 999, "sender": "c"}
+    frame = protocol.relayed_frame(data, "c")
+    assert json.loads(frame) == {"type": "offer", "target": "w", "sdp": "v", "sender": "c"}
+    assert frame.count('"seq"') == 0
 
 
 @pytest.mark.parametrize(
@@ -154,8 +164,8 @@ def test_correlation_ids(data: object, expected: object) -> None:
 )
 def test_v2_messages_parse(frame: str) -> None:
     """Every v2 message type parses into its model."""
-    parsed = protocol.parse_frame(frame)
-    assert parsed.message.type == json.loads(frame)["type"]
+    message, _ = parse(frame)
+    assert message.type == json.loads(frame)["type"]
 
 
 @pytest.mark.parametrize(
@@ -172,4 +182,4 @@ def test_v2_messages_parse(frame: str) -> None:
 def test_malformed_v2_messages(frame: str) -> None:
     """Wrongly typed v2 fields are INVALID_MESSAGE."""
     with pytest.raises(InvalidMessage):
-        protocol.parse_frame(frame)
+        parse(frame)

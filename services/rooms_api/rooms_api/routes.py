@@ -120,6 +120,6 @@ def rooms_router(
         responses=error_responses(InvalidIdToken, AuthProviderUnavailable),
     )
     async def get_ice_servers(caller: Caller) -> IceServersResponse:
-        return IceServersResponse.model_validate(ice_servers(settings, caller.sub, time.time()))
+        return IceServersResponse.model_validate(ice_servers(settings, caller.username or "peer", time.time()))
 
     return router

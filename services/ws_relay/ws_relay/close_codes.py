@@ -19,6 +19,7 @@ class CloseCode(IntEnum):
     REPLACED = 4002
     ROOM_DELETED = 4003
     ROOM_EXPIRED = 4004
+    OVERFLOW = 4005
     SERVER_SHUTDOWN = 4500
     SLOW_CONSUMER = 4501
 
@@ -32,6 +33,7 @@ REASONS: dict[CloseCode, str] = {
     CloseCode.REPLACED: "peer id taken over by a newer connection of the same identity",
     CloseCode.ROOM_DELETED: "room deleted by its creator",
     CloseCode.ROOM_EXPIRED: "room expired",
+    CloseCode.OVERFLOW: "too many messages owed to this peer; register again",
     CloseCode.SERVER_SHUTDOWN: "server shutting down, reconnect",
     CloseCode.SLOW_CONSUMER: "too many unread messages, reconnect",
 }

@@ -16,7 +16,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from asyncio import TimerHandle
 
 from signaling_shared.errors import PeerIdTaken, PeerNotFound, RoomFull
 
@@ -31,8 +34,12 @@ class Link(Protocol):
     def is_open(self) -> bool:
         """False once the connection is closing or closed."""
 
-    def send(self, frame: str, relay_started: float | None = None, seq: int | None = None) -> bool:
-        """Queue ``frame``; False if the connection is closing or cannot keep up."""
+    def send(
+        self, frame: str, relay_started: float | None = None, seq: int | None = None, *, replay: bool = False
+    ) -> bool:
+        """Queue ``frame``; False if the connection is closing or cannot keep up.
+
+        ``replay`` frames (a resume's) are owed already and bypass the outbox limit."""
 
     def close(self, code: int, reason: str) -> None:
         """Close after the frames already queued."""
@@ -50,13 +57,16 @@ class Member:
     room_expires_at: int
     role: str = "peer"
     metadata: dict[str, Any] = field(default_factory=dict)
-    resume_hash: str = ""
+    # Hashes of the resume tokens accepted: the current one and the one before it (the
+    # client may not have received the newest before its socket dropped again).
+    resume_hashes: tuple[str, ...] = ()
+    resuming: bool = False  # a resume's routing-table write is under way
     seq: int = 0
     # Frames sent and not yet confirmed received, oldest first: what a resume replays.
     unconfirmed: deque[tuple[int, str]] = field(default_factory=deque)
     unconfirmed_bytes: int = 0
     # Timer handles owned by the service (room expiry, ICE refresh, resume window).
-    timers: dict[str, Any] = field(default_factory=dict)
+    timers: dict[str, TimerHandle] = field(default_factory=dict)
 
     def stamp(self, frame: str) -> tuple[int, str]:
         """Number a frame (an encoded JSON object) and keep it until confirmed."""
@@ -71,14 +81,14 @@ class Member:
         while self.unconfirmed and self.unconfirmed[0][0] <= seq:
             self.unconfirmed_bytes -= len(self.unconfirmed.popleft()[1])
 
-    def missed_since(self, last_seq: int) -> list[str] | None:
-        """The frames after ``last_seq``, or None if some of them are no longer kept."""
+    def missed_since(self, last_seq: int) -> list[tuple[int, str]] | None:
+        """The frames after ``last_seq`` (with their seq), or None if some are no longer kept."""
         if last_seq < 0 or last_seq > self.seq:
             return None
         oldest = self.unconfirmed[0][0] if self.unconfirmed else self.seq + 1
         if last_seq + 1 < oldest:
             return None
-        return [frame for seq, frame in self.unconfirmed if seq > last_seq]
+        return [(seq, frame) for seq, frame in self.unconfirmed if seq > last_seq]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +153,7 @@ class Hub:
 
     def route(self, sender: Member, target_peer_id: str) -> Member:
         """The target in the sender's room; never a peer of another room."""
-        target = self._rooms.get(sender.room_id, {}).get(target_peer_id)
+        target = self.get(sender.room_id, target_peer_id)
         if target is None:
             raise PeerNotFound(f"peer {target_peer_id!r} is not in this room")
         return target

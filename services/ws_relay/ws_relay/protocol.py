@@ -30,7 +30,6 @@ registered on the socket.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -130,12 +129,6 @@ ClientMessage = Annotated[AnyClientMessage, Field(discriminator="type")]
 _CLIENT_MESSAGE: TypeAdapter[AnyClientMessage] = TypeAdapter(ClientMessage)
 
 
-@dataclass(frozen=True, slots=True)
-class Parsed:
-    message: AnyClientMessage
-    data: dict[str, Any]
-
-
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -166,12 +159,6 @@ def parse_message(data: dict[str, Any]) -> AnyClientMessage:
         raise InvalidMessage(describe_validation_error(exc.errors(), skip=1)) from None
 
 
-def parse_frame(frame: str | bytes) -> Parsed:
-    """decode_frame then parse_message."""
-    data = decode_frame(frame)
-    return Parsed(parse_message(data), data)
-
-
 def encode(message: dict[str, Any]) -> str:
     # ASCII escapes keep lone surrogates (valid in JSON, not in UTF-8) sendable.
     return json.dumps(message, separators=(",", ":"))
@@ -184,13 +171,18 @@ def _encode_relayed(message: dict[str, Any]) -> str:
         raise InvalidMessage("message cannot be relayed (nesting too deep)") from None
 
 
+# Keys the server owns in what a target receives: a sender cannot set them.
+SERVER_KEYS = frozenset({"id", "seq", "sender"})
+
+
 def relayed_frame(data: dict[str, Any], sender: str) -> str:
-    """The frame the target receives: the sender's message, ``sender`` stamped, ``id`` dropped.
+    """The frame the target receives: the sender's message, ``sender`` stamped, ``id`` and
+    ``seq`` dropped (the target's ``seq`` is added when the frame is numbered).
 
     Always re-encoded, so a frame with duplicate keys cannot show one sender to us
     and another to a client whose parser keeps the first key.
     """
-    return _encode_relayed({**{k: v for k, v in data.items() if k != "id"}, "sender": sender})
+    return _encode_relayed({**{k: v for k, v in data.items() if k not in SERVER_KEYS}, "sender": sender})
 
 
 def peer_message(sender: str, target: str, payload: Any) -> str:

@@ -28,6 +28,10 @@ DEFAULT_PATH = Path(__file__).resolve().parents[3] / "docs" / "protocol.schema.j
 class _Server(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+
+class _Numbered(_Server):
+    """A frame sent to a registered peer: numbered for resume."""
+
     seq: int | None = Field(default=None, description="Numbers every frame after registered_auth.")
 
 
@@ -58,7 +62,7 @@ class RegisteredAuth(_Server):
     id: CorrelationId | None = None
 
 
-class IceServers(_Server):
+class IceServers(_Numbered):
     type: Literal["ice_servers"]
     ice_servers: list[IceServer]
     ttl: int
@@ -66,33 +70,35 @@ class IceServers(_Server):
 
 class PeerJoined(PeerView):
     type: Literal["peer_joined"]
+    seq: int | None = None
 
 
 class MetadataUpdated(PeerView):
     type: Literal["metadata_updated"]
+    seq: int | None = None
 
 
-class PeerLeft(_Server):
+class PeerLeft(_Numbered):
     type: Literal["peer_left"]
     peer_id: str
     reason: str
 
 
-class PeerList(_Server):
+class PeerList(_Numbered):
     type: Literal["peer_list"]
     count: int
     peers: list[PeerView]
     id: CorrelationId | None = None
 
 
-class PeerMessageDelivered(_Server):
+class PeerMessageDelivered(_Numbered):
     type: Literal["peer_message"]
     from_peer_id: str
     to_peer_id: str
     payload: Any
 
 
-class BroadcastDelivered(_Server):
+class BroadcastDelivered(_Numbered):
     type: Literal["broadcast"]
     from_peer_id: str
     payload: Any
@@ -123,17 +129,17 @@ class CandidateDelivered(_RelayedDelivered):
     candidate: dict[str, Any] | str | None
 
 
-class Ack(_Server):
+class Ack(_Numbered):
     type: Literal["ack"]
     id: CorrelationId
 
 
-class Pong(_Server):
+class Pong(_Numbered):
     type: Literal["pong"]
     id: CorrelationId | None = None
 
 
-class Error(_Server):
+class Error(_Numbered):
     type: Literal["error"]
     code: ErrorCode
     reason: str

@@ -54,22 +54,35 @@ class WebSocketLink:
         self._metrics = metrics
         self._outbox_max = outbox_max
         # One slot more than the limit, so a close always fits behind the frames.
-        self._queue: asyncio.Queue[tuple[str, float | None, int | None] | _Close] = asyncio.Queue(outbox_max + 1)
+        # Unbounded underneath: send() applies the limit (replays are owed and may exceed it).
+        self._queue: asyncio.Queue[tuple[str, float | None, int | None] | _Close] = asyncio.Queue()
         self._closing = False
         self._written_seq = 0  # the last numbered frame handed to the socket
         self._pinged_seq = 0  # the last one a confirmation ping was sent after
         self._confirming = False  # a confirmation ping is in flight
         self._since_ping = 0  # numbered frames written since the last confirmation ping
+        self._confirm_task: asyncio.Task[None] | None = None
         self._writer = asyncio.create_task(self._write())
+        self._writer.add_done_callback(self._writer_done)
         self._abort_task: asyncio.Task[None] | None = None
 
     def is_open(self) -> bool:
         return not self._closing and self._ws.state is State.OPEN
 
-    def send(self, frame: str, relay_started: float | None = None, seq: int | None = None) -> bool:
+    def _writer_done(self, task: asyncio.Task[None]) -> None:
+        """A writer that died of a bug must not leave its peer silently stuck: drop the connection."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("writer_crashed", error_type=type(task.exception()).__name__, exc_info=task.exception())
+        self._closing = True
+        self._ws.transport.abort()
+
+    def send(
+        self, frame: str, relay_started: float | None = None, seq: int | None = None, *, replay: bool = False
+    ) -> bool:
         if self._closing:
             return False
-        if self._queue.qsize() >= self._outbox_max:
+        if self._queue.qsize() >= self._outbox_max and not replay:
             self._abort(CloseCode.SLOW_CONSUMER)
             return False
         self._queue.put_nowait((frame, relay_started, seq))
@@ -114,12 +127,19 @@ class WebSocketLink:
         self._confirming = True
         self._since_ping = 0
         # An explicit payload: websockets would draw one from the global random module.
-        pong = await self._ws.ping(f"confirm:{seq}")
+        try:
+            pong = await self._ws.ping(f"confirm:{seq}")
+        except ConnectionClosed:
+            self._confirming = False
+            return
 
         def confirmed(waiter: asyncio.Future[float]) -> None:
             self._confirming = False
-            if not waiter.cancelled() and waiter.exception() is None:
-                confirm(seq)
+            if waiter.cancelled() or waiter.exception() is not None:
+                return
+            confirm(seq)
+            if self._written_seq > seq and not self._closing:  # more was written meanwhile
+                self._confirm_task = asyncio.get_running_loop().create_task(self._confirm_written())
 
         cast("asyncio.Future[float]", pong).add_done_callback(confirmed)
 
@@ -127,6 +147,8 @@ class WebSocketLink:
         """The connection has ended: stop the writer."""
         self._closing = True
         self._writer.cancel()
+        if self._confirm_task is not None:
+            self._confirm_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
         if self._abort_task is not None:

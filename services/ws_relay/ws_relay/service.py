@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -127,7 +127,9 @@ class RelayService:
         member = session.member
         if member is None or member.link is not session.link or not self.hub.is_current(member):
             return  # never registered, resumed elsewhere, or replaced
-        if resumable and not self.closing:
+        if self.closing:
+            reason = "shutdown"
+        elif resumable:
             member.link = None
             member.timers["detached"] = asyncio.get_running_loop().call_later(
                 self.settings.resume_window_seconds, self._resume_window_over, member
@@ -163,9 +165,7 @@ class RelayService:
             len(member.unconfirmed) >= self.settings.resume_buffer_messages
             or member.unconfirmed_bytes + len(frame) > self.settings.resume_buffer_bytes
         ):
-            self._close(member.link, CloseCode.SLOW_CONSUMER)
-            member.link = None
-            self._spawn(self._leave(member, "overflow"))
+            self._end(member, CloseCode.OVERFLOW, "overflow")
             return False
         seq, stamped = member.stamp(frame)
         if member.link is not None:
@@ -334,7 +334,7 @@ class RelayService:
             room_expires_at=room.expires_at,
             role=message.role,
             metadata=message.metadata,
-            resume_hash=hash_room_token(resume_token),
+            resume_hashes=(hash_room_token(resume_token),),
         )
         connection_id = member.connection_id
         try:
@@ -395,33 +395,59 @@ class RelayService:
 
     async def _resume(self, session: Session, message: protocol.Register, sub: str) -> str:
         """Reattach a detached (or half-open) member: no leave or join for the room, and
-        everything after the client's ``last_seq`` is sent again, in order."""
-        assert message.resume_token is not None
+        everything after the client's ``last_seq`` is sent again, in order.
+
+        The routing entry is written first; the member changes only after the write, once
+        it is certain that nothing moved meanwhile, so a failed resume changes nothing.
+        """
+        token = message.resume_token or ""
         member = self.hub.get(message.room_id, message.peer_id)
         if (
             member is None
             or member.owner_sub != sub
-            or not room_token_matches(message.resume_token, member.resume_hash)
+            or not any(room_token_matches(token, known) for known in member.resume_hashes)
         ):
             raise ResumeFailed("no session to resume here: register without resume_token")
-        missed = member.missed_since(message.last_seq)
-        if missed is None:
+        if member.resuming:
+            raise ResumeFailed("this session is being resumed from another connection")
+        if member.missed_since(message.last_seq) is None:
             raise ResumeFailed(f"frames after seq {message.last_seq} are no longer kept: register again")
-        now = self._clock()
         if not session.link.is_open():
             return "abandoned"
-        previous = member.link
-        member.link, member.connection_id = session.link, session.link.connection_id
+        now = self._clock()
+        record = replace(self._record(member, now), connection_id=session.link.connection_id)
+        hashes = member.resume_hashes
+        member.resuming = True
         try:
-            await self.repository.claim_peer(self._record(member, now), now=int(now))
+            await self.repository.claim_peer(record, now=int(now))
         except (ConditionFailed, NotFound) as exc:
-            member.link = previous
             raise ResumeFailed("the session's room or routing entry is gone: register again") from exc
+        except Exception:
+            await self._restore(member, now)  # our write may have landed: put the holder's back
+            raise
+        finally:
+            member.resuming = False
+        missed = member.missed_since(message.last_seq)
+        moved = not self.hub.is_current(member) or member.resume_hashes != hashes
+        if moved or missed is None or not session.link.is_open():
+            # The member left, was taken over, resumed elsewhere, or was sent (and confirmed)
+            # more than the client saw, while we wrote: undo our write, change nothing.
+            if self.hub.is_current(member):
+                await self._restore(member, now)
+            else:
+                await self._release_quietly(member.room_id, member.peer_id, record.connection_id)
+            if not session.link.is_open():
+                return "abandoned"
+            raise ResumeFailed("the session changed while resuming: register again")
+
+        # From here on nothing awaits: no frame can slip between registered_auth and the replay.
+        previous = member.link
+        member.connection_id = record.connection_id
+        self._attach(session, member)
         if previous is not None:  # a half-open socket the client gave up on
             self._close(previous, CloseCode.REPLACED)
-        self._attach(session, member)
         resume_token = new_room_token()
-        member.resume_hash = hash_room_token(resume_token)
+        member.resume_hashes = (hash_room_token(resume_token), *hashes[:1])
         structlog.contextvars.bind_contextvars(room_id=member.room_id, peer_id=member.peer_id)
         log.info("peer_resumed", replayed=len(missed))
         session.link.send(
@@ -435,10 +461,11 @@ class RelayService:
                 correlation_id=message.id,
                 resumed=True,
                 last_seq=member.seq,
-            )
+            ),
+            replay=True,
         )
-        for frame in missed:
-            session.link.send(frame)
+        for seq, frame in missed:
+            session.link.send(frame, seq=seq, replay=True)
         return "resumed"
 
     def _attach(self, session: Session, member: Member) -> None:
@@ -455,7 +482,7 @@ class RelayService:
         previous = member.timers.pop("ice", None)
         if previous is not None:
             previous.cancel()
-        if self.settings.turn_urls:
+        if self.settings.turn_urls and self.settings.turn_secrets:
             member.timers["ice"] = asyncio.get_running_loop().call_later(
                 ice["ttl"] * ICE_REFRESH_AT, self._refresh_ice, member
             )
@@ -519,8 +546,10 @@ class RelayService:
 
         async def refresh(member: Member) -> None:
             async with limit:
+                if member.resuming:
+                    return  # the resume writes the entry itself
+                record = self._record(member, now)
                 try:
-                    record = self._record(member, now)
                     await self.repository.refresh_peer(
                         record.room_id, record.peer_id, record.connection_id, record.expires_at
                     )
@@ -528,7 +557,8 @@ class RelayService:
                     if self.hub.is_current(member):
                         self._end(member, CloseCode.ROOM_DELETED, "room_deleted")
                 except ConditionFailed:
-                    if self.hub.is_current(member):
+                    # Taken over elsewhere; unless it was our own resume that moved the entry.
+                    if self.hub.is_current(member) and member.connection_id == record.connection_id:
                         self._end(member, CloseCode.REPLACED, "replaced")
                 except RepositoryError as exc:
                     log.warning("lease_refresh_failed", room_id=member.room_id, error=type(exc).__name__)
