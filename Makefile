@@ -6,12 +6,18 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements/dev.txt services/*/pyproject.toml | cksum | cut -d' ' -f1)
 PACKAGES := services/shared services/auth_api services/rooms_api services/ws_relay services/devstack
+# checkov lives in its own virtual environment: it pulls a python-hcl2 fork that would shadow hcl2.
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_REQUIREMENTS := terraform/scripts/checkov-requirements.txt
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(shell cksum < $(CHECKOV_REQUIREMENTS) | cut -d' ' -f1)
+TF_CHECK := terraform/scripts/check.sh
 
 .DEFAULT_GOAL := help
 .PHONY: help install dev test lint format typecheck unit integration e2e schema lock clean
+.PHONY: terraform-check terraform-fmt terraform-validate terraform-test terraform-checkov
 
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-18s %s\n", $$1, $$2}'
 
 $(STAMP): requirements/dev.txt $(addsuffix /pyproject.toml,$(PACKAGES))
 	rm -f $(VENV)/.installed-*
@@ -25,7 +31,7 @@ install: $(STAMP) ## Create the virtual environment with pinned dependencies
 dev: $(STAMP) ## Run the whole stack locally: APIs on :8001, relay on :8080, AWS emulator on :4566
 	$(BIN)/python -m devstack
 
-test: lint typecheck ## Lint, type-check and run every test (unit, integration, end-to-end)
+test: lint typecheck terraform-check ## Lint, type-check, check Terraform and run every test (unit, integration, end-to-end)
 	$(BIN)/pytest
 
 unit: $(STAMP) ## Unit tests only (no network)
@@ -51,9 +57,29 @@ typecheck: $(STAMP) ## mypy --strict on the services and tests
 schema: $(STAMP) ## Regenerate docs/protocol.schema.json from the relay's message models
 	$(BIN)/python -m ws_relay.schema
 
+terraform-check: terraform-fmt terraform-validate terraform-test terraform-checkov ## Every static Terraform check (the emulator apply is a pytest integration test)
+
+terraform-fmt: ## terraform fmt -check over terraform/
+	$(TF_CHECK) fmt
+
+terraform-validate: ## init -backend=false + validate every Terraform module, example and environment
+	$(TF_CHECK) validate
+
+terraform-test: ## terraform test in every module (mocked AWS provider)
+	$(TF_CHECK) test
+
+$(CHECKOV_STAMP): $(CHECKOV_REQUIREMENTS)
+	rm -f $(CHECKOV_VENV)/.installed-*
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $(CHECKOV_REQUIREMENTS)
+	touch $@
+
+terraform-checkov: $(CHECKOV_STAMP) ## checkov over terraform/ (zero failed checks; skips sit next to their resource)
+	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(TF_CHECK) checkov
+
 lock: ## Re-pin requirements/*.txt from requirements/*.in
 	cd requirements && ../$(BIN)/pip-compile --quiet --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links -o runtime.txt runtime.in
 	cd requirements && ../$(BIN)/pip-compile --quiet --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links -o dev.txt dev.in
 
-clean: ## Remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+clean: ## Remove the virtual environments and caches
+	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .mypy_cache .ruff_cache terraform/.cache

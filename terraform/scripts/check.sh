@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The Terraform checks, one subcommand each (the Makefile's terraform-* targets call them):
+#
+#   check.sh fmt        terraform fmt -check over terraform/
+#   check.sh validate   init -backend=false + validate in every module, example and environment
+#                       (environments with their committed lock file, read-only)
+#   check.sh test       terraform test in every module (mocked AWS provider, plan only)
+#   check.sh checkov    checkov over terraform/ ($CHECKOV is the executable)
+#
+# Providers come from the local mirror when there is one (scripts/cli-config.sh), from the
+# registry otherwise.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+
+if ! command -v terraform >/dev/null 2>&1; then
+    # A developer machine without Terraform still runs the rest of `make test`; CI requires it.
+    if [ "${SIGNALING_REQUIRE_TERRAFORM:-0}" = "1" ]; then
+        echo "terraform is not on PATH: install Terraform >= 1.9 (https://developer.hashicorp.com/terraform/install)" >&2
+        exit 127
+    fi
+    echo "SKIPPED terraform ${1:-}: terraform is not installed (CI requires it)" >&2
+    exit 0
+fi
+config="$("$here/cli-config.sh")"
+if [ -n "$config" ]; then
+    export TF_CLI_CONFIG_FILE="$config"
+fi
+export TF_IN_AUTOMATION=1 TF_INPUT=0 CHECKPOINT_DISABLE=1
+
+modules() { find "$root/modules" -mindepth 1 -maxdepth 1 -type d | sort; }
+examples() { find "$root/modules" -mindepth 3 -maxdepth 3 -type d -path '*/examples/*' | sort; }
+environments() { find "$root/environments" -mindepth 1 -maxdepth 1 -type d | sort; }
+
+# Run a command in a folder, printing its output only when it fails.
+quietly() {
+    local dir="$1" output
+    shift
+    if ! output="$(cd "$dir" && "$@" 2>&1)"; then
+        echo "FAILED in ${dir#"$root"/}: $*" >&2
+        echo "$output" >&2
+        return 1
+    fi
+}
+
+jobs="${TF_CHECK_JOBS:-2}"  # folders checked at once
+
+case "${1:-}" in
+fmt)
+    terraform fmt -check -recursive -diff "$root"
+    echo "terraform fmt: ok"
+    ;;
+validate)
+    { modules; examples; environments; } | xargs -P "$jobs" -I{} "$0" validate-one {}
+    ;;
+validate-one)
+    dir="$2"
+    lockfile=()
+    # Environments commit their lock file: it must already be complete (read-only).
+    [[ "$dir" == "$root/environments/"* ]] && lockfile=(-lockfile=readonly)
+    quietly "$dir" terraform init -backend=false -input=false -no-color "${lockfile[@]}"
+    quietly "$dir" terraform validate -no-color
+    echo "validate ok: ${dir#"$root"/}"
+    ;;
+test)
+    modules | xargs -P "$jobs" -I{} "$0" test-one {}
+    ;;
+test-one)
+    dir="$2"
+    quietly "$dir" terraform init -backend=false -input=false -no-color
+    if ! output="$(cd "$dir" && terraform test -no-color 2>&1)"; then
+        echo "FAILED in ${dir#"$root"/}: terraform test" >&2
+        echo "$output" >&2
+        exit 1
+    fi
+    echo "terraform test ok: ${dir#"$root"/}: $(echo "$output" | tail -1)"
+    ;;
+checkov)
+    : "${CHECKOV:?set CHECKOV to the checkov executable (make terraform-checkov installs one)}"
+    "$CHECKOV" --directory "$root" --framework terraform --quiet --compact --skip-download
+    ;;
+*)
+    echo "usage: $0 fmt|validate|test|checkov" >&2
+    exit 2
+    ;;
+esac
