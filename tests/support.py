@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -269,3 +270,65 @@ async def gated_relay(
     finally:
         gated.gate.set()
         await server.stop()
+
+
+class RelayProcess:
+    """``python -m ws_relay.main`` in its own process on port 0, on the stack's tables: for
+    tests that kill it (SIGKILL) or stop it (SIGTERM) as an operator or a crash would."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.events: list[dict[str, Any]] = []
+        self._reader = asyncio.create_task(self._read())
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port.result()}"
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        async for line in self.process.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            self.events.append(event)
+            if event.get("event") == "relay_listening" and not self.port.done():
+                self.port.set_result(int(event["port"]))
+        if not self.port.done():
+            self.port.set_exception(RuntimeError(f"relay exited before listening ({self.process.returncode})"))
+
+    async def wait(self) -> int:
+        code = await asyncio.wait_for(self.process.wait(), 4 * TIMEOUT)
+        await self._reader
+        return code
+
+
+def process_env(settings: CommonSettings, **overrides: Any) -> dict[str, str]:
+    """``settings`` (and ``overrides``) as the SIGNALING_* environment a service process reads."""
+    values = {**settings.model_dump(mode="json", exclude={"turn_secrets"}), **GENEROUS_LIMITS, **overrides}
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SIGNALING_")}
+    for name, value in values.items():
+        if value is not None:
+            env[f"SIGNALING_{name.upper()}"] = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    return env
+
+
+@asynccontextmanager
+async def relay_process(stack: StackInfo, **overrides: Any) -> AsyncIterator[RelayProcess]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ws_relay.main",
+        env=process_env(stack.common, port=0, **overrides),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    relay = RelayProcess(process)
+    try:
+        await asyncio.wait_for(asyncio.shield(relay.port), 6 * TIMEOUT)
+        yield relay
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await relay.wait()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 
@@ -68,7 +69,8 @@ async def room_of_two(api: str, address: str) -> tuple[RoomGrant, Peer, User, Pe
 async def test_resume_after_a_dropped_socket_replays_everything_in_order(
     api: str, relay_with: RelayFactory, stack: StackInfo
 ) -> None:
-    """Messages sent while B was away are acked to A, replayed to B in order with contiguous seqs."""
+    """Messages sent while B was away are replayed to B in order with contiguous seqs, and
+    acked to A only once B has them."""
     async with relay_with() as server:
         room, a, _, b, b_user = await room_of_two(api, url(server))
         await a.send({"type": "peer_message", "to_peer_id": "B", "payload": 0})
@@ -78,13 +80,11 @@ async def test_resume_after_a_dropped_socket_replays_everything_in_order(
         sent = []
         for i in range(1, 6):
             await a.send({"type": "peer_message", "to_peer_id": "B", "payload": i, "id": f"m{i}"})
-            assert await a.expect("ack") == {"type": "ack", "id": f"m{i}"}  # kept for B: accepted
             sent.append(i)
         await a.send({"type": "offer", "target": "B", "sdp": "v=0 while away", "id": "o"})
-        await a.expect("ack")
         await a.send({"type": "broadcast", "payload": "all", "id": "b"})
-        await a.expect("ack")
-        await a.barrier()  # and no peer_left reached A
+        assert await a.expect("ack") == {"type": "ack", "id": "b", "queued": False}  # broadcasts: when sent
+        await a.barrier()  # no ack for B's messages yet (not received), and no peer_left
         assert await peer_ids_in_table(stack, room.room_id) == {"A", "B"}
 
         b2, registered = await resume(b, url(server), room, b_user)
@@ -95,6 +95,9 @@ async def test_resume_after_a_dropped_socket_replays_everything_in_order(
         assert [m["payload"] for m in replayed] == sent
         assert (await b2.expect("offer"))["sdp"] == "v=0 while away"
         assert (await b2.expect("broadcast"))["payload"] == "all"
+        acks = [await a.expect("ack") for _ in range(6)]  # B confirmed receipt: now A hears
+        assert [m["id"] for m in acks] == [f"m{i}" for i in sent] + ["o"]
+        assert not any(m["queued"] for m in acks)
 
         await a.send({"type": "peer_message", "to_peer_id": "B", "payload": "after"})
         assert (await b2.expect("peer_message"))["payload"] == "after"  # numbering goes on
@@ -147,14 +150,31 @@ async def test_a_clean_close_leaves_at_once(api: str, relay_with: RelayFactory) 
         await a.close()
 
 
+async def test_messages_a_departed_peer_never_received_are_reported_to_their_senders(
+    api: str, relay_with: RelayFactory
+) -> None:
+    """B drops and never resumes: each message kept for it fails with DELIVERY_FAILED and its id,
+    none is acked, and the room then hears peer_left 'timeout'."""
+    async with relay_with(resume_window_seconds=0.5) as server:
+        _, a, _, b, _ = await room_of_two(api, url(server))
+        await drop(b)
+        await a.send({"type": "peer_message", "to_peer_id": "B", "payload": 1, "id": "m1"})
+        await a.send({"type": "offer", "target": "B", "sdp": "v=0", "id": "o1"})
+        await a.send({"type": "candidate", "target": "B", "candidate": None})  # no id: nobody waits on it
+        await a.expect_error_with_id("DELIVERY_FAILED", "m1")
+        await a.expect_error_with_id("DELIVERY_FAILED", "o1")
+        assert await a.expect("peer_left") == {"type": "peer_left", "peer_id": "B", "reason": "timeout"}
+        await a.barrier()
+        await a.close()
+
+
 async def test_a_detached_peer_that_would_overflow_is_dropped(api: str, relay_with: RelayFactory) -> None:
     """Past resume_buffer_messages the sender gets DELIVERY_FAILED and the room peer_left 'overflow'."""
     async with relay_with(resume_buffer_messages=3) as server:
         _, a, _, b, _ = await room_of_two(api, url(server))
         await drop(b)
         for i in range(3):
-            await a.send({"type": "peer_message", "to_peer_id": "B", "payload": i, "id": i})
-            await a.expect("ack")
+            await a.send({"type": "peer_message", "to_peer_id": "B", "payload": i})
         await a.send({"type": "peer_message", "to_peer_id": "B", "payload": 3, "id": 3})
         await a.expect_error_with_id("DELIVERY_FAILED", 3)
         assert await a.expect("peer_left") == {"type": "peer_left", "peer_id": "B", "reason": "overflow"}
@@ -199,12 +219,13 @@ async def test_frames_sent_during_a_resume_follow_the_replay(api: str, stack: St
         await b2.send(resume_message(b, room, b_user))
         await asyncio.wait_for(gated.reached.wait(), TIMEOUT)
         await a.send({"type": "peer_message", "to_peer_id": "B", "payload": "during", "id": "d"})
-        await a.expect("ack")
+        await a.barrier()  # taken in: not acked, since B has not received it yet
         gated.gate.set()
         registered = await b2.expect("registered_auth")
         assert registered["resumed"] is True
         b2.last_seq = b.last_seq
         assert [(await b2.expect("peer_message"))["payload"] for _ in range(2)] == ["before", "during"]
+        assert await a.expect("ack") == {"type": "ack", "id": "d", "queued": False}
         await a.barrier()
         for peer in (a, b2):
             await peer.close()
@@ -257,9 +278,11 @@ async def test_a_replay_larger_than_the_outbox_arrives_whole(api: str, relay_wit
         await drop(b)
         for i in range(20):
             await a.send({"type": "peer_message", "to_peer_id": "B", "payload": i, "id": i})
-            await a.expect("ack")
+        await a.barrier()
         b2, _ = await resume(b, url(server), room, b_user)
         assert [(await b2.expect("peer_message"))["payload"] for _ in range(20)] == list(range(20))
+        # B's one confirmation acks all 20 at once: answers pass A's outbox limit too.
+        assert [(await a.expect("ack"))["id"] for _ in range(20)] == list(range(20))
         for peer in (a, b2):
             await peer.close()
 
@@ -281,19 +304,37 @@ async def test_confirmed_frames_are_forgotten(api: str, relay_with: RelayFactory
 
 
 async def test_a_connected_peer_that_never_confirms_is_closed_as_overflow(api: str, relay_with: RelayFactory) -> None:
-    """A connected peer owed more than the resume buffer is closed with 4005 and leaves ('overflow')."""
+    """A connected peer owed more than the resume buffer is closed with 4005 and leaves ('overflow').
+    Every message sent to it is then either acked (it confirmed receipt) or failed, exactly once."""
     async with relay_with(resume_buffer_bytes=4096, outbox_max_messages=10_000) as server:
         _, a, _, b, _ = await room_of_two(api, url(server))
         # b stops reading: its client buffers a few frames, then reads (and answers) no ping.
+        acked: list[int] = []
+        failed: list[int] = []
+        left: list[dict[str, Any]] = []
+
+        def record(reply: dict[str, Any]) -> None:
+            if reply["type"] == "peer_left":
+                left.append(reply)
+            elif reply["type"] == "ack":
+                acked.append(reply["id"])
+            else:
+                assert reply == {"type": "error", "code": "DELIVERY_FAILED", "reason": ANY, "id": reply["id"]}
+                failed.append(reply["id"])
+
         for i in range(200):
             await a.send({"type": "peer_message", "to_peer_id": "B", "payload": "x" * 100, "id": i})
-            reply = await a.recv()
-            if reply["type"] == "error":
-                assert reply == {"type": "error", "code": "DELIVERY_FAILED", "reason": reply["reason"], "id": i}
+            await a.send_raw("barrier-probe")
+            while (reply := await a.recv()) != {"type": "error", "code": "INVALID_JSON", "reason": ANY}:
+                record(reply)
+            if failed:
                 break
         else:
             raise AssertionError("the buffer never overflowed")
-        assert await a.expect("peer_left") == {"type": "peer_left", "peer_id": "B", "reason": "overflow"}
+        while not left:
+            record(await a.recv())
+        assert left == [{"type": "peer_left", "peer_id": "B", "reason": "overflow"}]
+        assert sorted(acked + failed) == list(range(i + 1))
         code, _ = await b.closed()
         assert code == 4005
         await a.close()

@@ -21,6 +21,8 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from signaling_shared.bootstrap import table_definitions
+from signaling_shared.settings import CommonSettings, Environment
 from support import TIMEOUT
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -151,7 +153,7 @@ def test_outputs_give_ansible_and_the_services_what_they_need(applied: Applied) 
     assert outputs["region"] == REGION
     assert outputs["environment"] == "local"
     assert outputs["table_prefix"] == "local-"
-    assert outputs["table_names"] == {"rooms": "local-rooms", "peers": "local-peers"}
+    assert outputs["table_names"] == {"rooms": "local-rooms", "peers": "local-peers", "messages": "local-messages"}
     assert outputs["instance_id"].startswith("i-")
     assert outputs["public_dns"]
     address = applied.client("ec2").describe_addresses(PublicIps=[outputs["public_ip"]])["Addresses"][0]
@@ -168,6 +170,11 @@ def test_outputs_give_ansible_and_the_services_what_they_need(applied: Applied) 
 
 def test_tables_are_what_the_services_bootstrap_creates(applied: Applied) -> None:
     """Keys, the peer_id index, on-demand billing, TTL on expires_at and point-in-time recovery."""
+    created = {
+        d["TableName"].removeprefix("test-"): d
+        for d in table_definitions(CommonSettings(table_prefix="test-", environment=Environment.DEVELOPMENT))
+    }
+    assert set(created) == {"rooms", "peers", "messages"}  # the tables checked below are all there are
     dynamodb = applied.client("dynamodb")
     rooms = dynamodb.describe_table(TableName="local-rooms")["Table"]
     assert rooms["KeySchema"] == [{"AttributeName": "room_id", "KeyType": "HASH"}]
@@ -183,7 +190,12 @@ def test_tables_are_what_the_services_bootstrap_creates(applied: Applied) -> Non
         {"AttributeName": "room_id", "KeyType": "RANGE"},
     ]
     assert index["Projection"] == {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["expires_at"]}
-    for table in ("local-rooms", "local-peers"):
+    messages = dynamodb.describe_table(TableName="local-messages")["Table"]
+    assert messages["KeySchema"] == [
+        {"AttributeName": "room_id", "KeyType": "HASH"},
+        {"AttributeName": "msg_key", "KeyType": "RANGE"},
+    ]
+    for table in ("local-rooms", "local-peers", "local-messages"):
         described = dynamodb.describe_table(TableName=table)["Table"]
         assert described["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
         assert described["SSEDescription"]["Status"] == "ENABLED"
@@ -253,7 +265,7 @@ def test_the_applied_role_policy_grants_exactly_the_services_calls(applied: Appl
             granted.setdefault(service, set()).add(name)
     assert granted == {"dynamodb": set(expected["dynamodb"]), "cognito-idp": set(expected["cognito-idp"])}
     tables = {arn.rsplit("/", 1)[1] for arn in statements["ServiceTables"]["Resource"]}
-    assert tables == {"local-rooms", "local-peers"}
+    assert tables == {"local-rooms", "local-peers", "local-messages"}
     assert [arn.split(":table/")[1] for arn in statements["ServiceIndexes"]["Resource"]] == [
         "local-peers/index/peer_id-index"
     ]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from signaling_shared.errors import PeerIdTaken, PeerNotFound, RoomFull
-from ws_relay.hub import Hub, Member
+from ws_relay.hub import Hub, Member, Owed
 
 
 @dataclass
@@ -133,3 +133,19 @@ def test_frames_are_numbered_and_kept_until_confirmed() -> None:
     assert member.missed_since(6) is None  # never sent
     member.confirm(5)
     assert member.missed_since(5) == []
+
+
+def test_confirming_a_frame_settles_what_waits_on_it_and_leaving_returns_the_rest() -> None:
+    """Acks wait for the client's confirmation of their frame; what is unconfirmed at leave is unsettled."""
+    sender = member_of("r", "s", "s", FakeLink("cs"))
+    target = member_of("r", "t", "t", FakeLink("ct"))
+    ack_1, held_2, ack_4 = Owed(sender, "m1"), Owed(held_key="k2"), Owed(sender, 4)
+    target.stamp('{"type":"a"}', ack_1)
+    target.stamp('{"type":"b"}', held_2)
+    target.stamp('{"type":"c"}')
+    target.stamp('{"type":"d"}', ack_4)
+    assert target.confirm(1) == [ack_1]
+    assert target.confirm(3) == [held_2]
+    assert target.confirm(3) == []  # settled once
+    assert target.unsettled() == [ack_4]
+    assert target.confirm(4) == []

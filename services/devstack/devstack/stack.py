@@ -147,7 +147,8 @@ class StackInfo:
                 f"             {self.api_url}{AUTH_PREFIX}/docs for auth-api's own docs and metrics",
                 f"  WebSocket  {self.relay_url}   the relay (HTTP /healthz /readyz /metrics on the same port)",
                 f"  AWS        {self.aws_endpoint}   {emulator}",
-                f"             tables {self.resources.rooms_table}, {self.resources.peers_table};"
+                f"             tables {self.resources.rooms_table}, {self.resources.peers_table},"
+                f" {self.resources.messages_table};"
                 f" user pool {self.resources.user_pool_id}",
                 "Ctrl-C stops everything.",
                 f"READY api={self.api_url} relay={self.relay_url} aws={self.aws_endpoint}",

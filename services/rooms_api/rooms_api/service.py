@@ -114,7 +114,8 @@ class RoomsService:
 
     async def _delete_rooms(self, room_ids: list[str]) -> Deleted:
         """The room first (no peer can claim a place in it after that, and the relay closes
-        its peers at their next lease refresh), then its routing entries, then the users."""
+        its peers at their next lease refresh), then its routing entries and held messages,
+        then the users."""
         now = self._clock()
         usernames: set[str] = set()
         removed = 0
@@ -122,6 +123,7 @@ class RoomsService:
             peers = await self._repo.list_peers(room_id, now=now, include_expired=True)
             await self._repo.delete_room(room_id)
             await self._repo.delete_peers(room_id, [p.peer_id for p in peers])
+            await self._repo.delete_room_messages(room_id)
             removed += len(peers)
             usernames.update(p.owner_username for p in peers if p.owner_username and p.expires_at > now)
         deleted_users = 0

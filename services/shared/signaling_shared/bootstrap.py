@@ -29,6 +29,7 @@ class Bootstrapped:
     client_id: str
     rooms_table: str
     peers_table: str
+    messages_table: str
 
     def env(self) -> dict[str, str]:
         return {
@@ -38,7 +39,7 @@ class Bootstrapped:
 
 
 def table_definitions(settings: CommonSettings) -> list[dict[str, Any]]:
-    """CreateTable requests for the rooms table and the peers routing table."""
+    """CreateTable requests for the rooms table, the peers routing table and held messages."""
     return [
         {
             "TableName": settings.rooms_table,
@@ -65,6 +66,18 @@ def table_definitions(settings: CommonSettings) -> list[dict[str, Any]]:
                     ],
                     "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": [TTL_ATTRIBUTE]},
                 }
+            ],
+            "BillingMode": "PAY_PER_REQUEST",
+        },
+        {
+            "TableName": settings.messages_table,
+            "KeySchema": [
+                {"AttributeName": "room_id", "KeyType": "HASH"},
+                {"AttributeName": "msg_key", "KeyType": "RANGE"},
+            ],
+            "AttributeDefinitions": [
+                {"AttributeName": "room_id", "AttributeType": "S"},
+                {"AttributeName": "msg_key", "AttributeType": "S"},
             ],
             "BillingMode": "PAY_PER_REQUEST",
         },
@@ -127,7 +140,7 @@ def ensure_user_pool(cognito: Any, settings: CommonSettings) -> tuple[str, str]:
 def bootstrap(settings: CommonSettings) -> Bootstrapped:
     ensure_tables(make_client(settings, "dynamodb"), settings)
     pool_id, client_id = ensure_user_pool(make_client(settings, "cognito-idp"), settings)
-    return Bootstrapped(pool_id, client_id, settings.rooms_table, settings.peers_table)
+    return Bootstrapped(pool_id, client_id, settings.rooms_table, settings.peers_table, settings.messages_table)
 
 
 def main(argv: list[str] | None = None) -> int:

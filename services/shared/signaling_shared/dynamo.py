@@ -1,4 +1,4 @@
-"""DynamoDB access for rooms and the peers routing table, with botocore hidden.
+"""DynamoDB access for rooms, the peers routing table and held messages, botocore hidden.
 
 Every public method is a coroutine that runs the blocking boto3 call in a worker
 thread, so no service can block its event loop by accident. botocore errors become
@@ -83,6 +83,28 @@ class PeerRecord:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    """A message held for a peer that is not in its room yet, until delivered or expired.
+
+    ``key`` sorts a room's messages by target, then in the order they were accepted.
+    """
+
+    room_id: str
+    key: str
+    to_peer_id: str
+    from_peer_id: str
+    from_sub: str
+    correlation_id: str | int
+    expires_at_ms: int
+    frame: str = ""  # left out when listing for timers
+
+    @staticmethod
+    def key_for(to_peer_id: str, accepted_ms: int, node_id: str, counter: int) -> str:
+        # '#' is not allowed in peer ids, so a target's prefix never matches another's.
+        return f"{to_peer_id}#{accepted_ms:015d}#{node_id}#{counter:012d}"
+
+
 def _s(value: str) -> dict[str, str]:
     return {"S": value}
 
@@ -141,6 +163,34 @@ def _peer_from(item: dict[str, Any]) -> PeerRecord:
     )
 
 
+def _message_item(message: QueuedMessage) -> dict[str, Any]:
+    return {
+        "room_id": _s(message.room_id),
+        "msg_key": _s(message.key),
+        "to_peer_id": _s(message.to_peer_id),
+        "from_peer_id": _s(message.from_peer_id),
+        "from_sub": _s(message.from_sub),
+        "correlation_id": _s(json.dumps(message.correlation_id)),
+        "expires_at_ms": _n(message.expires_at_ms),
+        "expires_at": _n(-(-message.expires_at_ms // 1000)),  # TTL, in whole seconds, rounded up
+        "frame": _s(message.frame),
+    }
+
+
+def _message_from(item: dict[str, Any]) -> QueuedMessage:
+    correlation_id = json.loads(item["correlation_id"]["S"])
+    return QueuedMessage(
+        room_id=item["room_id"]["S"],
+        key=item["msg_key"]["S"],
+        to_peer_id=item["to_peer_id"]["S"],
+        from_peer_id=item["from_peer_id"]["S"],
+        from_sub=item["from_sub"]["S"],
+        correlation_id=correlation_id if isinstance(correlation_id, str | int) else str(correlation_id),
+        expires_at_ms=int(item["expires_at_ms"]["N"]),
+        frame=item.get("frame", {}).get("S", ""),
+    )
+
+
 def _json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -150,7 +200,7 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 class Repository:
-    """Rooms and the peers routing table.
+    """Rooms, the peers routing table and held messages.
 
     ``on_error`` is told of every failed call (operation name, error), for metrics.
     """
@@ -161,11 +211,13 @@ class Repository:
         *,
         rooms_table: str,
         peers_table: str,
+        messages_table: str,
         on_error: Callable[[str, RepositoryError], None] | None = None,
     ) -> None:
         self._client = client
         self.rooms_table = rooms_table
         self.peers_table = peers_table
+        self.messages_table = messages_table
         self._on_error = on_error
 
     @classmethod
@@ -176,6 +228,7 @@ class Repository:
             make_client(settings, "dynamodb"),
             rooms_table=settings.rooms_table,
             peers_table=settings.peers_table,
+            messages_table=settings.messages_table,
             on_error=on_error,
         )
 
@@ -355,12 +408,73 @@ class Repository:
 
     async def delete_peers(self, room_id: str, peer_ids: Iterable[str]) -> None:
         keys = [{"room_id": _s(room_id), "peer_id": _s(p)} for p in peer_ids]
-        await self._call("delete_peers", self._batch_delete, keys)
+        await self._call("delete_peers", self._batch_delete, self.peers_table, keys)
 
-    def _batch_delete(self, keys: list[dict[str, Any]]) -> None:
+    # Held messages -----------------------------------------------------------------
+
+    async def hold_message(self, message: QueuedMessage) -> None:
+        await self._call(
+            "hold_message",
+            self._client.put_item,
+            TableName=self.messages_table,
+            Item=_message_item(message),
+            ConditionExpression="attribute_not_exists(msg_key)",
+        )
+
+    async def held_messages(
+        self, room_id: str, *, to_peer_id: str | None = None, with_frames: bool = True
+    ) -> list[QueuedMessage]:
+        """A room's held messages (only those for ``to_peer_id`` if given) in key order,
+        expired ones included: callers decide."""
+        items = await self._call("held_messages", self._query_messages, room_id, to_peer_id, with_frames)
+        return [_message_from(item) for item in items]
+
+    def _query_messages(self, room_id: str, to_peer_id: str | None, with_frames: bool) -> list[dict[str, Any]]:
+        query: dict[str, Any] = {
+            "TableName": self.messages_table,
+            "KeyConditionExpression": "room_id = :r",
+            "ExpressionAttributeValues": {":r": _s(room_id)},
+            "ConsistentRead": True,
+        }
+        if to_peer_id is not None:
+            query["KeyConditionExpression"] += " AND begins_with(msg_key, :p)"
+            query["ExpressionAttributeValues"][":p"] = _s(f"{to_peer_id}#")
+        if not with_frames:
+            query["ProjectionExpression"] = (
+                "room_id, msg_key, to_peer_id, from_peer_id, from_sub, correlation_id, expires_at_ms"
+            )
+        items: list[dict[str, Any]] = []
+        for page in self._client.get_paginator("query").paginate(**query):
+            items.extend(page.get("Items", []))
+        return items
+
+    async def take_message(self, room_id: str, key: str) -> QueuedMessage | None:
+        """Delete a held message and return it; None if it was already taken."""
+        try:
+            response = await self._call(
+                "take_message",
+                self._client.delete_item,
+                TableName=self.messages_table,
+                Key={"room_id": _s(room_id), "msg_key": _s(key)},
+                ConditionExpression="attribute_exists(msg_key)",
+                ReturnValues="ALL_OLD",
+            )
+        except ConditionFailed:
+            return None
+        return _message_from(response["Attributes"])
+
+    async def delete_messages(self, room_id: str, keys: Iterable[str]) -> None:
+        items = [{"room_id": _s(room_id), "msg_key": _s(key)} for key in keys]
+        await self._call("delete_messages", self._batch_delete, self.messages_table, items)
+
+    async def delete_room_messages(self, room_id: str) -> None:
+        messages = await self.held_messages(room_id, with_frames=False)
+        await self.delete_messages(room_id, [m.key for m in messages])
+
+    def _batch_delete(self, table: str, keys: list[dict[str, Any]]) -> None:
         for start in range(0, len(keys), 25):
             requests = [{"DeleteRequest": {"Key": key}} for key in keys[start : start + 25]]
-            pending: dict[str, Any] = {self.peers_table: requests}
+            pending: dict[str, Any] = {table: requests}
             for attempt in range(_BATCH_ATTEMPTS):
                 if attempt:
                     time.sleep(min(0.05 * 2**attempt, 1.0))  # in a worker thread, never on the loop
@@ -374,8 +488,8 @@ class Repository:
     # Health ------------------------------------------------------------------------
 
     async def check(self) -> None:
-        """Raise unless both tables are reachable and active."""
-        for table in (self.rooms_table, self.peers_table):
+        """Raise unless every table is reachable and active."""
+        for table in (self.rooms_table, self.peers_table, self.messages_table):
             response = await self._call("describe_table", self._client.describe_table, TableName=table)
             status = response["Table"]["TableStatus"]
             if status not in ("ACTIVE", "UPDATING"):

@@ -36,6 +36,7 @@ class ErrorCode(StrEnum):
     SENDER_MISMATCH = "SENDER_MISMATCH"
     PEER_NOT_FOUND = "PEER_NOT_FOUND"
     DELIVERY_FAILED = "DELIVERY_FAILED"
+    QUEUE_FULL = "QUEUE_FULL"
     # Limits and dependencies
     RATE_LIMITED = "RATE_LIMITED"
     SERVER_BUSY = "SERVER_BUSY"
@@ -169,6 +170,12 @@ class DeliveryFailed(SignalingError):
     code = ErrorCode.DELIVERY_FAILED
     http_status = 503
     default_reason = "target peer is not reading its messages"
+
+
+class QueueFull(SignalingError):
+    code = ErrorCode.QUEUE_FULL
+    http_status = 429
+    default_reason = "too many messages are already held for peers not in the room"
 
 
 class RateLimited(SignalingError):

@@ -117,6 +117,10 @@ class CommonSettings(BaseSettings):
     def peers_table(self) -> str:
         return f"{self.table_prefix}peers"
 
+    @property
+    def messages_table(self) -> str:
+        return f"{self.table_prefix}messages"
+
     def endpoint_for(self, service: str) -> str | None:
         """The endpoint to give boto3 for ``service``, or None to let boto3 decide."""
         specific = {"dynamodb": self.dynamodb_endpoint_url, "cognito-idp": self.cognito_endpoint_url}
@@ -189,8 +193,24 @@ class RelaySettings(CommonSettings):
     resume_buffer_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="The same bound in bytes (the frames as sent)."
     )
+    queue_ttl_default_seconds: int = Field(
+        default=120,
+        ge=1,
+        description="How long a message for a peer not in the room yet is held, unless sent with ttl.",
+    )
+    queue_ttl_max_seconds: int = Field(
+        default=900, ge=900, le=7 * 24 * 3600, description="The longest hold a sender may ask for (at least 15 min)."
+    )
+    queue_max_per_peer: int = Field(default=100, ge=1, description="Messages held for one absent peer.")
+    queue_max_per_room: int = Field(default=1000, ge=1, description="Messages held in one room, for all absent peers.")
     ping_interval_seconds: float | None = Field(default=20.0, gt=0)
     ping_timeout_seconds: float | None = Field(default=20.0, gt=0)
+    drain_seconds: float = Field(
+        default=5.0, ge=0, description="At shutdown, time between go_away and closing the sockets (4500)."
+    )
+    drain_jitter_ms: int = Field(
+        default=2000, ge=0, description="Spread of go_away's reconnect_after_ms, so peers do not return at once."
+    )
     shutdown_grace_seconds: float = Field(
         default=5.0, ge=0, description="How long shutdown waits for sockets to close before releasing them."
     )

@@ -45,6 +45,15 @@ class Link(Protocol):
         """Close after the frames already queued."""
 
 
+@dataclass(frozen=True, slots=True)
+class Owed:
+    """What the confirmed receipt of a frame settles: its sender's ack, or a held message's removal."""
+
+    sender: Member | None = None
+    correlation_id: str | int | None = None
+    held_key: str | None = None
+
+
 @dataclass(eq=False, slots=True)
 class Member:
     room_id: str
@@ -65,21 +74,38 @@ class Member:
     # Frames sent and not yet confirmed received, oldest first: what a resume replays.
     unconfirmed: deque[tuple[int, str]] = field(default_factory=deque)
     unconfirmed_bytes: int = 0
+    # For frames whose receipt someone waits on: (seq, what it settles), oldest first.
+    owed: deque[tuple[int, Owed]] = field(default_factory=deque)
+    # While the messages held for a new member are read, live frames wait here behind them.
+    waiting: list[tuple[str, float | None, Owed | None]] | None = None
+    gone: bool = False  # left the room: frames for it are not delivered
     # Timer handles owned by the service (room expiry, ICE refresh, resume window).
     timers: dict[str, TimerHandle] = field(default_factory=dict)
 
-    def stamp(self, frame: str) -> tuple[int, str]:
+    def stamp(self, frame: str, owed: Owed | None = None) -> tuple[int, str]:
         """Number a frame (an encoded JSON object) and keep it until confirmed."""
         self.seq += 1
         stamped = f'{{"seq":{self.seq},{frame[1:]}'
         self.unconfirmed.append((self.seq, stamped))
         self.unconfirmed_bytes += len(stamped)
+        if owed is not None:
+            self.owed.append((self.seq, owed))
         return self.seq, stamped
 
-    def confirm(self, seq: int) -> None:
-        """The client has received everything up to ``seq``: forget it."""
+    def confirm(self, seq: int) -> list[Owed]:
+        """The client has received everything up to ``seq``: forget it; what that settles."""
         while self.unconfirmed and self.unconfirmed[0][0] <= seq:
             self.unconfirmed_bytes -= len(self.unconfirmed.popleft()[1])
+        settled = []
+        while self.owed and self.owed[0][0] <= seq:
+            settled.append(self.owed.popleft()[1])
+        return settled
+
+    def unsettled(self) -> list[Owed]:
+        """Everything still owed, taken off the member (it is leaving)."""
+        owed = [item for _, item in self.owed]
+        self.owed.clear()
+        return owed
 
     def missed_since(self, last_seq: int) -> list[tuple[int, str]] | None:
         """The frames after ``last_seq`` (with their seq), or None if some are no longer kept."""

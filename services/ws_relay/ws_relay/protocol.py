@@ -19,6 +19,11 @@ Version 2 adds, all optional for v1 clients:
     broadcast         {payload}                    -> others: broadcast {from_peer_id, payload}
     ping              {}                           -> pong
     any message       + id                         -> ack {id} (or error {code, reason, id})
+    peer_message/offer/answer/candidate with an id to a peer not in the room yet
+                      + ttl_seconds                -> ack {id, queued: true}; held, then
+                                                      delivered when it registers, or
+                                                      expired {id, to_peer_id} to the sender
+    server -> client  go_away {reason, reconnect_after_ms} before a shutdown
     every frame after registered_auth carries seq (1, 2, ...), so a resume can say
     what it last saw
 
@@ -48,6 +53,12 @@ ROLE_PATTERN = r"^[A-Za-z0-9_.-]{1,32}$"
 DEFAULT_ROLE = "peer"
 # A correlation id: the client's own, echoed back in ack, error and replies.
 CorrelationId = Annotated[str, Field(min_length=1, max_length=64)] | Annotated[int, Field(ge=0, lt=2**53)]
+QueueTtl = Field(
+    default=None,
+    ge=1,
+    le=7 * 24 * 3600,
+    description="With an id: seconds to hold the message if the target is not in the room yet.",
+)
 
 
 class _ClientMessage(BaseModel):
@@ -75,6 +86,7 @@ class _Relayed(_ClientMessage):
 
     sender: str | None = None
     target: str = PeerId
+    ttl_seconds: int | None = QueueTtl
 
 
 class Offer(_Relayed):
@@ -110,6 +122,7 @@ class PeerMessage(_ClientMessage):
     type: Literal["peer_message"]
     to_peer_id: str = PeerId
     payload: Any = None
+    ttl_seconds: int | None = QueueTtl
 
 
 class Broadcast(_ClientMessage):
@@ -122,6 +135,7 @@ class Ping(_ClientMessage):
 
 
 RelayedMessage = Offer | Answer | Candidate
+DirectMessage = PeerMessage | Offer | Answer | Candidate  # for one peer: may be held for it
 AnyClientMessage = (
     Register | Offer | Answer | Candidate | UpdateMetadata | DiscoverPeers | PeerMessage | Broadcast | Ping
 )
@@ -172,12 +186,12 @@ def _encode_relayed(message: dict[str, Any]) -> str:
 
 
 # Keys the server owns in what a target receives: a sender cannot set them.
-SERVER_KEYS = frozenset({"id", "seq", "sender"})
+SERVER_KEYS = frozenset({"id", "seq", "sender", "ttl_seconds"})
 
 
 def relayed_frame(data: dict[str, Any], sender: str) -> str:
-    """The frame the target receives: the sender's message, ``sender`` stamped, ``id`` and
-    ``seq`` dropped (the target's ``seq`` is added when the frame is numbered).
+    """The frame the target receives: the sender's message, ``sender`` stamped, ``id``,
+    ``ttl_seconds`` and ``seq`` dropped (the target's ``seq`` is added when the frame is numbered).
 
     Always re-encoded, so a frame with duplicate keys cannot show one sender to us
     and another to a client whose parser keeps the first key.
@@ -197,8 +211,19 @@ def with_id(message: dict[str, Any], correlation_id: str | int | None) -> dict[s
     return message if correlation_id is None else {**message, "id": correlation_id}
 
 
-def ack(correlation_id: str | int) -> str:
-    return encode({"type": "ack", "id": correlation_id})
+def ack(correlation_id: str | int, *, queued: bool = False) -> str:
+    """Delivered (the target confirmed receipt), or ``queued``: held for a peer not in the room yet."""
+    return encode({"type": "ack", "id": correlation_id, "queued": queued})
+
+
+def expired(correlation_id: str | int, to_peer_id: str) -> str:
+    """A held message's lifetime ended before its target registered: it was not delivered."""
+    return encode({"type": "expired", "id": correlation_id, "to_peer_id": to_peer_id})
+
+
+def go_away(reason: str, reconnect_after_ms: int) -> str:
+    """The relay is about to close this connection; resume after ``reconnect_after_ms``."""
+    return encode({"type": "go_away", "reason": reason, "reconnect_after_ms": reconnect_after_ms})
 
 
 def pong(correlation_id: str | int | None) -> str:

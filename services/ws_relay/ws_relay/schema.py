@@ -130,8 +130,23 @@ class CandidateDelivered(_RelayedDelivered):
 
 
 class Ack(_Numbered):
+    """A message with an id was delivered (its target confirmed receipt) or queued."""
+
     type: Literal["ack"]
     id: CorrelationId
+    queued: bool = Field(description="True: held for a peer not in the room yet; expired follows if it never comes.")
+
+
+class Expired(_Numbered):
+    type: Literal["expired"]
+    id: CorrelationId = Field(description="The held message's id.")
+    to_peer_id: str
+
+
+class GoAway(_Numbered):
+    type: Literal["go_away"]
+    reason: Literal["SERVER_SHUTDOWN"]
+    reconnect_after_ms: int = Field(description="Resume (register with resume_token) after this long.")
 
 
 class Pong(_Numbered):
@@ -159,6 +174,8 @@ AnyServerMessage = (
     | AnswerDelivered
     | CandidateDelivered
     | Ack
+    | Expired
+    | GoAway
     | Pong
     | Error
 )

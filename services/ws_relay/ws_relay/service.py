@@ -17,7 +17,7 @@ import structlog
 
 from signaling_shared import turn
 from signaling_shared.auth import TokenVerifier
-from signaling_shared.dynamo import PeerRecord, Repository
+from signaling_shared.dynamo import PeerRecord, QueuedMessage, Repository
 from signaling_shared.errors import (
     AlreadyRegistered,
     ConditionFailed,
@@ -43,7 +43,8 @@ from signaling_shared.settings import RelaySettings
 from signaling_shared.tokens import hash_room_token, new_room_token, room_token_matches
 from ws_relay import discovery, protocol
 from ws_relay.close_codes import REASONS, CloseCode
-from ws_relay.hub import Hub, Link, Member
+from ws_relay.hub import Hub, Link, Member, Owed
+from ws_relay.mailbox import Mailbox
 from ws_relay.metrics import RelayMetrics
 
 log = structlog.stdlib.get_logger("ws_relay")
@@ -77,6 +78,9 @@ class RelayService:
         self.metrics = metrics
         self.hub = Hub(max_peers_per_room=settings.max_peers_per_room)
         self._clock = clock
+        self.mailbox = Mailbox(
+            settings, repository, clock=clock, on_expired=self._held_expired, sender_present=self._sender_present
+        )
         self._ip_limiter = KeyedRateLimiter.per_minute(
             settings.register_rate_per_minute_per_ip, settings.register_burst_per_ip
         )
@@ -149,27 +153,73 @@ class RelayService:
         for timer in member.timers.values():
             timer.cancel()
         log.info("peer_left", room_id=member.room_id, peer_id=member.peer_id, reason=reason)
+        self._settle_departed(member)
         if not self.closing:
             frame = protocol.peer_left(member.peer_id, reason)
             for other in self.hub.others(member):
                 self._push(other, frame)
         await self._release_quietly(member.room_id, member.peer_id, member.connection_id)
 
-    def _push(self, member: Member, frame: str, started: float | None = None) -> bool:
+    def _settle_departed(self, member: Member) -> None:
+        """``member`` left or was replaced: what was sent to it and not confirmed was not
+        delivered. Its senders are told; held messages are held again for its next registration."""
+        member.gone = True
+        waiting, member.waiting = member.waiting or [], None
+        owed = member.unsettled() + [item for _, _, item in waiting if item is not None]
+        for item in owed:
+            self._fail(member, item)
+
+    def _fail(self, target: Member, owed: Owed) -> None:
+        """A frame someone waits on will not reach ``target``."""
+        if owed.held_key is not None:
+            self.mailbox.release(target.room_id, [owed.held_key])
+        elif owed.sender is not None and owed.correlation_id is not None and self.hub.is_current(owed.sender):
+            error = DeliveryFailed(f"peer {target.peer_id!r} left before receiving the message")
+            self._push(owed.sender, protocol.error_frame(error, owed.correlation_id), answer=True)
+
+    def _confirmed(self, member: Member, seq: int) -> None:
+        """``member``'s client has received every frame up to ``seq``: ack their senders."""
+        held: list[str] = []
+        for owed in member.confirm(seq):
+            if owed.held_key is not None:
+                held.append(owed.held_key)
+            elif owed.sender is not None and owed.correlation_id is not None and self.hub.is_current(owed.sender):
+                self._push(owed.sender, protocol.ack(owed.correlation_id), answer=True)
+        if held:
+            self._spawn(self.mailbox.delivered(member.room_id, held))
+
+    def _push(
+        self,
+        member: Member,
+        frame: str,
+        started: float | None = None,
+        owed: Owed | None = None,
+        *,
+        answer: bool = False,
+    ) -> bool:
         """Number ``frame`` for ``member`` and send it, or keep it for a resume if detached.
 
-        False when the member cannot hold more unconfirmed frames: it is dropped from the
-        room (``overflow``), and the frame is not delivered.
+        False when the member has left, or cannot hold more unconfirmed frames: then it is
+        dropped from the room (``overflow``). Either way the frame is not delivered.
+        ``owed`` is settled when the client confirms receipt (or fails if it never does).
+        An ``answer`` (ack, expired, a failed delivery: one at most per message the member
+        sent) is owed to it already and passes the buffer limits, which exist for what
+        others send it.
         """
-        if (
+        if member.gone:
+            return False
+        if member.waiting is not None:  # behind the messages held for it, being read
+            member.waiting.append((frame, started, owed))
+            return True
+        if not answer and (
             len(member.unconfirmed) >= self.settings.resume_buffer_messages
             or member.unconfirmed_bytes + len(frame) > self.settings.resume_buffer_bytes
         ):
             self._end(member, CloseCode.OVERFLOW, "overflow")
             return False
-        seq, stamped = member.stamp(frame)
+        seq, stamped = member.stamp(frame, owed)
         if member.link is not None:
-            member.link.send(stamped, started, seq)  # a slow reader is cut off and detached
+            member.link.send(stamped, started, seq, replay=answer)  # a slow reader is cut off and detached
         return True
 
     def _reply(self, session: Session, frame: str) -> None:
@@ -215,15 +265,14 @@ class RelayService:
             return
         if isinstance(message, protocol.UpdateMetadata):
             await self._update_metadata(member, message.metadata)
-        elif isinstance(message, protocol.PeerMessage):
-            target = self.hub.route(member, message.to_peer_id)
-            self._deliver(target, protocol.peer_message(member.peer_id, target.peer_id, message.payload), started)
         elif isinstance(message, protocol.Broadcast):
             frame = protocol.broadcast(member.peer_id, message.payload)
             for other in self.hub.others(member):
                 self._push(other, frame, started)
         else:
-            self._relay(member, message, data, started)
+            await self._direct(session, member, message, data, started)
+            self.metrics.relayed.labels(message.type).inc()
+            return  # acked when the target confirms receipt, or when held
         self.metrics.relayed.labels(message.type).inc()
         if message.id is not None:
             self._reply(session, protocol.ack(message.id))
@@ -237,15 +286,84 @@ class RelayService:
 
     # Relay -------------------------------------------------------------------------
 
-    def _relay(self, member: Member, message: protocol.RelayedMessage, data: dict[str, Any], started: float) -> None:
-        if message.sender is not None and message.sender != member.peer_id:
-            raise SenderMismatch(f"sender must be {member.peer_id!r}, the peer registered on this connection")
-        target = self.hub.route(member, message.target)
-        self._deliver(target, protocol.relayed_frame(data, member.peer_id), started)
-
-    def _deliver(self, target: Member, frame: str, started: float) -> None:
-        if not self._push(target, frame, started):
+    async def _direct(
+        self,
+        session: Session,
+        member: Member,
+        message: protocol.DirectMessage,
+        data: dict[str, Any],
+        started: float,
+    ) -> None:
+        """A message for one peer of the room. With an id, it is acked once the target confirms
+        receipt; and if the target is not in the room yet, it is held for it instead."""
+        if isinstance(message, protocol.PeerMessage):
+            to_peer_id = message.to_peer_id
+            frame = protocol.peer_message(member.peer_id, to_peer_id, message.payload)
+        else:
+            if message.sender is not None and message.sender != member.peer_id:
+                raise SenderMismatch(f"sender must be {member.peer_id!r}, the peer registered on this connection")
+            to_peer_id = message.target
+            frame = protocol.relayed_frame(data, member.peer_id)
+        if message.ttl_seconds is not None and message.ttl_seconds > self.settings.queue_ttl_max_seconds:
+            raise InvalidMessage(f"ttl_seconds: at most {self.settings.queue_ttl_max_seconds}")
+        target = self.hub.get(member.room_id, to_peer_id)
+        if target is None and message.id is not None:
+            if await self._hold(member, to_peer_id, message.id, message.ttl_seconds, frame):
+                self._reply(session, protocol.ack(message.id, queued=True))
+                return
+            target = self.hub.get(member.room_id, to_peer_id)  # it registered while we checked
+        if target is None:
+            raise PeerNotFound(f"peer {to_peer_id!r} is not in this room")
+        owed = Owed(sender=member, correlation_id=message.id) if message.id is not None else None
+        if not self._push(target, frame, started, owed):
             raise DeliveryFailed(f"peer {target.peer_id!r} cannot take more messages")
+
+    async def _hold(
+        self, member: Member, to_peer_id: str, correlation_id: str | int, ttl_seconds: int | None, frame: str
+    ) -> bool:
+        lifetime_ms = self.mailbox.lifetime_ms(ttl_seconds)
+        return await self.mailbox.hold(
+            room_id=member.room_id,
+            to_peer_id=to_peer_id,
+            from_peer_id=member.peer_id,
+            from_sub=member.owner_sub,
+            correlation_id=correlation_id,
+            frame=frame,
+            # Nobody can register in the room after it expires.
+            expires_at_ms=min(int(self._clock() * 1000) + lifetime_ms, member.room_expires_at * 1000),
+            target_arrived=lambda: self.hub.get(member.room_id, to_peer_id) is not None,
+        )
+
+    def _sender_of(self, message: QueuedMessage) -> Member | None:
+        sender = self.hub.get(message.room_id, message.from_peer_id)
+        return sender if sender is not None and sender.owner_sub == message.from_sub and not sender.gone else None
+
+    def _sender_present(self, message: QueuedMessage) -> bool:
+        return self._sender_of(message) is not None
+
+    def _held_expired(self, message: QueuedMessage) -> None:
+        sender = self._sender_of(message)
+        if sender is None:  # left between the check and the delete: nobody left to tell
+            log.info("expired_sender_gone", room_id=message.room_id, peer_id=message.from_peer_id)
+            return
+        self._push(sender, protocol.expired(message.correlation_id, message.to_peer_id), answer=True)
+
+    async def _open_inbox(self, member: Member) -> None:
+        """Deliver what is held for a newly registered member, then what arrived meanwhile."""
+        try:
+            held = await self.mailbox.arrived(member.room_id, member.peer_id)
+        except RepositoryError as exc:  # they stay held: delivered at a later registration, or expire
+            log.warning("held_read_failed", room_id=member.room_id, error=type(exc).__name__)
+            held = []
+        waiting, member.waiting = member.waiting or [], None
+        for message in held:
+            if not self._push(member, message.frame, owed=Owed(held_key=message.key)):
+                self.mailbox.release(member.room_id, [message.key])
+        for frame, started, owed in waiting:
+            if not self._push(member, frame, started, owed) and owed is not None:
+                self._fail(member, owed)
+        if held:
+            log.info("held_delivered", count=len(held))
 
     # Metadata and discovery --------------------------------------------------------
 
@@ -335,6 +453,7 @@ class RelayService:
             role=message.role,
             metadata=message.metadata,
             resume_hashes=(hash_room_token(resume_token),),
+            waiting=[],  # until the messages held for it are read
         )
         connection_id = member.connection_id
         try:
@@ -369,6 +488,7 @@ class RelayService:
             for timer in replaced.timers.values():
                 timer.cancel()
             self._close(replaced.link, CloseCode.REPLACED)
+            self._settle_departed(replaced)
         self._attach(session, member)
         member.timers["room_expiry"] = asyncio.get_running_loop().call_later(
             max(0.0, room.expires_at - now), self._room_expired, member
@@ -391,6 +511,7 @@ class RelayService:
         joined = protocol.peer_joined(self._view(member))
         for other in others:
             self._push(other, joined)
+        await self._open_inbox(member)
         return "ok"
 
     async def _resume(self, session: Session, message: protocol.Register, sub: str) -> str:
@@ -448,6 +569,7 @@ class RelayService:
             self._close(previous, CloseCode.REPLACED)
         resume_token = new_room_token()
         member.resume_hashes = (hash_room_token(resume_token), *hashes[:1])
+        self._confirmed(member, message.last_seq)  # the client says it has these
         structlog.contextvars.bind_contextvars(room_id=member.room_id, peer_id=member.peer_id)
         log.info("peer_resumed", replayed=len(missed))
         session.link.send(
@@ -471,7 +593,7 @@ class RelayService:
     def _attach(self, session: Session, member: Member) -> None:
         session.member = member
         member.link = session.link
-        session.link.on_confirm = member.confirm
+        session.link.on_confirm = lambda seq: self._confirmed(member, seq)
         detached = member.timers.pop("detached", None)
         if detached is not None:
             detached.cancel()
@@ -531,6 +653,7 @@ class RelayService:
         """End a member's session for good: close its socket (if any) and leave the room."""
         self._close(member.link, code)
         member.link = None
+        member.gone = True  # nothing more is delivered to it
         self._spawn(self._leave(member, reason))
 
     # Leases ------------------------------------------------------------------------
@@ -575,3 +698,4 @@ class RelayService:
         """At shutdown, after the sockets closed: free the entries of detached members too."""
         await asyncio.gather(*(self._leave(m) for m in list(self.hub.members()) if m.link is None))
         await asyncio.gather(*list(self._tasks))
+        await self.mailbox.close()

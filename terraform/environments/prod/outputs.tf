@@ -31,7 +31,7 @@ output "table_prefix" {
 }
 
 output "table_names" {
-  description = "DynamoDB table names by role (rooms, peers)."
+  description = "DynamoDB table names by role (rooms, peers, messages)."
   value       = module.data.table_names
 }
 

@@ -1,8 +1,9 @@
 # The DynamoDB tables the services use, as signaling_shared.bootstrap creates them on the
-# emulator: <prefix>rooms (key room_id) and <prefix>peers, the routing table (keys room_id,
-# peer_id; index peer_id-index). Every table: on-demand, TTL on the expiry attribute,
+# emulator: <prefix>rooms (key room_id), <prefix>peers, the routing table (keys room_id,
+# peer_id; index peer_id-index) and <prefix>messages, messages held for peers not in their
+# room yet (keys room_id, msg_key). Every table: on-demand, TTL on the expiry attribute,
 # point-in-time recovery, encryption at rest, switchable deletion protection.
-# A new table (queued messages, relay nodes) is one more entry in local.tables.
+# A new table (relay nodes) is one more entry in local.tables.
 
 locals {
   tables = {
@@ -24,6 +25,12 @@ locals {
           non_key_attributes = [var.ttl_attribute]
         }
       }
+    }
+    messages = {
+      hash_key   = "room_id"
+      range_key  = "msg_key" # "<to_peer_id>#<accepted ms>#<node>#<counter>": a target's messages in order
+      attributes = ["room_id", "msg_key"]
+      indexes    = {}
     }
   }
 }

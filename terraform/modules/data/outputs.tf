@@ -4,12 +4,12 @@ output "table_prefix" {
 }
 
 output "table_names" {
-  description = "Table names by role: rooms, peers."
+  description = "Table names by role: rooms, peers, messages."
   value       = { for role, table in aws_dynamodb_table.this : role => table.name }
 }
 
 output "table_arns" {
-  description = "Table ARNs by role: rooms, peers."
+  description = "Table ARNs by role: rooms, peers, messages."
   value       = { for role, table in aws_dynamodb_table.this : role => table.arn }
 }
 

@@ -10,8 +10,8 @@ run "creates_the_tables_the_services_expect" {
   command = plan
 
   assert {
-    condition     = output.table_names.rooms == "test-rooms" && output.table_names.peers == "test-peers" && length(output.table_names) == 2
-    error_message = "Tables must be named <prefix>rooms and <prefix>peers, as the services' settings build them."
+    condition     = output.table_names.rooms == "test-rooms" && output.table_names.peers == "test-peers" && output.table_names.messages == "test-messages" && length(output.table_names) == 3
+    error_message = "Tables must be named <prefix>rooms, <prefix>peers and <prefix>messages, as the services' settings build them."
   }
 
   assert {
@@ -22,6 +22,11 @@ run "creates_the_tables_the_services_expect" {
   assert {
     condition     = aws_dynamodb_table.this["peers"].hash_key == "room_id" && aws_dynamodb_table.this["peers"].range_key == "peer_id"
     error_message = "peers is keyed by room_id and peer_id."
+  }
+
+  assert {
+    condition     = aws_dynamodb_table.this["messages"].hash_key == "room_id" && aws_dynamodb_table.this["messages"].range_key == "msg_key"
+    error_message = "messages is keyed by room_id and msg_key."
   }
 
   assert {

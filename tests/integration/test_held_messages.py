@@ -1,0 +1,225 @@
+"""Messages for peers that are not in the room yet: held in DynamoDB, delivered in order when
+the peer registers, expired otherwise, bounded; and none lost when the relay process dies."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+import pytest
+
+from conftest import RelayFactory
+from devstack.stack import StackInfo
+from signaling_shared.dynamo import QueuedMessage
+from support import TIMEOUT, Peer, RelayProcess, create_room, relay_process, repository, sign_in
+from ws_relay.server import RelayServer
+
+pytestmark = pytest.mark.integration
+
+
+def url(server: RelayServer) -> str:
+    return f"ws://127.0.0.1:{server.port}"
+
+
+async def held(stack: StackInfo, room_id: str) -> list[QueuedMessage]:
+    return await repository(stack).held_messages(room_id)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
+    """Wait until ``check`` holds (state another process or task writes), or fail."""
+    deadline = time.monotonic() + TIMEOUT
+    while not await check():
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0.05)
+
+
+async def test_messages_for_a_peer_not_yet_here_arrive_in_order_when_it_registers(
+    api: str, relay_with: RelayFactory, stack: StackInfo
+) -> None:
+    """A client dials a worker that is still booting: offer, candidates and an app message are
+    acked as queued, stored, and delivered in order (sender stamped, no id or ttl) at its
+    registration; then taken off the table."""
+    client_user, worker_user = await sign_in(api), await sign_in(api)
+    room = await create_room(api, client_user)
+    async with relay_with() as server:
+        client = await Peer.connect(url(server))
+        await client.register("Client", room, client_user)
+        sent = [
+            {"type": "offer", "target": "Worker", "sdp": "v=0 offer", "id": "o1", "ttl_seconds": 600},
+            {"type": "candidate", "target": "Worker", "candidate": {"candidate": "c1", "sdpMid": "0"}, "id": "c1"},
+            {"type": "candidate", "target": "Worker", "candidate": None, "id": "c2"},
+            {"type": "peer_message", "to_peer_id": "Worker", "payload": {"job": 1}, "id": 4},
+        ]
+        for message in sent:
+            await client.send(message)
+            assert await client.expect("ack") == {"type": "ack", "id": message["id"], "queued": True}
+        stored = await held(stack, room.room_id)
+        assert [m.correlation_id for m in stored] == ["o1", "c1", "c2", 4]
+        assert {m.to_peer_id for m in stored} == {"Worker"}
+
+        worker = await Peer.connect(url(server))
+        registered = await worker.register("Worker", room, worker_user)
+        assert [p["peer_id"] for p in registered["peers"]] == ["Client"]
+        assert await worker.recv() == {"type": "offer", "target": "Worker", "sdp": "v=0 offer", "sender": "Client"}
+        assert await worker.recv() == {
+            "type": "candidate",
+            "target": "Worker",
+            "candidate": {"candidate": "c1", "sdpMid": "0"},
+            "sender": "Client",
+        }
+        assert await worker.recv() == {"type": "candidate", "target": "Worker", "candidate": None, "sender": "Client"}
+        assert await worker.recv() == {
+            "type": "peer_message",
+            "from_peer_id": "Client",
+            "to_peer_id": "Worker",
+            "payload": {"job": 1},
+        }
+        assert (await client.expect("peer_joined"))["peer_id"] == "Worker"
+
+        async def table_empty() -> bool:
+            return not await held(stack, room.room_id)
+
+        await eventually(table_empty)  # the worker confirmed receipt
+        await client.send({"type": "peer_message", "to_peer_id": "Worker", "payload": "live", "id": 5})
+        assert (await worker.expect("peer_message"))["payload"] == "live"  # nothing held comes twice
+        assert await client.expect("ack") == {"type": "ack", "id": 5, "queued": False}
+        await worker.barrier()
+        await client.barrier()
+        for peer in (client, worker):
+            await peer.close()
+
+
+async def test_a_held_message_expires_and_its_sender_is_told(
+    api: str, relay_with: RelayFactory, stack: StackInfo
+) -> None:
+    """Past its ttl_seconds a held message is never delivered: the sender gets expired {id, to_peer_id}."""
+    users = [await sign_in(api) for _ in range(2)]
+    room = await create_room(api, users[0])
+    async with relay_with() as server:
+        sender = await Peer.connect(url(server))
+        await sender.register("Sender", room, users[0])
+        await sender.send(
+            {"type": "peer_message", "to_peer_id": "Late", "payload": "short", "id": "e", "ttl_seconds": 1}
+        )
+        await sender.expect("ack")
+        await sender.send({"type": "peer_message", "to_peer_id": "Late", "payload": "long", "id": "k"})
+        await sender.expect("ack")
+        assert await sender.expect("expired") == {"type": "expired", "id": "e", "to_peer_id": "Late"}
+        assert [m.correlation_id for m in await held(stack, room.room_id)] == ["k"]
+
+        late = await Peer.connect(url(server))
+        await late.register("Late", room, users[1])
+        assert (await late.expect("peer_message"))["payload"] == "long"
+        await late.barrier()  # "short" never comes
+        await sender.expect("peer_joined")
+        await sender.barrier()
+        for peer in (sender, late):
+            await peer.close()
+
+
+async def test_held_messages_are_bounded_and_checked(api: str, relay_with: RelayFactory) -> None:
+    """Per target and per room bounds answer QUEUE_FULL; a lifetime past the maximum is
+    INVALID_MESSAGE; without an id (v1) nothing is held: PEER_NOT_FOUND as before. What
+    was held before the bound is still delivered."""
+    users = [await sign_in(api) for _ in range(2)]
+    room = await create_room(api, users[0])
+    async with relay_with(queue_max_per_peer=2, queue_max_per_room=3) as server:
+        sender = await Peer.connect(url(server))
+        await sender.register("Sender", room, users[0])
+
+        async def send(to: str, correlation_id: int, **extra: int) -> None:
+            await sender.send(
+                {"type": "peer_message", "to_peer_id": to, "payload": correlation_id, "id": correlation_id, **extra}
+            )
+
+        for i in (1, 2):
+            await send("X", i)
+            await sender.expect("ack")
+        await send("X", 3)
+        await sender.expect_error_with_id("QUEUE_FULL", 3)
+        await send("Y", 4)
+        await sender.expect("ack")
+        await send("Z", 5)
+        await sender.expect_error_with_id("QUEUE_FULL", 5)  # the room holds 3
+        await send("Z", 6, ttl_seconds=901)
+        await sender.expect_error_with_id("INVALID_MESSAGE", 6)
+        await sender.send({"type": "peer_message", "to_peer_id": "Z", "payload": 7})
+        await sender.expect_error("PEER_NOT_FOUND")
+
+        x = await Peer.connect(url(server))
+        await x.register("X", room, users[1])
+        assert [(await x.expect("peer_message"))["payload"] for _ in range(2)] == [1, 2]
+        await x.barrier()
+        for peer in (sender, x):
+            await peer.close()
+
+
+async def test_deleting_a_room_deletes_what_is_held_in_it(api: str, relay: str, stack: StackInfo) -> None:
+    user = await sign_in(api)
+    room = await create_room(api, user)
+    sender = await Peer.connect(relay)
+    await sender.register("Sender", room, user)
+    await sender.send({"type": "peer_message", "to_peer_id": "Nobody", "payload": 1, "id": 1})
+    await sender.expect("ack")
+    assert len(await held(stack, room.room_id)) == 1
+    async with httpx.AsyncClient(base_url=api, timeout=TIMEOUT) as http:
+        response = await http.delete(f"/rooms/{room.room_id}", headers=user.bearer)
+    assert response.status_code == 200, response.text
+    assert await held(stack, room.room_id) == []
+    await sender.close()
+
+
+async def test_a_relay_killed_and_restarted_loses_no_accepted_message(api: str, stack: StackInfo) -> None:
+    """SIGKILL with messages acked as delivered and as held: the delivered ones had arrived;
+    after a restart the held ones reach their target in order, and one that expired while
+    its sender was away is reported to the sender when it comes back."""
+    a_user, b_user, c_user = await sign_in(api), await sign_in(api), await sign_in(api)
+    room = await create_room(api, a_user)
+    async with relay_process(stack) as first:
+        a, c = await Peer.connect(first.url), await Peer.connect(first.url)
+        await a.register("A", room, a_user)
+        await c.register("C", room, c_user)
+        await a.expect("peer_joined")
+        await a.send({"type": "peer_message", "to_peer_id": "C", "payload": "live", "id": "live"})
+        assert (await c.expect("peer_message"))["payload"] == "live"
+        assert await a.expect("ack") == {"type": "ack", "id": "live", "queued": False}  # acked: C has it
+        for i in range(3):
+            await a.send({"type": "peer_message", "to_peer_id": "B", "payload": i, "id": f"h{i}"})
+            assert await a.expect("ack") == {"type": "ack", "id": f"h{i}", "queued": True}
+        await a.send({"type": "offer", "target": "Ghost", "sdp": "v=0", "id": "g", "ttl_seconds": 1})
+        assert await a.expect("ack") == {"type": "ack", "id": "g", "queued": True}
+        first.process.kill()
+        assert await first.wait() == -9
+        for peer in (a, c):
+            await peer.closed()
+
+    async with relay_process(stack) as second:
+        b = await Peer.connect(second.url)
+        await b.register("B", room, b_user)  # loads the room's held messages and their timers
+        assert [(await b.expect("peer_message"))["payload"] for _ in range(3)] == [0, 1, 2]
+        await b.barrier()
+        await _logged(second, "expired_sender_absent")  # Ghost's offer expired while A was away
+        a2 = await Peer.connect(second.url)
+        await a2.register("A", room, a_user)
+        assert await a2.expect("expired") == {"type": "expired", "id": "g", "to_peer_id": "Ghost"}
+        await a2.barrier()
+
+        async def table_empty() -> bool:
+            return not await held(stack, room.room_id)
+
+        await eventually(table_empty)
+        for peer in (a2, b):
+            await peer.close()
+
+
+async def _logged(relay: RelayProcess, event: str) -> dict[str, object]:
+    found: list[dict[str, object]] = []
+
+    async def seen() -> bool:
+        found.extend(e for e in relay.events if e.get("event") == event)
+        return bool(found)
+
+    await eventually(seen)
+    return found[0]
