@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -46,7 +47,7 @@ async def test_messages_for_a_peer_not_yet_here_arrive_in_order_when_it_register
     async with relay_with() as server:
         client = await Peer.connect(url(server))
         await client.register("Client", room, client_user)
-        sent = [
+        sent: list[dict[str, Any]] = [
             {"type": "offer", "target": "Worker", "sdp": "v=0 offer", "id": "o1", "ttl_seconds": 600},
             {"type": "candidate", "target": "Worker", "candidate": {"candidate": "c1", "sdpMid": "0"}, "id": "c1"},
             {"type": "candidate", "target": "Worker", "candidate": None, "id": "c2"},

@@ -137,9 +137,8 @@ def test_frames_are_numbered_and_kept_until_confirmed() -> None:
 
 def test_confirming_a_frame_settles_what_waits_on_it_and_leaving_returns_the_rest() -> None:
     """Acks wait for the client's confirmation of their frame; what is unconfirmed at leave is unsettled."""
-    sender = member_of("r", "s", "s", FakeLink("cs"))
     target = member_of("r", "t", "t", FakeLink("ct"))
-    ack_1, held_2, ack_4 = Owed(sender, "m1"), Owed(held_key="k2"), Owed(sender, 4)
+    ack_1, held_2, ack_4 = Owed("s", "s", "m1"), Owed(held_key="k2"), Owed("s", "s", 4)
     target.stamp('{"type":"a"}', ack_1)
     target.stamp('{"type":"b"}', held_2)
     target.stamp('{"type":"c"}')
@@ -149,3 +148,4 @@ def test_confirming_a_frame_settles_what_waits_on_it_and_leaving_returns_the_res
     assert target.confirm(3) == []  # settled once
     assert target.unsettled() == [ack_4]
     assert target.confirm(4) == []
+    assert [Owed.from_json(o.to_json()) for o in (ack_1, held_2)] == [ack_1, held_2]

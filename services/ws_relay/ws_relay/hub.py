@@ -47,11 +47,26 @@ class Link(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Owed:
-    """What the confirmed receipt of a frame settles: its sender's ack, or a held message's removal."""
+    """What the confirmed receipt of a frame settles: its sender's ack, or a held message's removal.
 
-    sender: Member | None = None
+    The sender is named (peer id and identity), not referenced, so that what is owed can be
+    saved at shutdown and settled by the next process."""
+
+    sender_peer_id: str | None = None
+    sender_sub: str | None = None
     correlation_id: str | int | None = None
     held_key: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.held_key is not None:
+            return {"held_key": self.held_key}
+        return {"sender_peer_id": self.sender_peer_id, "sender_sub": self.sender_sub, "id": self.correlation_id}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Owed:
+        if "held_key" in data:
+            return cls(held_key=str(data["held_key"]))
+        return cls(data.get("sender_peer_id"), data.get("sender_sub"), data.get("id"))
 
 
 @dataclass(eq=False, slots=True)

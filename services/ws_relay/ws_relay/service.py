@@ -173,9 +173,16 @@ class RelayService:
         """A frame someone waits on will not reach ``target``."""
         if owed.held_key is not None:
             self.mailbox.release(target.room_id, [owed.held_key])
-        elif owed.sender is not None and owed.correlation_id is not None and self.hub.is_current(owed.sender):
+        elif (sender := self._owed_sender(target.room_id, owed)) is not None:
             error = DeliveryFailed(f"peer {target.peer_id!r} left before receiving the message")
-            self._push(owed.sender, protocol.error_frame(error, owed.correlation_id), answer=True)
+            self._push(sender, protocol.error_frame(error, owed.correlation_id), answer=True)
+
+    def _owed_sender(self, room_id: str, owed: Owed) -> Member | None:
+        """The member waiting on ``owed``, if that identity still holds its peer id here."""
+        if owed.sender_peer_id is None or owed.correlation_id is None:
+            return None
+        sender = self.hub.get(room_id, owed.sender_peer_id)
+        return sender if sender is not None and sender.owner_sub == owed.sender_sub else None
 
     def _confirmed(self, member: Member, seq: int) -> None:
         """``member``'s client has received every frame up to ``seq``: ack their senders."""
@@ -183,8 +190,9 @@ class RelayService:
         for owed in member.confirm(seq):
             if owed.held_key is not None:
                 held.append(owed.held_key)
-            elif owed.sender is not None and owed.correlation_id is not None and self.hub.is_current(owed.sender):
-                self._push(owed.sender, protocol.ack(owed.correlation_id), answer=True)
+            elif (sender := self._owed_sender(member.room_id, owed)) is not None:
+                assert owed.correlation_id is not None
+                self._push(sender, protocol.ack(owed.correlation_id), answer=True)
         if held:
             self._spawn(self.mailbox.delivered(member.room_id, held))
 
@@ -314,7 +322,7 @@ class RelayService:
             target = self.hub.get(member.room_id, to_peer_id)  # it registered while we checked
         if target is None:
             raise PeerNotFound(f"peer {to_peer_id!r} is not in this room")
-        owed = Owed(sender=member, correlation_id=message.id) if message.id is not None else None
+        owed = Owed(member.peer_id, member.owner_sub, message.id) if message.id is not None else None
         if not self._push(target, frame, started, owed):
             raise DeliveryFailed(f"peer {target.peer_id!r} cannot take more messages")
 
