@@ -34,6 +34,8 @@ GENEROUS_LIMITS: dict[str, Any] = {
     "register_burst_per_ip": 10_000,
     "register_rate_per_minute_per_room": 100_000,
     "register_burst_per_room": 10_000,
+    # Test relays stop often, mostly with peers still connected: a short drain.
+    "drain_seconds": 0.2,
 }
 
 
@@ -143,6 +145,18 @@ class Peer:
         self.peer_id = peer_id
         return reply
 
+    async def register_expecting_error(self, peer_id: str, room: RoomGrant, user: User, code: str) -> None:
+        await self.send(
+            {
+                "type": "register",
+                "peer_id": peer_id,
+                "room_id": room.room_id,
+                "token": room.token,
+                "id_token": user.id_token,
+            }
+        )
+        await self.expect_error(code)
+
     async def barrier(self) -> None:
         """Prove nothing else is queued for us: the reply to a probe must come next."""
         await self.send_raw("barrier-probe")
@@ -159,6 +173,36 @@ class Peer:
 
     async def close(self) -> None:
         await self.ws.close()
+
+
+async def drop(peer: Peer) -> None:
+    """Cut the TCP connection without a close frame, as a network failure would."""
+    peer.ws.transport.abort()
+    await peer.ws.wait_closed()
+
+
+def resume_message(peer: Peer, room: RoomGrant, user: User, **changes: Any) -> dict[str, Any]:
+    assert peer.peer_id is not None
+    return {
+        "type": "register",
+        "peer_id": peer.peer_id,
+        "room_id": room.room_id,
+        "token": room.token,
+        "id_token": user.id_token,
+        "resume_token": peer.resume_token,
+        "last_seq": peer.last_seq,
+        **changes,
+    }
+
+
+async def resume(old: Peer, address: str, room: RoomGrant, user: User, **changes: Any) -> tuple[Peer, dict[str, Any]]:
+    """Register again on a new socket with the old one's resume token and last seq."""
+    new = await Peer.connect(address)
+    new.peer_id, new.last_seq = old.peer_id, old.last_seq
+    await new.send(resume_message(old, room, user, **changes))
+    registered = await new.expect("registered_auth")  # sets last_seq to the server's
+    new.last_seq = old.last_seq  # the replay continues from what the old socket saw
+    return new, registered
 
 
 async def joined_pair(api: str, relay: str) -> tuple[RoomGrant, tuple[Peer, User], tuple[Peer, User]]:

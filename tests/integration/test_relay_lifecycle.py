@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import socket
 
@@ -95,24 +96,43 @@ async def test_room_expiry_closes_its_peers(api: str, relay_with: RelayFactory, 
         await late.close()
 
 
-async def test_shutdown_closes_with_4500_and_frees_the_routing_table(
+async def test_shutdown_drains_with_go_away_then_closes_with_4500_and_saves_the_sessions(
     api: str, relay_with: RelayFactory, stack: StackInfo
 ) -> None:
-    """SIGTERM's path: sockets closed with the retryable 4500, routing entries released, port closed."""
-    async with relay_with() as server:
-        user_a, user_b = await sign_in(api), await sign_in(api)
+    """SIGTERM's path: go_away (jittered reconnect_after_ms) to every peer; for the drain the
+    relay keeps relaying but refuses registrations and readiness; then 4500, and each peer's
+    session is left in the table (routing entry kept) for the next process; the port closes."""
+    async with relay_with(drain_seconds=1.0, drain_jitter_ms=500) as server:
+        user_a, user_b, user_c = await sign_in(api), await sign_in(api), await sign_in(api)
         room = await create_room(api, user_a)
         a, b = await Peer.connect(ws_url(server)), await Peer.connect(ws_url(server))
+        late = await Peer.connect(ws_url(server))
         await a.register("A", room, user_a)
         await b.register("B", room, user_b)
         await a.expect("peer_joined")
-        assert await peer_ids_in_table(stack, room.room_id) == {"A", "B"}
         port = server.port
-        await server.stop()
+        stopping = asyncio.create_task(server.stop())
         for peer in (a, b):
+            go_away = await peer.expect("go_away")
+            assert go_away["reason"] == "SERVER_SHUTDOWN"
+            assert 1000 <= go_away["reconnect_after_ms"] <= 1500
+        await late.expect("go_away")
+        await a.send({"type": "peer_message", "to_peer_id": "B", "payload": "still relaying"})
+        assert (await b.expect("peer_message"))["payload"] == "still relaying"
+        await late.register_expecting_error("L", room, user_c, "SERVER_BUSY")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=TIMEOUT) as http:
+            ready = await http.get("/readyz")
+        assert (ready.status_code, ready.json()["status"]) == (503, "draining")
+        await stopping
+        for peer in (a, b, late):
             code, _ = await peer.closed()
             assert code == 4500
-        assert await peer_ids_in_table(stack, room.room_id) == set()
+        assert await peer_ids_in_table(stack, room.room_id) == {"A", "B"}
+        for peer in (a, b):
+            assert peer.peer_id is not None
+            saved = await repository(stack).load_session(room.room_id, peer.peer_id)
+            assert saved is not None
+            assert saved.seq >= peer.last_seq  # go_away and what followed were numbered
         with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT):
             pass
 

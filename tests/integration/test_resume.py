@@ -16,7 +16,19 @@ import pytest
 from conftest import RelayFactory
 from devstack.stack import StackInfo
 from signaling_shared.errors import Unavailable
-from support import TIMEOUT, Peer, RoomGrant, User, create_room, gated_relay, peer_ids_in_table, sign_in
+from support import (
+    TIMEOUT,
+    Peer,
+    RoomGrant,
+    User,
+    create_room,
+    drop,
+    gated_relay,
+    peer_ids_in_table,
+    resume,
+    resume_message,
+    sign_in,
+)
 from ws_relay.server import RelayServer
 
 pytestmark = pytest.mark.integration
@@ -24,36 +36,6 @@ pytestmark = pytest.mark.integration
 
 def url(server: RelayServer) -> str:
     return f"ws://127.0.0.1:{server.port}"
-
-
-async def drop(peer: Peer) -> None:
-    """Cut the TCP connection without a close frame, as a network failure would."""
-    peer.ws.transport.abort()
-    await peer.ws.wait_closed()
-
-
-def resume_message(peer: Peer, room: RoomGrant, user: User, **changes: Any) -> dict[str, Any]:
-    assert peer.peer_id is not None
-    return {
-        "type": "register",
-        "peer_id": peer.peer_id,
-        "room_id": room.room_id,
-        "token": room.token,
-        "id_token": user.id_token,
-        "resume_token": peer.resume_token,
-        "last_seq": peer.last_seq,
-        **changes,
-    }
-
-
-async def resume(old: Peer, address: str, room: RoomGrant, user: User, **changes: Any) -> tuple[Peer, dict[str, Any]]:
-    """Register again on a new socket with the old one's resume token and last seq."""
-    new = await Peer.connect(address)
-    new.peer_id, new.last_seq = old.peer_id, old.last_seq
-    await new.send(resume_message(old, room, user, **changes))
-    registered = await new.expect("registered_auth")  # sets last_seq to the server's
-    new.last_seq = old.last_seq  # the replay continues from what the old socket saw
-    return new, registered
 
 
 async def room_of_two(api: str, address: str) -> tuple[RoomGrant, Peer, User, Peer, User]:

@@ -105,6 +105,24 @@ class QueuedMessage:
         return f"{to_peer_id}#{accepted_ms:015d}#{node_id}#{counter:012d}"
 
 
+@dataclass(frozen=True, slots=True)
+class SavedSession:
+    """A peer's session as a relay process left it at shutdown, for the next one to resume:
+    the routing entry plus what a resume needs. ``frames`` are the numbered frames the client
+    had not confirmed, oldest first; ``owed`` says what each one's receipt settles."""
+
+    peer: PeerRecord
+    resume_hashes: tuple[str, ...]
+    seq: int
+    frames: list[tuple[int, str]] = field(default_factory=list)
+    owed: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+
+
+def _session_frame_key(peer_id: str, seq: int) -> str:
+    # '!' is not allowed in peer ids and sorts before '#': never a held message's key.
+    return f"{peer_id}!{seq:015d}"
+
+
 def _s(value: str) -> dict[str, str]:
     return {"S": value}
 
@@ -445,7 +463,7 @@ class Repository:
             )
         items: list[dict[str, Any]] = []
         for page in self._client.get_paginator("query").paginate(**query):
-            items.extend(page.get("Items", []))
+            items.extend(item for item in page.get("Items", []) if "!" not in item["msg_key"]["S"])
         return items
 
     async def take_message(self, room_id: str, key: str) -> QueuedMessage | None:
@@ -468,12 +486,137 @@ class Repository:
         await self._call("delete_messages", self._batch_delete, self.messages_table, items)
 
     async def delete_room_messages(self, room_id: str) -> None:
-        messages = await self.held_messages(room_id, with_frames=False)
-        await self.delete_messages(room_id, [m.key for m in messages])
+        """Everything the messages table holds for a room: held messages and saved sessions' frames."""
+        keys = await self._call("delete_room_messages", self._room_message_keys, room_id)
+        await self.delete_messages(room_id, keys)
+
+    def _room_message_keys(self, room_id: str) -> list[str]:
+        keys: list[str] = []
+        for page in self._client.get_paginator("query").paginate(
+            TableName=self.messages_table,
+            KeyConditionExpression="room_id = :r",
+            ExpressionAttributeValues={":r": _s(room_id)},
+            ProjectionExpression="msg_key",
+            ConsistentRead=True,
+        ):
+            keys.extend(item["msg_key"]["S"] for item in page.get("Items", []))
+        return keys
+
+    # Saved sessions ----------------------------------------------------------------
+
+    async def save_session(self, session: SavedSession) -> None:
+        """Store a session for the next process: its frames in the messages table, then the
+        rest on its routing entry (so an entry with a session always has all its frames).
+        ConditionFailed if the entry is no longer this connection's."""
+        peer = session.peer
+        frames = [
+            {
+                "PutRequest": {
+                    "Item": {
+                        "room_id": _s(peer.room_id),
+                        "msg_key": _s(_session_frame_key(peer.peer_id, seq)),
+                        "frame": _s(frame),
+                        "expires_at": _n(peer.expires_at),
+                    }
+                }
+            }
+            for seq, frame in session.frames
+        ]
+        if frames:
+            await self._call("save_session", self._batch_write, self.messages_table, frames)
+        state = {
+            "resume_hashes": list(session.resume_hashes),
+            "seq": session.seq,
+            "frames": [seq for seq, _ in session.frames],
+            "owed": [[seq, owed] for seq, owed in session.owed],
+        }
+        await self._call(
+            "save_session",
+            self._client.update_item,
+            TableName=self.peers_table,
+            Key={"room_id": _s(peer.room_id), "peer_id": _s(peer.peer_id)},
+            UpdateExpression="SET saved_session = :s, expires_at = :exp",
+            ConditionExpression="connection_id = :cid",
+            ExpressionAttributeValues={
+                ":s": _s(json.dumps(state, separators=(",", ":"))),
+                ":exp": _n(peer.expires_at),
+                ":cid": _s(peer.connection_id),
+            },
+        )
+
+    async def load_session(self, room_id: str, peer_id: str) -> SavedSession | None:
+        """The session a previous process saved for this peer, whole, or None."""
+        response = await self._call(
+            "load_session",
+            self._client.get_item,
+            TableName=self.peers_table,
+            Key={"room_id": _s(room_id), "peer_id": _s(peer_id)},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        if not item or "saved_session" not in item:
+            return None
+        state = json.loads(item["saved_session"]["S"])
+        stored = await self._call("load_session", self._session_frames, room_id, peer_id)
+        frames = [(seq, stored[seq]) for seq in state["frames"] if seq in stored]
+        if len(frames) != len(state["frames"]):
+            return None  # frames missing (expired): not resumable
+        return SavedSession(
+            peer=_peer_from(item),
+            resume_hashes=tuple(state["resume_hashes"]),
+            seq=int(state["seq"]),
+            frames=frames,
+            owed=[(int(seq), owed) for seq, owed in state["owed"]],
+        )
+
+    def _session_frames(self, room_id: str, peer_id: str) -> dict[int, str]:
+        frames: dict[int, str] = {}
+        for page in self._client.get_paginator("query").paginate(
+            TableName=self.messages_table,
+            KeyConditionExpression="room_id = :r AND begins_with(msg_key, :p)",
+            ExpressionAttributeValues={":r": _s(room_id), ":p": _s(f"{peer_id}!")},
+            ConsistentRead=True,
+        ):
+            for item in page.get("Items", []):
+                frames[int(item["msg_key"]["S"].rpartition("!")[2])] = item["frame"]["S"]
+        return frames
+
+    async def take_session(self, peer: PeerRecord, saved: SavedSession, *, now: int) -> None:
+        """Write ``peer`` over the saved session's entry, if it is still that one (one resume
+        wins); the saved session is gone with it. NotFound: the room is gone or expired;
+        ConditionFailed: the entry changed (resumed or registered elsewhere)."""
+        try:
+            await self._call(
+                "take_session",
+                self._client.transact_write_items,
+                TransactItems=[
+                    self._room_check(
+                        peer.room_id, "attribute_exists(room_id) AND expires_at > :now", {":now": _n(now)}
+                    ),
+                    {
+                        "Put": {
+                            "TableName": self.peers_table,
+                            "Item": _peer_item(peer),
+                            "ConditionExpression": "connection_id = :cid AND attribute_exists(saved_session)",
+                            "ExpressionAttributeValues": {":cid": _s(saved.peer.connection_id)},
+                        }
+                    },
+                ],
+            )
+        except ConditionFailed as exc:
+            if exc.reasons[:1] == ("ConditionalCheckFailed",):
+                raise NotFound("room is gone or expired", operation="take_session") from exc
+            raise
+        keys = [_session_frame_key(peer.peer_id, seq) for seq, _ in saved.frames]
+        if keys:
+            await self.delete_messages(peer.room_id, keys)
 
     def _batch_delete(self, table: str, keys: list[dict[str, Any]]) -> None:
-        for start in range(0, len(keys), 25):
-            requests = [{"DeleteRequest": {"Key": key}} for key in keys[start : start + 25]]
+        self._batch_write(table, [{"DeleteRequest": {"Key": key}} for key in keys])
+
+    def _batch_write(self, table: str, all_requests: list[dict[str, Any]]) -> None:
+        for start in range(0, len(all_requests), 25):
+            requests = all_requests[start : start + 25]
             pending: dict[str, Any] = {table: requests}
             for attempt in range(_BATCH_ATTEMPTS):
                 if attempt:
@@ -483,7 +626,7 @@ class Repository:
                 if not pending:
                     break
             else:
-                raise Throttled("batch delete left unprocessed items", operation="delete_peers")
+                raise Throttled(f"batch write to {table} left unprocessed items", operation="batch_write")
 
     # Health ------------------------------------------------------------------------
 

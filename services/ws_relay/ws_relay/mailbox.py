@@ -167,6 +167,12 @@ class Mailbox:
             room.delivering.update(m.key for m in messages)
             return messages
 
+    async def claim(self, room_id: str, keys: list[str]) -> None:
+        """Mark messages as being delivered: a previous process sent them to a peer that
+        resumed here and has yet to confirm them."""
+        async with self._room(room_id) as room:
+            room.delivering.update(key for key in keys if key in room.held)
+
     async def delivered(self, room_id: str, keys: list[str]) -> None:
         """The target confirmed receipt: the messages are no longer held."""
         self._forget(room_id, keys)

@@ -26,7 +26,7 @@ from websockets.protocol import State
 
 from signaling_shared.auth import TokenVerifier
 from signaling_shared.dynamo import Repository
-from signaling_shared.health import HealthBody, run_readiness_checks
+from signaling_shared.health import HealthBody, ReadinessBody, run_readiness_checks
 from signaling_shared.settings import RelaySettings
 from ws_relay.close_codes import REASONS, CloseCode
 from ws_relay.metrics import RelayMetrics
@@ -208,27 +208,31 @@ class RelayServer:
         return self.port
 
     async def stop(self) -> None:
-        """Graceful shutdown: refuse registrations, close every socket, free the routing entries."""
+        """Graceful drain: refuse registrations (and readiness), send every peer ``go_away``,
+        keep relaying for ``drain_seconds`` (or until every socket is gone), close the rest
+        with 4500, then save each peer's session for the next process to resume."""
         if self._server is None:
             return
-        log.info("relay_stopping", connections=len(self.service.sessions))
+        log.info("relay_stopping", connections=len(self.service.sessions), drain_seconds=self.settings.drain_seconds)
         self.service.begin_shutdown()
         if self._lease_task is not None:
             self._lease_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._lease_task
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.service.drained.wait(), timeout=self.settings.drain_seconds)
         self.metrics.closes.labels(str(int(CloseCode.SERVER_SHUTDOWN))).inc(len(self.service.sessions))
         self._server.close(code=CloseCode.SERVER_SHUTDOWN, reason=REASONS[CloseCode.SERVER_SHUTDOWN])
         grace = self.settings.shutdown_grace_seconds + self.settings.close_timeout_seconds
         try:
             await asyncio.wait_for(self._server.wait_closed(), timeout=grace)
         except TimeoutError:
-            # Handlers still stuck (e.g. in a slow DynamoDB call): free their entries now,
+            # Handlers still stuck (e.g. in a slow DynamoDB call): detach their peers now,
             # since the process is about to end under them.
             stuck = list(self.service.sessions)
             log.warning("relay_stop_timeout", connections=len(stuck))
-            await asyncio.gather(*(self.service.close_session(session) for session in stuck))
-        await self.service.release_detached()
+            await asyncio.gather(*(self.service.close_session(session, resumable=True) for session in stuck))
+        await self.service.save_sessions()
         self._server = None
         log.info("relay_stopped")
 
@@ -248,6 +252,11 @@ class RelayServer:
         if path == "/healthz":
             return _with_type(ws.respond(HTTPStatus.OK, HealthBody(status="ok").model_dump_json()), "application/json")
         if path == "/readyz":
+            if self.service.closing:  # draining: send no one here
+                body = ReadinessBody(status="draining", checks={}, failing=["draining"])
+                return _with_type(
+                    ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, body.model_dump_json()), "application/json"
+                )
             body = await run_readiness_checks({"dynamodb": self.repository.check, "jwks": self.verifier.check})
             status = HTTPStatus.OK if not body.failing else HTTPStatus.SERVICE_UNAVAILABLE
             return _with_type(ws.respond(status, body.model_dump_json()), "application/json")

@@ -8,6 +8,7 @@ and never ends the connection (limits aside), so one bad client cannot hurt othe
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
@@ -17,7 +18,7 @@ import structlog
 
 from signaling_shared import turn
 from signaling_shared.auth import TokenVerifier
-from signaling_shared.dynamo import PeerRecord, QueuedMessage, Repository
+from signaling_shared.dynamo import PeerRecord, QueuedMessage, Repository, SavedSession
 from signaling_shared.errors import (
     AlreadyRegistered,
     ConditionFailed,
@@ -90,6 +91,7 @@ class RelayService:
         self.sessions: set[Session] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.closing = False
+        self.drained = asyncio.Event()  # set once closing and every connection is gone
         metrics.track(self)
 
     # Connections -------------------------------------------------------------------
@@ -126,14 +128,17 @@ class RelayService:
         """The connection is gone. A dropped connection (``resumable``) detaches its member for
         the resume window; otherwise the member leaves the room now, with ``reason``."""
         self.sessions.discard(session)
+        if self.closing and not self.sessions:
+            self.drained.set()
         if session.deadline is not None:
             session.deadline.cancel()
         member = session.member
         if member is None or member.link is not session.link or not self.hub.is_current(member):
             return  # never registered, resumed elsewhere, or replaced
-        if self.closing:
-            reason = "shutdown"
-        elif resumable:
+        if self.closing and resumable:
+            member.link = None  # saved at the end of the shutdown, for the next process
+            return
+        if resumable:
             member.link = None
             member.timers["detached"] = asyncio.get_running_loop().call_later(
                 self.settings.resume_window_seconds, self._resume_window_over, member
@@ -154,10 +159,9 @@ class RelayService:
             timer.cancel()
         log.info("peer_left", room_id=member.room_id, peer_id=member.peer_id, reason=reason)
         self._settle_departed(member)
-        if not self.closing:
-            frame = protocol.peer_left(member.peer_id, reason)
-            for other in self.hub.others(member):
-                self._push(other, frame)
+        frame = protocol.peer_left(member.peer_id, reason)
+        for other in self.hub.others(member):
+            self._push(other, frame)
         await self._release_quietly(member.room_id, member.peer_id, member.connection_id)
 
     def _settle_departed(self, member: Member) -> None:
@@ -531,11 +535,9 @@ class RelayService:
         """
         token = message.resume_token or ""
         member = self.hub.get(message.room_id, message.peer_id)
-        if (
-            member is None
-            or member.owner_sub != sub
-            or not any(room_token_matches(token, known) for known in member.resume_hashes)
-        ):
+        if member is None:
+            return await self._resume_saved(session, message, sub)
+        if member.owner_sub != sub or not any(room_token_matches(token, known) for known in member.resume_hashes):
             raise ResumeFailed("no session to resume here: register without resume_token")
         if member.resuming:
             raise ResumeFailed("this session is being resumed from another connection")
@@ -596,6 +598,93 @@ class RelayService:
         )
         for seq, frame in missed:
             session.link.send(frame, seq=seq, replay=True)
+        return "resumed"
+
+    async def _resume_saved(self, session: Session, message: protocol.Register, sub: str) -> str:
+        """Resume a session a previous relay process saved when it shut down: the peer comes
+        back with its seq, the frames it had not confirmed and what they settle."""
+        token = message.resume_token or ""
+        saved = await self.repository.load_session(message.room_id, message.peer_id)
+        now = self._clock()
+        if (
+            saved is None
+            or saved.peer.owner_sub != sub
+            or saved.peer.expires_at <= now
+            or not any(room_token_matches(token, known) for known in saved.resume_hashes)
+        ):
+            raise ResumeFailed("no session to resume here: register without resume_token")
+        oldest = saved.frames[0][0] if saved.frames else saved.seq + 1
+        if message.last_seq > saved.seq or message.last_seq + 1 < oldest:
+            raise ResumeFailed(f"frames after seq {message.last_seq} are no longer kept: register again")
+        try:
+            room = await self.repository.get_room(message.room_id)
+        except NotFound:
+            raise ResumeFailed("the session's room is gone: register again") from None
+        if not session.link.is_open():
+            return "abandoned"
+        reservation = self.hub.reserve(message.room_id, message.peer_id, sub)
+        resume_token = new_room_token()
+        member = Member(
+            room_id=message.room_id,
+            peer_id=message.peer_id,
+            owner_sub=sub,
+            owner_username=saved.peer.owner_username,
+            link=session.link,
+            connection_id=session.link.connection_id,
+            connected_at=saved.peer.connected_at,
+            room_expires_at=room.expires_at,
+            role=saved.peer.role,
+            metadata=saved.peer.metadata,
+            resume_hashes=(hash_room_token(resume_token), *saved.resume_hashes[:1]),
+            seq=saved.seq,
+            waiting=[],  # frames for it wait behind the replay and what is held for it
+        )
+        for seq, frame in saved.frames:
+            member.unconfirmed.append((seq, frame))
+            member.unconfirmed_bytes += len(frame)
+        member.owed.extend((seq, Owed.from_json(owed)) for seq, owed in saved.owed)
+        try:
+            await self.repository.take_session(self._record(member, now), saved, now=int(now))
+        except (ConditionFailed, NotFound) as exc:
+            self.hub.cancel(reservation)
+            raise ResumeFailed("the session was resumed elsewhere or its room is gone: register again") from exc
+        except BaseException:
+            self.hub.cancel(reservation)
+            raise
+        if not session.link.is_open():
+            # Gone during the write: the saved session is spent; the client registers anew.
+            self.hub.cancel(reservation)
+            await self._release_quietly(member.room_id, member.peer_id, member.connection_id)
+            return "abandoned"
+        self.hub.commit(reservation, member)
+        self._attach(session, member)
+        member.timers["room_expiry"] = asyncio.get_running_loop().call_later(
+            max(0.0, room.expires_at - now), self._room_expired, member
+        )
+        held = [owed.held_key for _, owed in member.owed if owed.held_key is not None]
+        if held:
+            await self.mailbox.claim(member.room_id, held)
+        missed = member.missed_since(message.last_seq) or []
+        self._confirmed(member, message.last_seq)
+        structlog.contextvars.bind_contextvars(room_id=member.room_id, peer_id=member.peer_id)
+        log.info("peer_resumed", replayed=len(missed), saved=True)
+        session.link.send(
+            protocol.registered_auth(
+                member.room_id,
+                message.token,
+                member.peer_id,
+                peers=[self._view(other) for other in self.hub.others(member)],
+                ice=self._ice(member, now),
+                resume_token=resume_token,
+                correlation_id=message.id,
+                resumed=True,
+                last_seq=member.seq,
+            ),
+            replay=True,
+        )
+        for seq, frame in missed:
+            session.link.send(frame, seq=seq, replay=True)
+        await self._open_inbox(member)
         return "resumed"
 
     def _attach(self, session: Session, member: Member) -> None:
@@ -699,11 +788,43 @@ class RelayService:
     # Shutdown ----------------------------------------------------------------------
 
     def begin_shutdown(self) -> None:
-        """Refuse new registrations and stop announcing departures."""
+        """Refuse new registrations, and tell every peer to go away and come back later:
+        ``go_away`` with a jittered ``reconnect_after_ms``, so they do not return at once."""
         self.closing = True
+        if not self.sessions:
+            self.drained.set()
+        drain_ms = int(self.settings.drain_seconds * 1000)
+        for session in list(self.sessions):
+            frame = protocol.go_away("SERVER_SHUTDOWN", drain_ms + secrets.randbelow(self.settings.drain_jitter_ms + 1))
+            self._reply(session, frame)
 
-    async def release_detached(self) -> None:
-        """At shutdown, after the sockets closed: free the entries of detached members too."""
-        await asyncio.gather(*(self._leave(m) for m in list(self.hub.members()) if m.link is None))
+    async def save_sessions(self) -> None:
+        """At shutdown, once every socket is closed: leave each member's session in the
+        table for the resume window, so that it resumes on the next process losing nothing.
+        A member whose session cannot be saved leaves (its senders were told already)."""
+        now = self._clock()
+        limit = asyncio.Semaphore(LEASE_REFRESH_CONCURRENCY)
+
+        async def save(member: Member) -> None:
+            for timer in member.timers.values():
+                timer.cancel()
+            expires_at = min(member.room_expires_at, int(now + self.settings.resume_window_seconds))
+            saved = SavedSession(
+                peer=replace(self._record(member, now), expires_at=expires_at),
+                resume_hashes=member.resume_hashes,
+                seq=member.seq,
+                frames=list(member.unconfirmed),
+                owed=[(seq, owed.to_json()) for seq, owed in member.owed],
+            )
+            async with limit:
+                try:
+                    await self.repository.save_session(saved)
+                except RepositoryError as exc:
+                    log.warning("session_save_failed", room_id=member.room_id, error=type(exc).__name__)
+                    await self._release_quietly(member.room_id, member.peer_id, member.connection_id)
+
+        members = [m for m in self.hub.members() if not m.gone]
+        await asyncio.gather(*(save(m) for m in members))
+        log.info("sessions_saved", count=len(members))
         await asyncio.gather(*list(self._tasks))
         await self.mailbox.close()
