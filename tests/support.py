@@ -18,7 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from devstack.stack import HttpServer, StackInfo
-from signaling_shared.dynamo import PeerRecord, Repository, Room
+from signaling_shared.dynamo import PeerRecord, QueuedMessage, Repository, Room
 from signaling_shared.settings import CommonSettings, RelaySettings
 from signaling_shared.tokens import hash_room_token, new_room_id, new_room_token
 from ws_relay.server import RelayServer
@@ -292,6 +292,13 @@ class GatedRepository(Repository):
             await super().claim_peer(peer, now=now)
         finally:
             self._done("claim_peer")
+
+    async def hold_message(self, message: QueuedMessage) -> None:
+        await self._hold("hold_message")
+        try:
+            await super().hold_message(message)
+        finally:
+            self._done("hold_message")
 
     def _done(self, name: str) -> None:
         if self._watching and name == self.held:

@@ -14,7 +14,7 @@ import pytest
 from conftest import RelayFactory
 from devstack.stack import StackInfo
 from signaling_shared.dynamo import QueuedMessage
-from support import TIMEOUT, Peer, RelayProcess, create_room, relay_process, repository, sign_in
+from support import TIMEOUT, Peer, RelayProcess, create_room, gated_relay, relay_process, repository, sign_in
 from ws_relay.server import RelayServer
 
 pytestmark = pytest.mark.integration
@@ -154,6 +154,43 @@ async def test_held_messages_are_bounded_and_checked(api: str, relay_with: Relay
         assert [(await x.expect("peer_message"))["payload"] for _ in range(2)] == [1, 2]
         await x.barrier()
         for peer in (sender, x):
+            await peer.close()
+
+
+async def test_a_message_held_while_its_target_registers_is_delivered_once(api: str, stack: StackInfo) -> None:
+    """The hold's write is slow and the target registers meanwhile: its registration waits for
+    the write and then delivers the message: once, and without waiting for it to expire."""
+    sender_user, target_user = await sign_in(api), await sign_in(api)
+    room = await create_room(api, sender_user)
+    async with gated_relay(stack, "hold_message") as (server, gated):
+        sender = await Peer.connect(url(server))
+        await sender.register("Sender", room, sender_user)
+        gated.arm()
+        await sender.send({"type": "peer_message", "to_peer_id": "Target", "payload": "racing", "id": "r"})
+        await asyncio.wait_for(gated.reached.wait(), TIMEOUT)
+        target = await Peer.connect(url(server))
+        await target.send(
+            {
+                "type": "register",
+                "peer_id": "Target",
+                "room_id": room.room_id,
+                "token": room.token,
+                "id_token": target_user.id_token,
+            }
+        )
+        await sender.expect("peer_joined")  # the target is in: its held messages are read next
+        gated.gate.set()
+        await target.expect("registered_auth")
+        assert (await target.expect("peer_message"))["payload"] == "racing"
+        assert await sender.expect("ack") == {"type": "ack", "id": "r", "queued": True}
+
+        async def table_empty() -> bool:
+            return not await held(stack, room.room_id)
+
+        await eventually(table_empty)
+        await target.barrier()
+        await sender.barrier()
+        for peer in (sender, target):
             await peer.close()
 
 

@@ -39,7 +39,8 @@ class Link(Protocol):
     ) -> bool:
         """Queue ``frame``; False if the connection is closing or cannot keep up.
 
-        ``replay`` frames (a resume's) are owed already and bypass the outbox limit."""
+        ``replay`` frames (a resume's, and answers to what the peer sent) are owed already
+        and bypass the outbox limit."""
 
     def close(self, code: int, reason: str) -> None:
         """Close after the frames already queued."""
@@ -89,6 +90,10 @@ class Member:
     # Frames sent and not yet confirmed received, oldest first: what a resume replays.
     unconfirmed: deque[tuple[int, str]] = field(default_factory=deque)
     unconfirmed_bytes: int = 0
+    # Of those, the answers to what the member itself sent (seq, size): they do not count
+    # against the limits on what others may send it.
+    answers: deque[tuple[int, int]] = field(default_factory=deque)
+    answers_bytes: int = 0
     # For frames whose receipt someone waits on: (seq, what it settles), oldest first.
     owed: deque[tuple[int, Owed]] = field(default_factory=deque)
     # While the messages held for a new member are read, live frames wait here behind them.
@@ -97,7 +102,7 @@ class Member:
     # Timer handles owned by the service (room expiry, ICE refresh, resume window).
     timers: dict[str, TimerHandle] = field(default_factory=dict)
 
-    def stamp(self, frame: str, owed: Owed | None = None) -> tuple[int, str]:
+    def stamp(self, frame: str, owed: Owed | None = None, *, answer: bool = False) -> tuple[int, str]:
         """Number a frame (an encoded JSON object) and keep it until confirmed."""
         self.seq += 1
         stamped = f'{{"seq":{self.seq},{frame[1:]}'
@@ -105,12 +110,21 @@ class Member:
         self.unconfirmed_bytes += len(stamped)
         if owed is not None:
             self.owed.append((self.seq, owed))
+        if answer:
+            self.answers.append((self.seq, len(stamped)))
+            self.answers_bytes += len(stamped)
         return self.seq, stamped
+
+    def kept(self) -> tuple[int, int]:
+        """Frames and bytes kept for a resume, answers left out: what the limits apply to."""
+        return len(self.unconfirmed) - len(self.answers), self.unconfirmed_bytes - self.answers_bytes
 
     def confirm(self, seq: int) -> list[Owed]:
         """The client has received everything up to ``seq``: forget it; what that settles."""
         while self.unconfirmed and self.unconfirmed[0][0] <= seq:
             self.unconfirmed_bytes -= len(self.unconfirmed.popleft()[1])
+        while self.answers and self.answers[0][0] <= seq:
+            self.answers_bytes -= self.answers.popleft()[1]
         settled = []
         while self.owed and self.owed[0][0] <= seq:
             settled.append(self.owed.popleft()[1])

@@ -31,6 +31,15 @@ class RelayMetrics(ServiceMetrics):
         self.relayed = Counter(
             "signaling_messages_relayed", "Messages delivered to a peer, by type.", ["type"], registry=r
         )
+        self.held = Counter(
+            "signaling_held_messages",
+            "Messages for peers not in the room yet: 'held', then 'delivered' or 'expired'.",
+            ["outcome"],
+            registry=r,
+        )
+        self.held_pending = Gauge(
+            "signaling_held_messages_pending", "Messages held now in the rooms this relay serves.", registry=r
+        )
         self.relay_latency = Histogram(
             "signaling_relay_latency_seconds",
             "From a frame's arrival to its delivery to the target's socket.",
@@ -43,3 +52,4 @@ class RelayMetrics(ServiceMetrics):
         self.registered_peers.set_function(lambda: service.hub.member_count)
         self.active_rooms.set_function(lambda: service.hub.room_count)
         self.connections.set_function(lambda: len(service.sessions))
+        self.held_pending.set_function(lambda: service.mailbox.held_count)

@@ -55,7 +55,8 @@ class WebSocketLink:
         self._outbox_max = outbox_max
         # One slot more than the limit, so a close always fits behind the frames.
         # Unbounded underneath: send() applies the limit (replays are owed and may exceed it).
-        self._queue: asyncio.Queue[tuple[str, float | None, int | None] | _Close] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, float | None, int | None, bool] | _Close] = asyncio.Queue()
+        self._limited = 0  # queued frames the limit applies to (not replays or answers)
         self._closing = False
         self._written_seq = 0  # the last numbered frame handed to the socket
         self._pinged_seq = 0  # the last one a confirmation ping was sent after
@@ -82,10 +83,12 @@ class WebSocketLink:
     ) -> bool:
         if self._closing:
             return False
-        if self._queue.qsize() >= self._outbox_max and not replay:
-            self._abort(CloseCode.SLOW_CONSUMER)
-            return False
-        self._queue.put_nowait((frame, relay_started, seq))
+        if not replay:
+            if self._limited >= self._outbox_max:
+                self._abort(CloseCode.SLOW_CONSUMER)
+                return False
+            self._limited += 1
+        self._queue.put_nowait((frame, relay_started, seq, replay))
         return True
 
     def close(self, code: int, reason: str) -> None:
@@ -107,7 +110,9 @@ class WebSocketLink:
                 if isinstance(item, _Close):
                     await self._ws.close(item.code, item.reason)
                     return
-                frame, started, seq = item
+                frame, started, seq, replay = item
+                if not replay:
+                    self._limited -= 1
                 await self._ws.send(frame)
                 if started is not None:
                     self._metrics.relay_latency.observe(time.perf_counter() - started)

@@ -183,7 +183,7 @@ class RelayService:
 
     def _owed_sender(self, room_id: str, owed: Owed) -> Member | None:
         """The member waiting on ``owed``, if that identity still holds its peer id here."""
-        if owed.sender_peer_id is None or owed.correlation_id is None:
+        if owed.sender_peer_id is None:
             return None
         sender = self.hub.get(room_id, owed.sender_peer_id)
         return sender if sender is not None and sender.owner_sub == owed.sender_sub else None
@@ -194,10 +194,10 @@ class RelayService:
         for owed in member.confirm(seq):
             if owed.held_key is not None:
                 held.append(owed.held_key)
-            elif (sender := self._owed_sender(member.room_id, owed)) is not None:
-                assert owed.correlation_id is not None
+            elif owed.correlation_id is not None and (sender := self._owed_sender(member.room_id, owed)) is not None:
                 self._push(sender, protocol.ack(owed.correlation_id), answer=True)
         if held:
+            self.metrics.held.labels("delivered").inc(len(held))
             self._spawn(self.mailbox.delivered(member.room_id, held))
 
     def _push(
@@ -223,13 +223,12 @@ class RelayService:
         if member.waiting is not None:  # behind the messages held for it, being read
             member.waiting.append((frame, started, owed))
             return True
-        if not answer and (
-            len(member.unconfirmed) >= self.settings.resume_buffer_messages
-            or member.unconfirmed_bytes + len(frame) > self.settings.resume_buffer_bytes
-        ):
-            self._end(member, CloseCode.OVERFLOW, "overflow")
-            return False
-        seq, stamped = member.stamp(frame, owed)
+        if not answer:
+            frames, size = member.kept()
+            if frames >= self.settings.resume_buffer_messages or size + len(frame) > self.settings.resume_buffer_bytes:
+                self._end(member, CloseCode.OVERFLOW, "overflow")
+                return False
+        seq, stamped = member.stamp(frame, owed, answer=answer)
         if member.link is not None:
             member.link.send(stamped, started, seq, replay=answer)  # a slow reader is cut off and detached
         return True
@@ -321,12 +320,14 @@ class RelayService:
         target = self.hub.get(member.room_id, to_peer_id)
         if target is None and message.id is not None:
             if await self._hold(member, to_peer_id, message.id, message.ttl_seconds, frame):
+                self.metrics.held.labels("held").inc()
                 self._reply(session, protocol.ack(message.id, queued=True))
                 return
             target = self.hub.get(member.room_id, to_peer_id)  # it registered while we checked
         if target is None:
             raise PeerNotFound(f"peer {to_peer_id!r} is not in this room")
-        owed = Owed(member.peer_id, member.owner_sub, message.id) if message.id is not None else None
+        # Its receipt acks it (with an id); if it never arrives, the sender is told (v1 too).
+        owed = Owed(member.peer_id, member.owner_sub, message.id)
         if not self._push(target, frame, started, owed):
             raise DeliveryFailed(f"peer {target.peer_id!r} cannot take more messages")
 
@@ -358,6 +359,7 @@ class RelayService:
         if sender is None:  # left between the check and the delete: nobody left to tell
             log.info("expired_sender_gone", room_id=message.room_id, peer_id=message.from_peer_id)
             return
+        self.metrics.held.labels("expired").inc()
         self._push(sender, protocol.expired(message.correlation_id, message.to_peer_id), answer=True)
 
     async def _open_inbox(self, member: Member) -> None:
