@@ -163,10 +163,11 @@ class Peer:
         await self.expect_error("INVALID_JSON")
 
     async def closed(self) -> tuple[int | None, str | None]:
-        """Wait for the server to close us; the close code and reason."""
+        """Wait for the server to close us (reading, and numbering, what comes before the
+        close); the close code and reason."""
         try:
             while True:
-                await asyncio.wait_for(self.ws.recv(), TIMEOUT)
+                await self.recv()
         except ConnectionClosed:
             pass
         return self.ws.close_code, self.ws.close_reason
@@ -383,3 +384,14 @@ async def relay_process(stack: StackInfo, **overrides: Any) -> AsyncIterator[Rel
         if process.returncode is None:
             process.kill()
         await relay.wait()
+
+
+async def eventually_logged(relay: RelayProcess, event: str) -> dict[str, Any]:
+    """Wait until ``relay`` has logged ``event``; its first such log line."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        found = [e for e in relay.events if e.get("event") == event]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, f"{event} never logged"
+        await asyncio.sleep(0.05)

@@ -3,15 +3,22 @@ the room sees no leave or join, and nothing sent to them is lost, acks included.
 
 from __future__ import annotations
 
+import contextlib
 import signal
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from devstack.stack import StackInfo
 from support import (
     Peer,
+    RelayProcess,
+    RoomGrant,
+    User,
     create_room,
     drop,
+    eventually_logged,
     peer_ids_in_table,
     relay_process,
     resume,
@@ -37,6 +44,7 @@ async def test_peers_resume_on_the_next_process_after_a_sigterm_losing_nothing(a
         await a.send({"type": "peer_message", "to_peer_id": "B", "payload": "before"})
         assert (await b.expect("peer_message"))["payload"] == "before"
         await drop(b)
+        await eventually_logged(first, "peer_detached")  # the relay has seen B go
         for i in range(3):
             await a.send({"type": "peer_message", "to_peer_id": "B", "payload": i, "id": f"m{i}"})
         await a.barrier()  # taken in, not acked
@@ -72,6 +80,34 @@ async def test_peers_resume_on_the_next_process_after_a_sigterm_losing_nothing(a
             await peer.close()
 
 
+async def test_a_message_that_expires_while_its_sender_moves_is_reported_after_its_resume(
+    api: str, stack: StackInfo
+) -> None:
+    """A holds an offer for a worker that never comes (1 s) and the relay restarts: the offer
+    expires on the new process before A is back; A hears `expired` when it resumes."""
+    a_user, b_user = await sign_in(api), await sign_in(api)
+    room = await create_room(api, a_user)
+    async with relay_process(stack, drain_seconds=0.2, drain_jitter_ms=0) as first:
+        a, b = await Peer.connect(first.url), await Peer.connect(first.url)
+        await a.register("A", room, a_user)
+        await b.register("B", room, b_user)
+        await a.expect("peer_joined")
+        await a.send({"type": "offer", "target": "Ghost", "sdp": "v=0", "id": "g", "ttl_seconds": 1})
+        assert await a.expect("ack") == {"type": "ack", "id": "g", "queued": True}
+        first.process.send_signal(signal.SIGTERM)
+        for peer in (a, b):
+            await peer.closed()
+        assert await first.wait() == 0
+    async with relay_process(stack) as second:
+        b2, _ = await resume(b, second.url, room, b_user)  # loads the room's held messages here
+        await eventually_logged(second, "expired_sender_absent")
+        a2, _ = await resume(a, second.url, room, a_user)
+        assert await a2.expect("expired") == {"type": "expired", "id": "g", "to_peer_id": "Ghost"}
+        await a2.barrier()
+        for peer in (a2, b2):
+            await peer.close()
+
+
 async def test_a_killed_relay_saves_nothing_so_resume_fails_and_registering_again_works(
     api: str, stack: StackInfo
 ) -> None:
@@ -91,3 +127,85 @@ async def test_a_killed_relay_saves_nothing_so_resume_fails_and_registering_agai
         await retry.expect_error("RESUME_FAILED")
         await retry.register("A", room, user)
         await retry.close()
+
+
+async def _drained_with_three_owed_to_b(api: str, stack: StackInfo, **overrides: Any) -> DrainedRoom:
+    """A and B in a room on a relay; B's network fails; A sends B three messages (ids m0..m2);
+    a second relay is started and the first one is stopped with SIGTERM."""
+    a_user, b_user = await sign_in(api), await sign_in(api)
+    room = await create_room(api, a_user)
+    stack_exit = contextlib.AsyncExitStack()
+    second = await stack_exit.enter_async_context(relay_process(stack))
+    async with relay_process(stack, drain_seconds=0.2, drain_jitter_ms=0, **overrides) as first:
+        a, b = await Peer.connect(first.url), await Peer.connect(first.url)
+        await a.register("A", room, a_user)
+        await b.register("B", room, b_user)
+        await a.expect("peer_joined")
+        await drop(b)
+        await eventually_logged(first, "peer_detached")  # the relay has seen B go
+        for i in range(3):
+            await a.send({"type": "peer_message", "to_peer_id": "B", "payload": i, "id": f"m{i}"})
+        await a.barrier()
+        first.process.send_signal(signal.SIGTERM)
+        await a.closed()
+        assert await first.wait() == 0
+    return DrainedRoom(room, a, a_user, b, b_user, second, stack_exit)
+
+
+@dataclass
+class DrainedRoom:
+    room: RoomGrant
+    a: Peer
+    a_user: User
+    b: Peer
+    b_user: User
+    second: RelayProcess
+    stack_exit: contextlib.AsyncExitStack
+
+
+async def test_acks_due_to_a_sender_not_back_yet_wait_for_its_resume(api: str, stack: StackInfo) -> None:
+    """B resumes on the new process before A: B's receipts are acked to A when A resumes."""
+    drained = await _drained_with_three_owed_to_b(api, stack)
+    async with drained.stack_exit:
+        url = drained.second.url
+        b2, _ = await resume(drained.b, url, drained.room, drained.b_user)
+        assert [(await b2.expect("peer_message"))["payload"] for _ in range(3)] == [0, 1, 2]
+        await b2.barrier()  # B has confirmed them; A is not here yet
+        a2, _ = await resume(drained.a, url, drained.room, drained.a_user)
+        assert [(await a2.expect("ack"))["id"] for _ in range(3)] == ["m0", "m1", "m2"]
+        await a2.barrier()
+        for peer in (a2, b2):
+            await peer.close()
+
+
+async def test_a_saved_session_nobody_resumes_ends_with_peer_left_and_its_senders_told(
+    api: str, stack: StackInfo
+) -> None:
+    """B never comes back: when its saved session's window ends, the new process announces
+    peer_left 'timeout' and fails the three messages B never received."""
+    drained = await _drained_with_three_owed_to_b(api, stack, resume_window_seconds=3)
+    async with drained.stack_exit:
+        a2, _ = await resume(drained.a, drained.second.url, drained.room, drained.a_user)
+        for i in range(3):
+            await a2.expect_error_with_id("DELIVERY_FAILED", f"m{i}")
+        assert await a2.expect("peer_left") == {"type": "peer_left", "peer_id": "B", "reason": "timeout"}
+        await a2.barrier()
+        assert await peer_ids_in_table(stack, drained.room.room_id) == {"A"}
+        await a2.close()
+
+
+async def test_registering_afresh_ends_the_saved_session_and_tells_its_senders(api: str, stack: StackInfo) -> None:
+    """B registers without resuming: the messages its saved session held never reach it, and
+    A is told so; B joins as new."""
+    drained = await _drained_with_three_owed_to_b(api, stack)
+    async with drained.stack_exit:
+        a2, _ = await resume(drained.a, drained.second.url, drained.room, drained.a_user)
+        b2 = await Peer.connect(drained.second.url)
+        await b2.register("B", drained.room, drained.b_user)
+        got = [await a2.recv() for _ in range(4)]
+        assert {"type": "peer_joined", "peer_id": "B"}.items() <= got[0].items()
+        assert [m["id"] for m in got[1:]] == ["m0", "m1", "m2"]
+        assert all(m["code"] == "DELIVERY_FAILED" for m in got[1:])
+        await b2.barrier()  # B gets none of them
+        for peer in (a2, b2):
+            await peer.close()

@@ -28,6 +28,7 @@ from signaling_shared.settings import CommonSettings
 T = TypeVar("T")
 
 PEER_ID_INDEX = "peer_id-index"
+HELD_TTL_MARGIN_SECONDS = 3600
 _BATCH_ATTEMPTS = 6
 
 
@@ -81,6 +82,7 @@ class PeerRecord:
     expires_at: int
     role: str = "peer"
     metadata: dict[str, Any] = field(default_factory=dict)
+    saved: bool = False  # a previous process saved this peer's session for a resume
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +96,16 @@ class QueuedMessage:
     key: str
     to_peer_id: str
     from_peer_id: str
-    from_sub: str
+    from_session: str  # the sender's session (one registration and its resumes)
     correlation_id: str | int
     expires_at_ms: int
     frame: str = ""  # left out when listing for timers
+    # Sent to its target by a process that then shut down: being delivered through the
+    # target's saved session until then.
+    claimed_until_ms: int = 0
+    # Set on an answer (ack, failure) held for a sender that had not resumed here yet: only
+    # that session may receive it, and nobody is told when it expires.
+    for_session: str = ""
 
     @staticmethod
     def key_for(to_peer_id: str, accepted_ms: int, node_id: str, counter: int) -> str:
@@ -112,10 +120,12 @@ class SavedSession:
     had not confirmed, oldest first; ``owed`` says what each one's receipt settles."""
 
     peer: PeerRecord
+    session_id: str
     resume_hashes: tuple[str, ...]
     seq: int
     frames: list[tuple[int, str]] = field(default_factory=list)
     owed: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    answers: list[int] = field(default_factory=list)  # the seqs of frames that are answers
 
 
 def _session_frame_key(peer_id: str, seq: int) -> str:
@@ -178,6 +188,7 @@ def _peer_from(item: dict[str, Any]) -> PeerRecord:
         expires_at=int(item["expires_at"]["N"]),
         role=item.get("role", {}).get("S", "peer"),
         metadata=_json_object(item.get("metadata", {}).get("S", "{}")),
+        saved="saved_session" in item,
     )
 
 
@@ -187,11 +198,13 @@ def _message_item(message: QueuedMessage) -> dict[str, Any]:
         "msg_key": _s(message.key),
         "to_peer_id": _s(message.to_peer_id),
         "from_peer_id": _s(message.from_peer_id),
-        "from_sub": _s(message.from_sub),
+        "from_session": _s(message.from_session),
         "correlation_id": _s(json.dumps(message.correlation_id)),
         "expires_at_ms": _n(message.expires_at_ms),
-        "expires_at": _n(-(-message.expires_at_ms // 1000)),  # TTL, in whole seconds, rounded up
+        # TTL: a margin past the expiry, so the sender can still be told if it is away then.
+        "expires_at": _n(-(-message.expires_at_ms // 1000) + HELD_TTL_MARGIN_SECONDS),
         "frame": _s(message.frame),
+        "for_session": _s(message.for_session),
     }
 
 
@@ -202,10 +215,12 @@ def _message_from(item: dict[str, Any]) -> QueuedMessage:
         key=item["msg_key"]["S"],
         to_peer_id=item["to_peer_id"]["S"],
         from_peer_id=item["from_peer_id"]["S"],
-        from_sub=item["from_sub"]["S"],
+        from_session=item["from_session"]["S"],
         correlation_id=correlation_id if isinstance(correlation_id, str | int) else str(correlation_id),
         expires_at_ms=int(item["expires_at_ms"]["N"]),
         frame=item.get("frame", {}).get("S", ""),
+        claimed_until_ms=int(item.get("claimed_until_ms", {}).get("N", "0")),
+        for_session=item.get("for_session", {}).get("S", ""),
     )
 
 
@@ -459,7 +474,8 @@ class Repository:
             query["ExpressionAttributeValues"][":p"] = _s(f"{to_peer_id}#")
         if not with_frames:
             query["ProjectionExpression"] = (
-                "room_id, msg_key, to_peer_id, from_peer_id, from_sub, correlation_id, expires_at_ms"
+                "room_id, msg_key, to_peer_id, from_peer_id, from_session, correlation_id, expires_at_ms,"
+                " claimed_until_ms, for_session"
             )
         items: list[dict[str, Any]] = []
         for page in self._client.get_paginator("query").paginate(**query):
@@ -480,6 +496,20 @@ class Repository:
         except ConditionFailed:
             return None
         return _message_from(response["Attributes"])
+
+    async def claim_messages(self, room_id: str, keys: Iterable[str], until_ms: int) -> None:
+        """Mark held messages as being delivered through a saved session until ``until_ms``."""
+        for key in keys:
+            with contextlib.suppress(ConditionFailed):  # already delivered or expired
+                await self._call(
+                    "claim_messages",
+                    self._client.update_item,
+                    TableName=self.messages_table,
+                    Key={"room_id": _s(room_id), "msg_key": _s(key)},
+                    UpdateExpression="SET claimed_until_ms = :u",
+                    ConditionExpression="attribute_exists(msg_key)",
+                    ExpressionAttributeValues={":u": _n(until_ms)},
+                )
 
     async def delete_messages(self, room_id: str, keys: Iterable[str]) -> None:
         items = [{"room_id": _s(room_id), "msg_key": _s(key)} for key in keys]
@@ -525,6 +555,8 @@ class Repository:
         if frames:
             await self._call("save_session", self._batch_write, self.messages_table, frames)
         state = {
+            "session_id": session.session_id,
+            "answers": session.answers,
             "resume_hashes": list(session.resume_hashes),
             "seq": session.seq,
             "frames": [seq for seq, _ in session.frames],
@@ -543,6 +575,27 @@ class Repository:
                 ":cid": _s(peer.connection_id),
             },
         )
+
+    async def drop_session(self, saved: SavedSession) -> bool:
+        """Delete the entry of a saved session nobody resumed; False if it was taken."""
+        try:
+            await self._call(
+                "drop_session",
+                self._client.delete_item,
+                TableName=self.peers_table,
+                Key={"room_id": _s(saved.peer.room_id), "peer_id": _s(saved.peer.peer_id)},
+                ConditionExpression="connection_id = :cid AND attribute_exists(saved_session)",
+                ExpressionAttributeValues={":cid": _s(saved.peer.connection_id)},
+            )
+        except ConditionFailed:
+            return False
+        return True
+
+    async def delete_session_frames(self, saved: SavedSession) -> None:
+        keys = [_session_frame_key(saved.peer.peer_id, seq) for seq, _ in saved.frames]
+        if keys:
+            with contextlib.suppress(RepositoryError):  # their TTL cleans up
+                await self.delete_messages(saved.peer.room_id, keys)
 
     async def load_session(self, room_id: str, peer_id: str) -> SavedSession | None:
         """The session a previous process saved for this peer, whole, or None."""
@@ -563,6 +616,8 @@ class Repository:
             return None  # frames missing (expired): not resumable
         return SavedSession(
             peer=_peer_from(item),
+            session_id=str(state["session_id"]),
+            answers=[int(seq) for seq in state["answers"]],
             resume_hashes=tuple(state["resume_hashes"]),
             seq=int(state["seq"]),
             frames=frames,
@@ -607,9 +662,7 @@ class Repository:
             if exc.reasons[:1] == ("ConditionalCheckFailed",):
                 raise NotFound("room is gone or expired", operation="take_session") from exc
             raise
-        keys = [_session_frame_key(peer.peer_id, seq) for seq, _ in saved.frames]
-        if keys:
-            await self.delete_messages(peer.room_id, keys)
+        await self.delete_session_frames(saved)
 
     def _batch_delete(self, table: str, keys: list[dict[str, Any]]) -> None:
         self._batch_write(table, [{"DeleteRequest": {"Key": key}} for key in keys])

@@ -13,6 +13,7 @@ evicts no one.
 
 from __future__ import annotations
 
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -54,20 +55,20 @@ class Owed:
     saved at shutdown and settled by the next process."""
 
     sender_peer_id: str | None = None
-    sender_sub: str | None = None
+    sender_session: str | None = None
     correlation_id: str | int | None = None
     held_key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         if self.held_key is not None:
             return {"held_key": self.held_key}
-        return {"sender_peer_id": self.sender_peer_id, "sender_sub": self.sender_sub, "id": self.correlation_id}
+        return {"sender_peer_id": self.sender_peer_id, "sender_session": self.sender_session, "id": self.correlation_id}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Owed:
         if "held_key" in data:
             return cls(held_key=str(data["held_key"]))
-        return cls(data.get("sender_peer_id"), data.get("sender_sub"), data.get("id"))
+        return cls(data.get("sender_peer_id"), data.get("sender_session"), data.get("id"))
 
 
 @dataclass(eq=False, slots=True)
@@ -82,6 +83,9 @@ class Member:
     room_expires_at: int
     role: str = "peer"
     metadata: dict[str, Any] = field(default_factory=dict)
+    # One registration and its resumes: what is owed to this member is owed to this session,
+    # not to a later registration of the same peer id (whose ids may start over).
+    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     # Hashes of the resume tokens accepted: the current one and the one before it (the
     # client may not have received the newest before its socket dropped again).
     resume_hashes: tuple[str, ...] = ()
@@ -96,8 +100,9 @@ class Member:
     answers_bytes: int = 0
     # For frames whose receipt someone waits on: (seq, what it settles), oldest first.
     owed: deque[tuple[int, Owed]] = field(default_factory=deque)
-    # While the messages held for a new member are read, live frames wait here behind them.
-    waiting: list[tuple[str, float | None, Owed | None]] | None = None
+    # While the messages held for a new member are read, live frames wait here behind them
+    # (frame, relay start, what it settles, whether it is an answer).
+    waiting: list[tuple[str, float | None, Owed | None, bool]] | None = None
     gone: bool = False  # left the room: frames for it are not delivered
     # Timer handles owned by the service (room expiry, ICE refresh, resume window).
     timers: dict[str, TimerHandle] = field(default_factory=dict)
@@ -212,6 +217,9 @@ class Hub:
         if target is None:
             raise PeerNotFound(f"peer {target_peer_id!r} is not in this room")
         return target
+
+    def in_room(self, room_id: str) -> list[Member]:
+        return list(self._rooms.get(room_id, {}).values())
 
     def others(self, member: Member) -> list[Member]:
         return [m for m in self._rooms.get(member.room_id, {}).values() if m is not member]

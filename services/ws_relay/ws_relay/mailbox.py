@@ -4,8 +4,13 @@ A message is held only after its write succeeds (so its ``ack`` with ``queued`` 
 survives this process), delivered in order when its target registers, and deleted once
 the target confirms receipt. Delivery and expiry both take a message with a conditional
 delete, so exactly one of them happens: the target receives it, or the sender gets
-``expired``. A message that expires while its sender is away stays until the sender
-registers again (or the table's TTL removes it), so that the sender does hear of it.
+``expired``. A message that expires while its sender is away (between two relay
+processes, say) is kept for the resume window, so that the sender hears of it when it
+comes back; after that nobody is left to tell and it is dropped.
+
+A message that a process sent to its target and then shut down before the target
+confirmed it travels on in the target's saved session: it is marked claimed in the
+table until that session's window ends, and no timer here expires it before then.
 
 This node keeps, per room it serves, an index of the room's held messages (without their
 frames) with a timer each. The index is read from the table whenever a room without one
@@ -17,6 +22,7 @@ with several nodes, room affinity keeps it that way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -93,7 +99,13 @@ class Mailbox:
     def _index(self, room: _Room, message: QueuedMessage) -> None:
         message = replace(message, frame="")
         room.held[message.key] = message
-        delay = max(0.0, message.expires_at_ms / 1000 - self._clock())
+        self._arm(room, message, max(message.expires_at_ms, message.claimed_until_ms) / 1000)
+
+    def _arm(self, room: _Room, message: QueuedMessage, at: float) -> None:
+        previous = room.timers.pop(message.key, None)
+        if previous is not None:
+            previous.cancel()
+        delay = max(0.0, at - self._clock())
         room.timers[message.key] = asyncio.get_running_loop().call_later(delay, self._due, message)
 
     def _forget(self, room_id: str, keys: list[str]) -> None:
@@ -115,56 +127,80 @@ class Mailbox:
         room_id: str,
         to_peer_id: str,
         from_peer_id: str,
-        from_sub: str,
+        from_session: str,
         correlation_id: str | int,
         frame: str,
         expires_at_ms: int,
         target_arrived: Callable[[], bool],
+        for_session: str = "",
     ) -> bool:
-        """Hold ``frame`` for ``to_peer_id``. False, holding nothing, if the target arrived
-        meanwhile (deliver it live then). QueueFull past the bounds."""
+        """Hold ``frame`` for ``to_peer_id`` (for one session of it: an answer). False, holding
+        nothing, if the target arrived meanwhile (deliver it live then). QueueFull past the
+        bounds, which answers do not count against."""
         async with self._room(room_id) as room:
             if target_arrived():
                 return False
-            for_target = sum(1 for m in room.held.values() if m.to_peer_id == to_peer_id)
-            if for_target >= self.settings.queue_max_per_peer:
-                raise QueueFull(f"{for_target} messages are already held for peer {to_peer_id!r}")
-            if len(room.held) >= self.settings.queue_max_per_room:
-                raise QueueFull(f"{len(room.held)} messages are already held in this room")
             now_ms = int(self._clock() * 1000)
+            # Expired messages waiting for their sender, and answers, do not count.
+            live = [m for m in room.held.values() if m.expires_at_ms > now_ms and not m.for_session]
+            for_target = sum(1 for m in live if m.to_peer_id == to_peer_id)
+            if for_target >= self.settings.queue_max_per_peer and not for_session:
+                raise QueueFull(f"{for_target} messages are already held for peer {to_peer_id!r}")
+            if len(live) >= self.settings.queue_max_per_room and not for_session:
+                raise QueueFull(f"{len(live)} messages are already held in this room")
             message = QueuedMessage(
                 room_id=room_id,
                 key=QueuedMessage.key_for(to_peer_id, now_ms, self.settings.node_id, next(self._counter)),
                 to_peer_id=to_peer_id,
                 from_peer_id=from_peer_id,
-                from_sub=from_sub,
+                from_session=from_session,
                 correlation_id=correlation_id,
                 expires_at_ms=expires_at_ms,
                 frame=frame,
+                for_session=for_session,
             )
-            await self.repository.hold_message(message)
+            try:
+                await self.repository.hold_message(message)
+            except RepositoryError:
+                # The write may have landed: take it back, so a message its sender was told
+                # failed is not delivered later.
+                with contextlib.suppress(RepositoryError):
+                    await self.repository.take_message(room_id, message.key)
+                raise
             self._index(room, message)
         log.info("message_held", room_id=room_id, to_peer_id=to_peer_id, expires_at_ms=expires_at_ms)
         return True
 
-    async def arrived(self, room_id: str, peer_id: str) -> list[QueuedMessage]:
-        """``peer_id`` registered: the live messages held for it, in order, with their frames,
-        marked as being delivered (settle each with ``delivered`` or ``release``). Those it
-        sent that expired while it was away are expired now, so it hears of them."""
+    async def arrived(self, room_id: str, peer_id: str, session_id: str) -> list[QueuedMessage]:
+        """``peer_id`` registered (or resumed here) as ``session_id``: the live messages held
+        for it, in order, with their frames, marked as being delivered (settle each with
+        ``delivered`` or ``release``). Those it sent that expired while it was away are
+        expired now, so it hears of them."""
         async with self._room(room_id) as room:
             now_ms = self._clock() * 1000
             for message in list(room.held.values()):
-                if message.from_peer_id == peer_id and message.expires_at_ms <= now_ms:
+                if message.from_session == session_id and message.expires_at_ms <= now_ms:
                     self._due(message)
+            # A fresh registration of the target supersedes a saved session's claim; answers
+            # go to their own session only.
             due = {
                 key
                 for key, m in room.held.items()
-                if m.to_peer_id == peer_id and key not in room.delivering and m.expires_at_ms > now_ms
+                if m.to_peer_id == peer_id
+                and key not in room.delivering
+                and m.expires_at_ms > now_ms
+                and m.for_session in ("", session_id)
             }
             if not due:
                 return []
-            messages = [m for m in await self.repository.held_messages(room_id, to_peer_id=peer_id) if m.key in due]
-            room.delivering.update(m.key for m in messages)
+            room.delivering.update(due)  # before the read: no timer may expire them meanwhile
+            try:
+                found = await self.repository.held_messages(room_id, to_peer_id=peer_id)
+            except BaseException:
+                self.release(room_id, list(due))
+                raise
+            messages = [m for m in found if m.key in due]
+            self.release(room_id, list(due - {m.key for m in messages}))  # gone meanwhile
             return messages
 
     async def claim(self, room_id: str, keys: list[str]) -> None:
@@ -199,9 +235,15 @@ class Mailbox:
         if room is None or message.key not in room.held or message.key in room.delivering:
             return  # delivered, or being delivered (``release`` calls again if it fails)
         room.timers.pop(message.key, None)
-        if not self._sender_present(message):
+        now = self._clock()
+        if message.claimed_until_ms / 1000 > now:  # in a saved session: wait for its window
+            self._arm(room, message, message.claimed_until_ms / 1000)
+            return
+        tell_until = message.expires_at_ms / 1000 + self.settings.resume_window_seconds
+        if not message.for_session and not self._sender_present(message) and now < tell_until:
             log.info("expired_sender_absent", room_id=message.room_id, peer_id=message.from_peer_id)
-            return  # kept: ``arrived`` expires it when the sender registers again
+            self._arm(room, message, tell_until)  # ``arrived`` expires it if the sender comes back
+            return
         task = asyncio.get_running_loop().create_task(self._expire(message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -216,7 +258,7 @@ class Mailbox:
                 room.timers[message.key] = asyncio.get_running_loop().call_later(1.0, self._due, message)
             return
         self._forget(message.room_id, [message.key])
-        if taken is not None:
+        if taken is not None and not taken.for_session:  # an answer just lapses
             log.info("message_expired", room_id=message.room_id, to_peer_id=message.to_peer_id)
             self._on_expired(taken)
 

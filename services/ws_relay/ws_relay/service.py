@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
@@ -51,6 +52,8 @@ from ws_relay.metrics import RelayMetrics
 log = structlog.stdlib.get_logger("ws_relay")
 
 LEASE_REFRESH_CONCURRENCY = 16
+DEPARTED_SESSIONS_KEPT = 10_000
+LOST = frozenset({"timeout", "overflow"})  # departures in which the client surely missed frames
 ICE_REFRESH_AT = 0.8  # of the credentials' lifetime
 
 
@@ -90,6 +93,11 @@ class RelayService:
         )
         self.sessions: set[Session] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Rooms whose sessions saved by a previous process are watched, and their timers.
+        self._watched: set[str] = set()
+        self._lapses: set[asyncio.TimerHandle] = set()
+        # Sessions that left this process for good, newest last: nothing waits for them.
+        self._departed: OrderedDict[str, None] = OrderedDict()
         self.closing = False
         self.drained = asyncio.Event()  # set once closing and every connection is gone
         metrics.track(self)
@@ -158,35 +166,71 @@ class RelayService:
         for timer in member.timers.values():
             timer.cancel()
         log.info("peer_left", room_id=member.room_id, peer_id=member.peer_id, reason=reason)
-        self._settle_departed(member)
+        self._settle_departed(member, reason)
         frame = protocol.peer_left(member.peer_id, reason)
         for other in self.hub.others(member):
             self._push(other, frame)
         await self._release_quietly(member.room_id, member.peer_id, member.connection_id)
 
-    def _settle_departed(self, member: Member) -> None:
+    def _settle_departed(self, member: Member, reason: str) -> None:
         """``member`` left or was replaced: what was sent to it and not confirmed was not
-        delivered. Its senders are told; held messages are held again for its next registration."""
+        delivered. Its senders are told; held messages are held again for its next registration.
+
+        A message without an id is reported (in the v1 shape) only when its target was lost
+        (``timeout``, ``overflow``): a client that closes properly, or is replaced, may well
+        have read it, and a v1 sender could not tell which message an error is about."""
         member.gone = True
+        self._departed[member.session_id] = None
+        while len(self._departed) > DEPARTED_SESSIONS_KEPT:
+            self._departed.popitem(last=False)
+        if not self.hub.in_room(member.room_id):
+            self._watched.discard(member.room_id)
         waiting, member.waiting = member.waiting or [], None
-        owed = member.unsettled() + [item for _, _, item in waiting if item is not None]
+        owed = member.unsettled() + [item for _, _, item, _ in waiting if item is not None]
         for item in owed:
-            self._fail(member, item)
+            if item.correlation_id is not None or item.held_key is not None or reason in LOST:
+                self._fail(member.room_id, member.peer_id, item)
 
-    def _fail(self, target: Member, owed: Owed) -> None:
-        """A frame someone waits on will not reach ``target``."""
+    def _fail(self, room_id: str, target_peer_id: str, owed: Owed) -> None:
+        """A frame someone waits on will not reach ``target_peer_id``."""
         if owed.held_key is not None:
-            self.mailbox.release(target.room_id, [owed.held_key])
-        elif (sender := self._owed_sender(target.room_id, owed)) is not None:
-            error = DeliveryFailed(f"peer {target.peer_id!r} left before receiving the message")
-            self._push(sender, protocol.error_frame(error, owed.correlation_id), answer=True)
+            self.mailbox.release(room_id, [owed.held_key])
+        else:
+            error = DeliveryFailed(f"peer {target_peer_id!r} left before receiving the message")
+            self._answer(room_id, owed, protocol.error_frame(error, owed.correlation_id))
 
-    def _owed_sender(self, room_id: str, owed: Owed) -> Member | None:
-        """The member waiting on ``owed``, if that identity still holds its peer id here."""
-        if owed.sender_peer_id is None:
-            return None
+    def _answer(self, room_id: str, owed: Owed, frame: str) -> None:
+        """Send the outcome of a message to its sender's session: now if it is here, else
+        held for it (it may be resuming here after a relay restart) for the resume window."""
+        if owed.sender_peer_id is None or owed.sender_session is None:
+            return
         sender = self.hub.get(room_id, owed.sender_peer_id)
-        return sender if sender is not None and sender.owner_sub == owed.sender_sub else None
+        if sender is not None and sender.session_id == owed.sender_session:
+            self._push(sender, frame, answer=True)
+        elif sender is None and owed.sender_session not in self._departed:
+            self._spawn(self._hold_answer(room_id, owed.sender_peer_id, owed.sender_session, owed, frame))
+
+    async def _hold_answer(self, room_id: str, peer_id: str, session_id: str, owed: Owed, frame: str) -> None:
+        def arrived() -> bool:
+            return self.hub.get(room_id, peer_id) is not None
+
+        try:
+            held = await self.mailbox.hold(
+                room_id=room_id,
+                to_peer_id=peer_id,
+                from_peer_id=peer_id,
+                from_session="",
+                correlation_id=owed.correlation_id if owed.correlation_id is not None else "",
+                frame=frame,
+                expires_at_ms=int((self._clock() + self.settings.resume_window_seconds) * 1000),
+                target_arrived=arrived,
+                for_session=session_id,
+            )
+        except RepositoryError as exc:
+            log.warning("answer_hold_failed", room_id=room_id, error=type(exc).__name__)
+            return
+        if not held:  # it came back meanwhile
+            self._answer(room_id, owed, frame)
 
     def _confirmed(self, member: Member, seq: int) -> None:
         """``member``'s client has received every frame up to ``seq``: ack their senders."""
@@ -194,8 +238,8 @@ class RelayService:
         for owed in member.confirm(seq):
             if owed.held_key is not None:
                 held.append(owed.held_key)
-            elif owed.correlation_id is not None and (sender := self._owed_sender(member.room_id, owed)) is not None:
-                self._push(sender, protocol.ack(owed.correlation_id), answer=True)
+            elif owed.correlation_id is not None:
+                self._answer(member.room_id, owed, protocol.ack(owed.correlation_id))
         if held:
             self.metrics.held.labels("delivered").inc(len(held))
             self._spawn(self.mailbox.delivered(member.room_id, held))
@@ -221,7 +265,10 @@ class RelayService:
         if member.gone:
             return False
         if member.waiting is not None:  # behind the messages held for it, being read
-            member.waiting.append((frame, started, owed))
+            if not answer and len(member.waiting) >= self.settings.resume_buffer_messages:
+                self._end(member, CloseCode.OVERFLOW, "overflow")
+                return False
+            member.waiting.append((frame, started, owed, answer))
             return True
         if not answer:
             frames, size = member.kept()
@@ -327,7 +374,7 @@ class RelayService:
         if target is None:
             raise PeerNotFound(f"peer {to_peer_id!r} is not in this room")
         # Its receipt acks it (with an id); if it never arrives, the sender is told (v1 too).
-        owed = Owed(member.peer_id, member.owner_sub, message.id)
+        owed = Owed(member.peer_id, member.session_id, message.id)
         if not self._push(target, frame, started, owed):
             raise DeliveryFailed(f"peer {target.peer_id!r} cannot take more messages")
 
@@ -339,7 +386,7 @@ class RelayService:
             room_id=member.room_id,
             to_peer_id=to_peer_id,
             from_peer_id=member.peer_id,
-            from_sub=member.owner_sub,
+            from_session=member.session_id,
             correlation_id=correlation_id,
             frame=frame,
             # Nobody can register in the room after it expires.
@@ -349,7 +396,7 @@ class RelayService:
 
     def _sender_of(self, message: QueuedMessage) -> Member | None:
         sender = self.hub.get(message.room_id, message.from_peer_id)
-        return sender if sender is not None and sender.owner_sub == message.from_sub and not sender.gone else None
+        return sender if sender is not None and sender.session_id == message.from_session and not sender.gone else None
 
     def _sender_present(self, message: QueuedMessage) -> bool:
         return self._sender_of(message) is not None
@@ -364,18 +411,20 @@ class RelayService:
 
     async def _open_inbox(self, member: Member) -> None:
         """Deliver what is held for a newly registered member, then what arrived meanwhile."""
+        held = []
         try:
-            held = await self.mailbox.arrived(member.room_id, member.peer_id)
+            held = await self.mailbox.arrived(member.room_id, member.peer_id, member.session_id)
         except RepositoryError as exc:  # they stay held: delivered at a later registration, or expire
             log.warning("held_read_failed", room_id=member.room_id, error=type(exc).__name__)
-            held = []
-        waiting, member.waiting = member.waiting or [], None
+        finally:
+            waiting, member.waiting = member.waiting or [], None
         for message in held:
-            if not self._push(member, message.frame, owed=Owed(held_key=message.key)):
+            answer = bool(message.for_session)
+            if not self._push(member, message.frame, owed=Owed(held_key=message.key), answer=answer):
                 self.mailbox.release(member.room_id, [message.key])
-        for frame, started, owed in waiting:
-            if not self._push(member, frame, started, owed) and owed is not None:
-                self._fail(member, owed)
+        for frame, started, owed, answer in waiting:
+            if not self._push(member, frame, started, owed, answer=answer) and owed is not None:
+                self._fail(member.room_id, member.peer_id, owed)
         if held:
             log.info("held_delivered", count=len(held))
 
@@ -451,6 +500,10 @@ class RelayService:
         if room.is_expired(now):
             raise RoomExpired()
 
+        previous = None
+        if self.hub.get(message.room_id, message.peer_id) is None:
+            # A session a previous process saved for this peer id ends with this registration.
+            previous = await self.repository.load_session(message.room_id, message.peer_id)
         if not session.link.is_open():  # the socket left while we checked: claim nothing
             return "abandoned"
         reservation = self.hub.reserve(message.room_id, message.peer_id, identity.sub)
@@ -502,7 +555,10 @@ class RelayService:
             for timer in replaced.timers.values():
                 timer.cancel()
             self._close(replaced.link, CloseCode.REPLACED)
-            self._settle_departed(replaced)
+            self._settle_departed(replaced, "replaced")
+        if previous is not None and previous.peer.owner_sub == identity.sub:
+            self._spawn(self._settle_saved(previous, left=False))
+        self._watch(member.room_id)
         self._attach(session, member)
         member.timers["room_expiry"] = asyncio.get_running_loop().call_later(
             max(0.0, room.expires_at - now), self._room_expired, member
@@ -638,12 +694,17 @@ class RelayService:
             role=saved.peer.role,
             metadata=saved.peer.metadata,
             resume_hashes=(hash_room_token(resume_token), *saved.resume_hashes[:1]),
+            session_id=saved.session_id,
             seq=saved.seq,
             waiting=[],  # frames for it wait behind the replay and what is held for it
         )
+        answers = set(saved.answers)
         for seq, frame in saved.frames:
             member.unconfirmed.append((seq, frame))
             member.unconfirmed_bytes += len(frame)
+            if seq in answers:
+                member.answers.append((seq, len(frame)))
+                member.answers_bytes += len(frame)
         member.owed.extend((seq, Owed.from_json(owed)) for seq, owed in saved.owed)
         try:
             await self.repository.take_session(self._record(member, now), saved, now=int(now))
@@ -659,6 +720,7 @@ class RelayService:
             await self._release_quietly(member.room_id, member.peer_id, member.connection_id)
             return "abandoned"
         self.hub.commit(reservation, member)
+        self._watch(member.room_id)
         self._attach(session, member)
         member.timers["room_expiry"] = asyncio.get_running_loop().call_later(
             max(0.0, room.expires_at - now), self._room_expired, member
@@ -688,6 +750,67 @@ class RelayService:
             session.link.send(frame, seq=seq, replay=True)
         await self._open_inbox(member)
         return "resumed"
+
+    def _watch(self, room_id: str) -> None:
+        """Once per room: find the sessions a previous process saved in it, so that those
+        nobody resumes end properly (``peer_left``, their senders told)."""
+        if room_id not in self._watched:
+            self._watched.add(room_id)
+            self._spawn(self._watch_saved(room_id))
+
+    async def _watch_saved(self, room_id: str) -> None:
+        now = self._clock()
+        try:
+            peers = await self.repository.list_peers(room_id, now=now)
+        except RepositoryError as exc:
+            log.warning("saved_sessions_unknown", room_id=room_id, error=type(exc).__name__)
+            self._watched.discard(room_id)
+            return
+        for record in peers:
+            if record.saved and self.hub.get(room_id, record.peer_id) is None:
+                self._lapse_at(record, record.expires_at - now)
+
+    def _lapse_at(self, record: PeerRecord, delay: float) -> None:
+        def due() -> None:
+            self._lapses.discard(timer)
+            self._spawn(self._saved_lapsed(record))
+
+        timer = asyncio.get_running_loop().call_later(max(0.0, delay), due)
+        self._lapses.add(timer)
+
+    async def _saved_lapsed(self, record: PeerRecord) -> None:
+        """A saved session's window is over: unless it was resumed, its peer has left."""
+        if self.closing or self.hub.get(record.room_id, record.peer_id) is not None:
+            return
+        try:
+            saved = await self.repository.load_session(record.room_id, record.peer_id)
+            if saved is None or saved.peer.connection_id != record.connection_id:
+                return  # resumed or registered again, here or elsewhere
+            if saved.peer.expires_at > self._clock():
+                self._lapse_at(record, saved.peer.expires_at - self._clock())
+                return
+            if not await self.repository.drop_session(saved):
+                return
+        except RepositoryError as exc:  # the entry expires on its own; try once more later
+            log.warning("saved_session_lapse_failed", room_id=record.room_id, error=type(exc).__name__)
+            self._lapse_at(record, self.settings.resume_window_seconds)
+            return
+        await self._settle_saved(saved, left=True)
+
+    async def _settle_saved(self, saved: SavedSession, *, left: bool) -> None:
+        """A saved session that will not be resumed: what it had not received never will be.
+        Its senders are told; held messages in it are held again (their claim lapses)."""
+        room_id, peer_id = saved.peer.room_id, saved.peer.peer_id
+        log.info("saved_session_ended", room_id=room_id, peer_id=peer_id, left=left)
+        for _, data in saved.owed:
+            owed = Owed.from_json(data)
+            if owed.held_key is None:
+                self._fail(room_id, peer_id, owed)
+        if left:
+            frame = protocol.peer_left(peer_id, "timeout")
+            for member in self.hub.in_room(room_id):
+                self._push(member, frame)
+        await self.repository.delete_session_frames(saved)
 
     def _attach(self, session: Session, member: Member) -> None:
         session.member = member
@@ -804,22 +927,34 @@ class RelayService:
         """At shutdown, once every socket is closed: leave each member's session in the
         table for the resume window, so that it resumes on the next process losing nothing.
         A member whose session cannot be saved leaves (its senders were told already)."""
+        # Nothing may change a member once its snapshot is taken: stop every timer and
+        # let what is under way (expiries, leaves) finish first.
+        for member in self.hub.members():
+            for timer in member.timers.values():
+                timer.cancel()
+        for lapse in self._lapses:
+            lapse.cancel()
+        await self.mailbox.close()
+        await asyncio.gather(*list(self._tasks))
         now = self._clock()
         limit = asyncio.Semaphore(LEASE_REFRESH_CONCURRENCY)
 
         async def save(member: Member) -> None:
-            for timer in member.timers.values():
-                timer.cancel()
             expires_at = min(member.room_expires_at, int(now + self.settings.resume_window_seconds))
             saved = SavedSession(
                 peer=replace(self._record(member, now), expires_at=expires_at),
+                session_id=member.session_id,
                 resume_hashes=member.resume_hashes,
                 seq=member.seq,
                 frames=list(member.unconfirmed),
                 owed=[(seq, owed.to_json()) for seq, owed in member.owed],
+                answers=[seq for seq, _ in member.answers],
             )
+            held = [owed.held_key for _, owed in member.owed if owed.held_key is not None]
             async with limit:
                 try:
+                    if held:  # in this session now: no process may expire them meanwhile
+                        await self.repository.claim_messages(member.room_id, held, expires_at * 1000)
                     await self.repository.save_session(saved)
                 except RepositoryError as exc:
                     log.warning("session_save_failed", room_id=member.room_id, error=type(exc).__name__)
@@ -828,5 +963,3 @@ class RelayService:
         members = [m for m in self.hub.members() if not m.gone]
         await asyncio.gather(*(save(m) for m in members))
         log.info("sessions_saved", count=len(members))
-        await asyncio.gather(*list(self._tasks))
-        await self.mailbox.close()
