@@ -21,6 +21,7 @@ from devstack.stack import HttpServer, StackInfo
 from signaling_shared.dynamo import PeerRecord, QueuedMessage, Repository, Room
 from signaling_shared.settings import CommonSettings, RelaySettings
 from signaling_shared.tokens import hash_room_token, new_room_id, new_room_token
+from ws_relay.schema import SERVER_MESSAGE
 from ws_relay.server import RelayServer
 
 # The shared stack lets the whole suite sign in and register from one address; the
@@ -100,8 +101,10 @@ class Peer:
         await self.ws.send(frame)
 
     async def recv(self) -> dict[str, Any]:
-        """The next message, its ``seq`` checked (contiguous, no gap, no duplicate) and removed."""
+        """The next message, checked against the published schema, its ``seq`` checked
+        (contiguous, no gap, no duplicate) and removed."""
         frame = await asyncio.wait_for(self.ws.recv(), TIMEOUT)
+        SERVER_MESSAGE.validate_json(frame)
         message = json.loads(frame)
         assert isinstance(message, dict)
         if message.get("type") == "registered_auth":

@@ -36,6 +36,8 @@ from signaling_shared.settings import RelaySettings
 
 log = structlog.stdlib.get_logger("ws_relay.mailbox")
 
+DELETE_ATTEMPTS = 3
+
 
 @dataclass
 class _Room:
@@ -63,6 +65,7 @@ class Mailbox:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._counter = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._failed_expiries: set[tuple[str, str]] = set()  # (room, key) whose delete may have landed
 
     @property
     def held_count(self) -> int:
@@ -115,6 +118,7 @@ class Mailbox:
         for key in keys:
             room.held.pop(key, None)
             room.delivering.discard(key)
+            self._failed_expiries.discard((room_id, key))
             timer = room.timers.pop(key, None)
             if timer is not None:
                 timer.cancel()
@@ -212,11 +216,15 @@ class Mailbox:
     async def delivered(self, room_id: str, keys: list[str]) -> None:
         """The target confirmed receipt: the messages are no longer held."""
         self._forget(room_id, keys)
-        try:
-            await self.repository.delete_messages(room_id, keys)
-        except RepositoryError as exc:
-            # They stay in the table and may be delivered again at the target's next registration.
-            log.warning("held_delete_failed", room_id=room_id, count=len(keys), error=type(exc).__name__)
+        for attempt in range(DELETE_ATTEMPTS):
+            try:
+                await self.repository.delete_messages(room_id, keys)
+                return
+            except RepositoryError as exc:
+                log.warning("held_delete_failed", room_id=room_id, count=len(keys), error=type(exc).__name__)
+                if attempt + 1 < DELETE_ATTEMPTS:
+                    await asyncio.sleep(2**attempt)
+        # Still in the table: a later reload may deliver them again (at least once).
 
     def release(self, room_id: str, keys: list[str]) -> None:
         """The target left before confirming: the messages are held again (or expire now)."""
@@ -255,8 +263,12 @@ class Mailbox:
             log.warning("held_expiry_failed", room_id=message.room_id, error=type(exc).__name__)
             room = self._rooms.get(message.room_id)
             if room is not None and message.key in room.held:  # try again shortly
+                self._failed_expiries.add((message.room_id, message.key))
                 room.timers[message.key] = asyncio.get_running_loop().call_later(1.0, self._due, message)
             return
+        if taken is None and (message.room_id, message.key) in self._failed_expiries:
+            taken = message  # the failed attempt's delete had landed: it did expire
+        self._failed_expiries.discard((message.room_id, message.key))
         self._forget(message.room_id, [message.key])
         if taken is not None and not taken.for_session:  # an answer just lapses
             log.info("message_expired", room_id=message.room_id, to_peer_id=message.to_peer_id)
