@@ -546,7 +546,7 @@ class Repository:
                         "room_id": _s(peer.room_id),
                         "msg_key": _s(_session_frame_key(peer.peer_id, seq)),
                         "frame": _s(frame),
-                        "expires_at": _n(peer.expires_at),
+                        "expires_at": _n(peer.expires_at + HELD_TTL_MARGIN_SECONDS),
                     }
                 }
             }
@@ -597,8 +597,21 @@ class Repository:
             with contextlib.suppress(RepositoryError):  # their TTL cleans up
                 await self.delete_messages(saved.peer.room_id, keys)
 
-    async def load_session(self, room_id: str, peer_id: str) -> SavedSession | None:
-        """The session a previous process saved for this peer, whole, or None."""
+    async def peer_entry(self, room_id: str, peer_id: str) -> PeerRecord | None:
+        """The routing entry of a peer, expired or not, or None."""
+        response = await self._call(
+            "peer_entry",
+            self._client.get_item,
+            TableName=self.peers_table,
+            Key={"room_id": _s(room_id), "peer_id": _s(peer_id)},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return _peer_from(item) if item else None
+
+    async def load_session(self, room_id: str, peer_id: str, *, whole: bool = True) -> SavedSession | None:
+        """The session a previous process saved for this peer, or None. ``whole``: with all
+        its frames (else None: it cannot be resumed); otherwise the frames found, if any."""
         response = await self._call(
             "load_session",
             self._client.get_item,
@@ -612,7 +625,7 @@ class Repository:
         state = json.loads(item["saved_session"]["S"])
         stored = await self._call("load_session", self._session_frames, room_id, peer_id)
         frames = [(seq, stored[seq]) for seq in state["frames"] if seq in stored]
-        if len(frames) != len(state["frames"]):
+        if whole and len(frames) != len(state["frames"]):
             return None  # frames missing (expired): not resumable
         return SavedSession(
             peer=_peer_from(item),

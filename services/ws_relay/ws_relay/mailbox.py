@@ -66,6 +66,9 @@ class Mailbox:
         self._counter = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._failed_expiries: set[tuple[str, str]] = set()  # (room, key) whose delete may have landed
+        # Delivered, but their delete failed: never to be held again by a reload of the index.
+        self._undeleted: set[tuple[str, str]] = set()
+        self._closed = False
 
     @property
     def held_count(self) -> int:
@@ -85,7 +88,8 @@ class Mailbox:
                 if room is None:
                     room = _Room()
                     for message in await self.repository.held_messages(room_id, with_frames=False):
-                        self._index(room, message)
+                        if (room_id, message.key) not in self._undeleted:
+                            self._index(room, message)
                     self._rooms[room_id] = room
                 try:
                     yield room
@@ -108,6 +112,8 @@ class Mailbox:
         previous = room.timers.pop(message.key, None)
         if previous is not None:
             previous.cancel()
+        if self._closed:
+            return
         delay = max(0.0, at - self._clock())
         room.timers[message.key] = asyncio.get_running_loop().call_later(delay, self._due, message)
 
@@ -224,7 +230,9 @@ class Mailbox:
                 log.warning("held_delete_failed", room_id=room_id, count=len(keys), error=type(exc).__name__)
                 if attempt + 1 < DELETE_ATTEMPTS:
                     await asyncio.sleep(2**attempt)
-        # Still in the table: a later reload may deliver them again (at least once).
+        # Still in the table (until its TTL): this process never holds them again; a next one
+        # may deliver them a second time.
+        self._undeleted.update((room_id, key) for key in keys)
 
     def release(self, room_id: str, keys: list[str]) -> None:
         """The target left before confirming: the messages are held again (or expire now)."""
@@ -242,7 +250,9 @@ class Mailbox:
         room = self._rooms.get(message.room_id)
         if room is None or message.key not in room.held or message.key in room.delivering:
             return  # delivered, or being delivered (``release`` calls again if it fails)
-        room.timers.pop(message.key, None)
+        timer = room.timers.pop(message.key, None)
+        if timer is not None:  # when called before its time (a sender back, a release)
+            timer.cancel()
         now = self._clock()
         if message.claimed_until_ms / 1000 > now:  # in a saved session: wait for its window
             self._arm(room, message, message.claimed_until_ms / 1000)
@@ -275,6 +285,7 @@ class Mailbox:
             self._on_expired(taken)
 
     async def close(self) -> None:
+        self._closed = True
         for room in self._rooms.values():
             for timer in room.timers.values():
                 timer.cancel()

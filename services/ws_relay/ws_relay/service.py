@@ -53,6 +53,7 @@ log = structlog.stdlib.get_logger("ws_relay")
 
 LEASE_REFRESH_CONCURRENCY = 16
 DEPARTED_SESSIONS_KEPT = 10_000
+SAVE_ATTEMPTS = 3
 LOST = frozenset({"timeout", "overflow"})  # departures in which the client surely missed frames
 ICE_REFRESH_AT = 0.8  # of the credentials' lifetime
 
@@ -418,6 +419,14 @@ class RelayService:
             log.warning("held_read_failed", room_id=member.room_id, error=type(exc).__name__)
         finally:
             waiting, member.waiting = member.waiting or [], None
+            self._flush_inbox(member, held, waiting)
+
+    def _flush_inbox(
+        self,
+        member: Member,
+        held: list[QueuedMessage],
+        waiting: list[tuple[str, float | None, Owed | None, bool]],
+    ) -> None:
         for message in held:
             answer = bool(message.for_session)
             if not self._push(member, message.frame, owed=Owed(held_key=message.key), answer=answer):
@@ -500,10 +509,12 @@ class RelayService:
         if room.is_expired(now):
             raise RoomExpired()
 
-        previous = None
         if self.hub.get(message.room_id, message.peer_id) is None:
-            # A session a previous process saved for this peer id ends with this registration.
-            previous = await self.repository.load_session(message.room_id, message.peer_id)
+            # A session a previous process saved for this peer id (ours, or lapsed) ends now.
+            previous = await self.repository.load_session(message.room_id, message.peer_id, whole=False)
+            ours = previous is not None and (previous.peer.owner_sub == identity.sub or previous.peer.expires_at <= now)
+            if previous is not None and ours and await self.repository.drop_session(previous):
+                self._spawn(self._settle_saved(previous, left=previous.peer.owner_sub != identity.sub))
         if not session.link.is_open():  # the socket left while we checked: claim nothing
             return "abandoned"
         reservation = self.hub.reserve(message.room_id, message.peer_id, identity.sub)
@@ -556,8 +567,6 @@ class RelayService:
                 timer.cancel()
             self._close(replaced.link, CloseCode.REPLACED)
             self._settle_departed(replaced, "replaced")
-        if previous is not None and previous.peer.owner_sub == identity.sub:
-            self._spawn(self._settle_saved(previous, left=False))
         self._watch(member.room_id)
         self._attach(session, member)
         member.timers["room_expiry"] = asyncio.get_running_loop().call_later(
@@ -680,7 +689,6 @@ class RelayService:
             raise ResumeFailed("the session's room is gone: register again") from None
         if not session.link.is_open():
             return "abandoned"
-        reservation = self.hub.reserve(message.room_id, message.peer_id, sub)
         resume_token = new_room_token()
         member = Member(
             room_id=message.room_id,
@@ -706,18 +714,25 @@ class RelayService:
                 member.answers.append((seq, len(frame)))
                 member.answers_bytes += len(frame)
         member.owed.extend((seq, Owed.from_json(owed)) for seq, owed in saved.owed)
+        reservation = self.hub.reserve(message.room_id, message.peer_id, sub)
         try:
             await self.repository.take_session(self._record(member, now), saved, now=int(now))
         except (ConditionFailed, NotFound) as exc:
             self.hub.cancel(reservation)
             raise ResumeFailed("the session was resumed elsewhere or its room is gone: register again") from exc
+        except Exception:
+            self.hub.cancel(reservation)
+            # The write may have landed: then the session is spent and must end properly.
+            self._spawn(self._settle_if_taken(saved, member.connection_id))
+            raise
         except BaseException:
             self.hub.cancel(reservation)
             raise
         if not session.link.is_open():
-            # Gone during the write: the saved session is spent; the client registers anew.
+            # Gone during the write: the saved session is spent; it ends (the client registers anew).
             self.hub.cancel(reservation)
             await self._release_quietly(member.room_id, member.peer_id, member.connection_id)
+            self._spawn(self._settle_saved(saved, left=True))
             return "abandoned"
         self.hub.commit(reservation, member)
         self._watch(member.room_id)
@@ -726,8 +741,11 @@ class RelayService:
             max(0.0, room.expires_at - now), self._room_expired, member
         )
         held = [owed.held_key for _, owed in member.owed if owed.held_key is not None]
-        if held:
-            await self.mailbox.claim(member.room_id, held)
+        try:
+            if held:
+                await self.mailbox.claim(member.room_id, held)
+        except RepositoryError as exc:  # unclaimed, they may be delivered twice: at least once
+            log.warning("held_claim_failed", room_id=member.room_id, error=type(exc).__name__)
         missed = member.missed_since(message.last_seq) or []
         self._confirmed(member, message.last_seq)
         structlog.contextvars.bind_contextvars(room_id=member.room_id, peer_id=member.peer_id)
@@ -751,6 +769,16 @@ class RelayService:
         await self._open_inbox(member)
         return "resumed"
 
+    async def _settle_if_taken(self, saved: SavedSession, connection_id: str) -> None:
+        """After a failed take of ``saved``: if the write landed after all, end the session."""
+        try:
+            entry = await self.repository.peer_entry(saved.peer.room_id, saved.peer.peer_id)
+        except RepositoryError:
+            return  # its senders are not told; the entry expires with its lease
+        if entry is not None and entry.connection_id == connection_id:
+            await self._release_quietly(saved.peer.room_id, saved.peer.peer_id, connection_id)
+            await self._settle_saved(saved, left=True)
+
     def _watch(self, room_id: str) -> None:
         """Once per room: find the sessions a previous process saved in it, so that those
         nobody resumes end properly (``peer_left``, their senders told)."""
@@ -761,7 +789,7 @@ class RelayService:
     async def _watch_saved(self, room_id: str) -> None:
         now = self._clock()
         try:
-            peers = await self.repository.list_peers(room_id, now=now)
+            peers = await self.repository.list_peers(room_id, now=now, include_expired=True)
         except RepositoryError as exc:
             log.warning("saved_sessions_unknown", room_id=room_id, error=type(exc).__name__)
             self._watched.discard(room_id)
@@ -783,7 +811,7 @@ class RelayService:
         if self.closing or self.hub.get(record.room_id, record.peer_id) is not None:
             return
         try:
-            saved = await self.repository.load_session(record.room_id, record.peer_id)
+            saved = await self.repository.load_session(record.room_id, record.peer_id, whole=False)
             if saved is None or saved.peer.connection_id != record.connection_id:
                 return  # resumed or registered again, here or elsewhere
             if saved.peer.expires_at > self._clock():
@@ -923,6 +951,10 @@ class RelayService:
             frame = protocol.go_away("SERVER_SHUTDOWN", drain_ms + secrets.randbelow(self.settings.drain_jitter_ms + 1))
             self._reply(session, frame)
 
+    async def _finish_tasks(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
     async def save_sessions(self) -> None:
         """At shutdown, once every socket is closed: leave each member's session in the
         table for the resume window, so that it resumes on the next process losing nothing.
@@ -932,10 +964,11 @@ class RelayService:
         for member in self.hub.members():
             for timer in member.timers.values():
                 timer.cancel()
+        await self._finish_tasks()  # with the mailbox open: they may hold answers
+        await self.mailbox.close()
+        await self._finish_tasks()
         for lapse in self._lapses:
             lapse.cancel()
-        await self.mailbox.close()
-        await asyncio.gather(*list(self._tasks))
         now = self._clock()
         limit = asyncio.Semaphore(LEASE_REFRESH_CONCURRENCY)
 
@@ -952,13 +985,18 @@ class RelayService:
             )
             held = [owed.held_key for _, owed in member.owed if owed.held_key is not None]
             async with limit:
-                try:
-                    if held:  # in this session now: no process may expire them meanwhile
-                        await self.repository.claim_messages(member.room_id, held, expires_at * 1000)
-                    await self.repository.save_session(saved)
-                except RepositoryError as exc:
-                    log.warning("session_save_failed", room_id=member.room_id, error=type(exc).__name__)
-                    await self._release_quietly(member.room_id, member.peer_id, member.connection_id)
+                for attempt in range(SAVE_ATTEMPTS):
+                    try:
+                        if held:  # in this session now: no process may expire them meanwhile
+                            await self.repository.claim_messages(member.room_id, held, expires_at * 1000)
+                        await self.repository.save_session(saved)
+                        return
+                    except RepositoryError as exc:
+                        log.warning("session_save_failed", room_id=member.room_id, error=type(exc).__name__)
+                        if attempt + 1 < SAVE_ATTEMPTS:
+                            await asyncio.sleep(0.5 * 2**attempt)
+                # Lost: its entry is released; what it owed is not reported (logged above).
+                await self._release_quietly(member.room_id, member.peer_id, member.connection_id)
 
         members = [m for m in self.hub.members() if not m.gone]
         await asyncio.gather(*(save(m) for m in members))
