@@ -60,11 +60,14 @@ async def test_peers_resume_on_the_next_process_after_a_sigterm_losing_nothing(a
         a2, registered = await resume(a, second.url, room, a_user)
         assert registered["resumed"] is True
         assert registered["peers"] == []  # B has not resumed here yet
+        for i in range(3):  # as a client does: send again what has no outcome yet, same ids
+            await a2.send({"type": "peer_message", "to_peer_id": "B", "payload": i, "id": f"m{i}"})
+        await a2.barrier()  # nothing: they are on their way already
         b2, registered = await resume(b, second.url, room, b_user)
         assert registered["resumed"] is True
         assert [p["peer_id"] for p in registered["peers"]] == ["A"]
         assert [(await b2.expect("peer_message"))["payload"] for _ in range(3)] == [0, 1, 2]  # seqs checked
-        acks = [await a2.expect("ack") for _ in range(3)]
+        acks = [await a2.expect("ack") for _ in range(3)]  # once each
         assert [m["id"] for m in acks] == ["m0", "m1", "m2"]
         await a2.send({"type": "peer_message", "to_peer_id": "B", "payload": "after", "id": "after"})
         assert (await b2.expect("peer_message"))["payload"] == "after"

@@ -323,3 +323,27 @@ async def test_a_connected_peer_that_never_confirms_is_closed_as_overflow(api: s
         code, _ = await b.closed()
         assert code == 4005
         await a.close()
+
+
+async def test_a_message_resent_after_a_resume_is_delivered_once(api: str, relay_with: RelayFactory) -> None:
+    """A client that resumes and sends again what it has no outcome for (same id) delivers it
+    once and gets one ack; the same id sent after its outcome is a new message."""
+    async with relay_with() as server:
+        room, a, a_user, b, b_user = await room_of_two(api, url(server))
+        await drop(b)
+        await a.send({"type": "peer_message", "to_peer_id": "B", "payload": "once", "id": "m1"})
+        await a.barrier()
+        await drop(a)
+        a2, _ = await resume(a, url(server), room, a_user)
+        await a2.send({"type": "peer_message", "to_peer_id": "B", "payload": "once", "id": "m1"})
+        await a2.barrier()  # taken in, nothing said: the first one's outcome is still to come
+        b2, _ = await resume(b, url(server), room, b_user)
+        assert (await b2.expect("peer_message"))["payload"] == "once"
+        await b2.barrier()  # not twice
+        assert await a2.expect("ack") == {"type": "ack", "id": "m1", "queued": False}
+        await a2.barrier()
+        await a2.send({"type": "peer_message", "to_peer_id": "B", "payload": "again", "id": "m1"})
+        assert (await b2.expect("peer_message"))["payload"] == "again"
+        assert await a2.expect("ack") == {"type": "ack", "id": "m1", "queued": False}
+        for peer in (a2, b2):
+            await peer.close()

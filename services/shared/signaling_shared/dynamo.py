@@ -126,6 +126,7 @@ class SavedSession:
     frames: list[tuple[int, str]] = field(default_factory=list)
     owed: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     answers: list[int] = field(default_factory=list)  # the seqs of frames that are answers
+    in_flight: list[str | int] = field(default_factory=list)  # ids it sent, awaiting an outcome
 
 
 def _session_frame_key(peer_id: str, seq: int) -> str:
@@ -557,6 +558,7 @@ class Repository:
         state = {
             "session_id": session.session_id,
             "answers": session.answers,
+            "in_flight": session.in_flight,
             "resume_hashes": list(session.resume_hashes),
             "seq": session.seq,
             "frames": [seq for seq, _ in session.frames],
@@ -631,6 +633,7 @@ class Repository:
             peer=_peer_from(item),
             session_id=str(state["session_id"]),
             answers=[int(seq) for seq in state["answers"]],
+            in_flight=list(state.get("in_flight", [])),
             resume_hashes=tuple(state["resume_hashes"]),
             seq=int(state["seq"]),
             frames=frames,

@@ -104,6 +104,9 @@ class Member:
     # (frame, relay start, what it settles, whether it is an answer).
     waiting: list[tuple[str, float | None, Owed | None, bool]] | None = None
     gone: bool = False  # left the room: frames for it are not delivered
+    # Ids of the messages this member sent that are on their way (no outcome yet): a resent
+    # one (a client retransmitting after a resume) is not delivered twice.
+    in_flight: set[str | int] = field(default_factory=set)
     # Timer handles owned by the service (room expiry, ICE refresh, resume window).
     timers: dict[str, TimerHandle] = field(default_factory=dict)
 

@@ -207,6 +207,8 @@ class RelayService:
             return
         sender = self.hub.get(room_id, owed.sender_peer_id)
         if sender is not None and sender.session_id == owed.sender_session:
+            if owed.correlation_id is not None:
+                sender.in_flight.discard(owed.correlation_id)
             self._push(sender, frame, answer=True)
         elif sender is None and owed.sender_session not in self._departed:
             self._spawn(self._hold_answer(room_id, owed.sender_peer_id, owed.sender_session, owed, frame))
@@ -365,6 +367,8 @@ class RelayService:
             frame = protocol.relayed_frame(data, member.peer_id)
         if message.ttl_seconds is not None and message.ttl_seconds > self.settings.queue_ttl_max_seconds:
             raise InvalidMessage(f"ttl_seconds: at most {self.settings.queue_ttl_max_seconds}")
+        if message.id is not None and message.id in member.in_flight:
+            return  # sent again after a resume: already on its way, its outcome will come
         target = self.hub.get(member.room_id, to_peer_id)
         if target is None and message.id is not None:
             if await self._hold(member, to_peer_id, message.id, message.ttl_seconds, frame):
@@ -378,6 +382,8 @@ class RelayService:
         owed = Owed(member.peer_id, member.session_id, message.id)
         if not self._push(target, frame, started, owed):
             raise DeliveryFailed(f"peer {target.peer_id!r} cannot take more messages")
+        if message.id is not None:
+            member.in_flight.add(message.id)
 
     async def _hold(
         self, member: Member, to_peer_id: str, correlation_id: str | int, ttl_seconds: int | None, frame: str
@@ -429,6 +435,8 @@ class RelayService:
     ) -> None:
         for message in held:
             answer = bool(message.for_session)
+            if answer:
+                member.in_flight.discard(message.correlation_id)
             if not self._push(member, message.frame, owed=Owed(held_key=message.key), answer=answer):
                 self.mailbox.release(member.room_id, [message.key])
         for frame, started, owed, answer in waiting:
@@ -703,6 +711,7 @@ class RelayService:
             metadata=saved.peer.metadata,
             resume_hashes=(hash_room_token(resume_token), *saved.resume_hashes[:1]),
             session_id=saved.session_id,
+            in_flight=set(saved.in_flight),
             seq=saved.seq,
             waiting=[],  # frames for it wait behind the replay and what is held for it
         )
@@ -982,6 +991,7 @@ class RelayService:
                 frames=list(member.unconfirmed),
                 owed=[(seq, owed.to_json()) for seq, owed in member.owed],
                 answers=[seq for seq, _ in member.answers],
+                in_flight=sorted(member.in_flight, key=str),
             )
             held = [owed.held_key for _, owed in member.owed if owed.held_key is not None]
             async with limit:
