@@ -4,8 +4,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat requirements/dev.txt services/*/pyproject.toml | cksum | cut -d' ' -f1)
-PACKAGES := services/shared services/auth_api services/rooms_api services/ws_relay services/devstack
+STAMP := $(VENV)/.installed-$(shell cat requirements/dev.txt services/*/pyproject.toml sdk/python/pyproject.toml | cksum | cut -d' ' -f1)
+PACKAGES := services/shared services/auth_api services/rooms_api services/ws_relay services/devstack sdk/python
 # checkov lives in its own virtual environment: it pulls a python-hcl2 fork that would shadow hcl2.
 CHECKOV_VENV ?= .venv-checkov
 CHECKOV_REQUIREMENTS := terraform/scripts/checkov-requirements.txt

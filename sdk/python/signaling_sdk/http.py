@@ -1,0 +1,83 @@
+"""The service's HTTP APIs: anonymous sign-in, rooms, ICE servers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from signaling_sdk.errors import SignalingError, error_from
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An anonymous identity: present ``id_token`` as the Bearer token and in ``register``."""
+
+    id_token: str
+    username: str
+
+
+@dataclass(frozen=True)
+class Room:
+    room_id: str
+    token: str  # the room's password: give it only to peers that may join
+    expires_at: int
+
+
+class ServiceClient:
+    """The HTTP APIs at ``api_url`` (``make dev``: http://127.0.0.1:8001)."""
+
+    def __init__(self, api_url: str, *, timeout: float = 10.0, client: httpx.AsyncClient | None = None) -> None:
+        self._client = client or httpx.AsyncClient(base_url=api_url, timeout=timeout)
+
+    async def __aenter__(self) -> ServiceClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def sign_in(self) -> Identity:
+        """A new anonymous identity (raises RateLimited past the sign-in rate)."""
+        body = await self._call("POST", "/anonymous-signin")
+        return Identity(str(body["id_token"]), str(body["username"]))
+
+    async def create_room(self, identity: Identity) -> Room:
+        body = await self._call("POST", "/create-room", identity)
+        return Room(str(body["room_id"]), str(body["token"]), int(body["expires_at"]))
+
+    async def room(self, identity: Identity, room_id: str) -> dict[str, Any]:
+        """A room's status and peers (its creator only)."""
+        return await self._call("GET", f"/rooms/{room_id}", identity)
+
+    async def delete_room(self, identity: Identity, room_id: str) -> dict[str, Any]:
+        return await self._call("DELETE", f"/rooms/{room_id}", identity)
+
+    async def ice_servers(self, identity: Identity) -> dict[str, Any]:
+        """``{"ice_servers": [...], "ttl": seconds}``: STUN, and TURN with credentials that expire."""
+        return await self._call("GET", "/ice-servers", identity)
+
+    async def _call(self, method: str, path: str, identity: Identity | None = None) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {identity.id_token}"} if identity is not None else {}
+        try:
+            response = await self._client.request(method, path, headers=headers)
+        except httpx.HTTPError as exc:
+            raise error_from("SERVER_BUSY", f"{method} {path}: {type(exc).__name__}") from exc
+        if response.is_success:
+            body = response.json()
+            if not isinstance(body, dict):
+                raise SignalingError("INTERNAL_ERROR", f"{method} {path}: not a JSON object")
+            return body
+        try:
+            detail = response.json()
+        except ValueError:
+            detail = {}
+        retry_after = response.headers.get("Retry-After")
+        raise error_from(
+            str(detail.get("error", f"HTTP_{response.status_code}")),
+            str(detail.get("detail", response.reason_phrase)),
+            retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+        )

@@ -1,0 +1,326 @@
+"""A signaling session: one peer in one room over the relay's WebSocket, that survives drops.
+
+    session = await Session.open(relay_url, room, identity, "Worker-1", role="worker")
+    ack = await session.send_to("Client-1", {"hello": 1})      # ack.queued: held for it
+    message = await session.recv()                             # peer_message, offer, ...
+
+Every message is sent with an ``id`` and ``send`` returns when the service answers: the
+target received it (``Ack``), it is held for a peer not in the room yet (``Ack.queued``),
+or a typed ``SignalingError``. When the connection drops, or the relay sends ``go_away``
+before a restart, the session reconnects with jittered backoff and resumes (resume token
+and the last ``seq`` seen): nothing sent to it is lost, and every message still without an
+outcome is sent again with its id, which the relay never delivers twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import random
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from signaling_sdk.errors import Expired, SessionLost, SignalingError, error_from_frame
+from signaling_sdk.http import Identity, Room
+
+log = logging.getLogger("signaling_sdk")
+
+# Close codes after which resuming cannot work (docs/protocol.md, "Close codes").
+TERMINAL_CLOSES = range(4000, 4500)
+
+
+@dataclass(frozen=True)
+class Ack:
+    id: str
+    queued: bool  # held for a peer not in the room yet; ``expired`` may follow in ``recv``
+
+
+@dataclass
+class Backoff:
+    """Jittered exponential backoff between reconnection attempts."""
+
+    initial: float = 0.2
+    maximum: float = 10.0
+    attempts: int = 30
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.maximum, self.initial * 2**attempt))  # noqa: S311 - jitter
+
+
+@dataclass
+class _Pending:
+    message: dict[str, Any]
+    future: asyncio.Future[Any]
+
+
+@dataclass
+class SessionState:
+    """What the session knows of itself and its room."""
+
+    peer_id: str
+    resume_token: str | None = None
+    last_seq: int = 0
+    peers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ice_servers: list[dict[str, Any]] = field(default_factory=list)
+    resumes: int = 0
+
+
+class Session:
+    """One registered peer. Use ``Session.open``; close with ``close`` (or ``async with``)."""
+
+    def __init__(
+        self,
+        url: str,
+        room: Room,
+        identity: Identity,
+        peer_id: str,
+        *,
+        role: str = "peer",
+        metadata: Mapping[str, Any] | None = None,
+        backoff: Backoff | None = None,
+        open_timeout: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.room = room
+        self.identity = identity
+        self.role = role
+        self.metadata = dict(metadata or {})
+        self.backoff = backoff or Backoff()
+        self.open_timeout = open_timeout
+        self.state = SessionState(peer_id)
+        self._ids = itertools.count(1)
+        self._prefix = uuid.uuid4().hex[:12]
+        self._pending: dict[str, _Pending] = {}  # by id, in the order sent
+        self._inbox: asyncio.Queue[dict[str, Any] | SignalingError] = asyncio.Queue()
+        self._ws: ClientConnection | None = None
+        self._connected = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._closing = False
+        self._reconnect_after: float | None = None
+
+    @classmethod
+    async def open(cls, url: str, room: Room, identity: Identity, peer_id: str, **options: Any) -> Session:
+        """Connect and register; raises the typed error if the registration is refused."""
+        session = cls(url, room, identity, peer_id, **options)
+        ws, registered = await session._register(resume=False)
+        session._start(ws, registered)
+        return session
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def peer_id(self) -> str:
+        return self.state.peer_id
+
+    # Sending -------------------------------------------------------------------------
+
+    async def send(self, message: Mapping[str, Any]) -> Any:
+        """Send ``message`` with a fresh id; its answer (``Ack``, ``peer_list``, ``pong``) or
+        the typed error. Waits through reconnections (bound it with ``asyncio.timeout``)."""
+        if self._closing:
+            raise SessionLost("CLOSED", "the session is closed")
+        correlation_id = f"{self._prefix}-{next(self._ids)}"
+        pending = _Pending({**message, "id": correlation_id}, asyncio.get_running_loop().create_future())
+        self._pending[correlation_id] = pending
+        if self._connected.is_set() and self._ws is not None:
+            with contextlib.suppress(ConnectionClosed):  # sent again after the resume
+                await self._ws.send(json.dumps(pending.message))
+        try:
+            return await asyncio.shield(pending.future)
+        finally:
+            if pending.future.done():
+                self._pending.pop(correlation_id, None)
+
+    async def send_to(self, peer_id: str, payload: Any, *, ttl_seconds: int | None = None) -> Ack:
+        """An application message to one peer (held for it up to ``ttl_seconds`` if it is not here yet)."""
+        message: dict[str, Any] = {"type": "peer_message", "to_peer_id": peer_id, "payload": payload}
+        if ttl_seconds is not None:
+            message["ttl_seconds"] = ttl_seconds
+        ack = await self.send(message)
+        assert isinstance(ack, Ack)
+        return ack
+
+    async def signal(self, kind: str, peer_id: str, **fields: Any) -> Ack:
+        """An ``offer``, ``answer`` or ``candidate`` for ``peer_id``."""
+        ack = await self.send({"type": kind, "target": peer_id, **fields})
+        assert isinstance(ack, Ack)
+        return ack
+
+    async def discover(self, filters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """The other peers of the room that match ``filters`` (role, tags, properties)."""
+        answer = await self.send({"type": "discover_peers", "filters": dict(filters or {})})
+        return list(answer["peers"])
+
+    async def update_metadata(self, metadata: Mapping[str, Any]) -> None:
+        self.metadata = dict(metadata)
+        await self.send({"type": "update_metadata", "metadata": self.metadata})
+
+    # Receiving -----------------------------------------------------------------------
+
+    async def recv(self) -> dict[str, Any]:
+        """The next message for the application: relayed messages, ``peer_message``,
+        ``broadcast``, room events (``peer_joined``, ``peer_left``, ``metadata_updated``) and
+        ``expired`` notices. Raises SessionLost once the session has ended."""
+        item = await self._inbox.get()
+        if isinstance(item, SignalingError):
+            self._inbox.put_nowait(item)  # every later call raises too
+            raise item
+        return item
+
+    # Lifecycle -----------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Leave the room (a clean close) and stop reconnecting."""
+        self._closing = True
+        if self._ws is not None:
+            await self._ws.close()
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        self._end(SessionLost("CLOSED", "the session is closed"))
+
+    def _start(self, ws: ClientConnection, registered: dict[str, Any]) -> None:
+        self._attach(ws, registered)
+        self._runner = asyncio.get_running_loop().create_task(self._run())
+
+    def _attach(self, ws: ClientConnection, registered: dict[str, Any]) -> None:
+        self._ws = ws
+        self.state.resume_token = registered.get("resume_token")
+        self.state.peers = {p["peer_id"]: p for p in registered.get("peers", [])}
+        self.state.ice_servers = list(registered.get("ice_servers", []))
+        self._connected.set()
+
+    async def _register(self, *, resume: bool) -> tuple[ClientConnection, dict[str, Any]]:
+        ws = await connect(self.url, open_timeout=self.open_timeout, max_size=None)
+        message: dict[str, Any] = {
+            "type": "register",
+            "peer_id": self.state.peer_id,
+            "room_id": self.room.room_id,
+            "token": self.room.token,
+            "id_token": self.identity.id_token,
+            "role": self.role,
+            "metadata": self.metadata,
+        }
+        if resume and self.state.resume_token:
+            message.update(resume_token=self.state.resume_token, last_seq=self.state.last_seq)
+        try:
+            await ws.send(json.dumps(message))
+            while True:  # frames of the old session may not come first: only the answer counts
+                reply = json.loads(await asyncio.wait_for(ws.recv(), self.open_timeout))
+                if reply.get("type") == "registered_auth":
+                    if not resume:
+                        self.state.last_seq = 0
+                    return ws, reply
+                if reply.get("type") == "error" and "seq" not in reply:
+                    raise error_from_frame(reply)
+        except BaseException:
+            await ws.close()
+            raise
+
+    async def _run(self) -> None:
+        while True:
+            ws = self._ws
+            assert ws is not None
+            try:
+                async for frame in ws:
+                    self._dispatch(json.loads(frame))
+            except ConnectionClosed:
+                pass
+            self._connected.clear()
+            if self._closing:
+                return
+            code = ws.close_code
+            if code is not None and code in TERMINAL_CLOSES:
+                self._end(SessionLost(f"CLOSED_{code}", ws.close_reason or ""))
+                return
+            try:
+                await self._reconnect()
+            except SignalingError as exc:
+                self._end(exc)
+                return
+
+    async def _reconnect(self) -> None:
+        """Resume on a new connection (after ``go_away``'s delay, else with backoff), then send
+        again every message without an outcome, in order, with its id."""
+        first_delay, self._reconnect_after = self._reconnect_after, None
+        for attempt in range(self.backoff.attempts):
+            await asyncio.sleep(
+                first_delay if attempt == 0 and first_delay is not None else self.backoff.delay(attempt)
+            )
+            try:
+                ws, registered = await self._register(resume=True)
+            except (OSError, TimeoutError, InvalidHandshake, InvalidStatus, ConnectionClosed):
+                continue  # the relay is not back yet
+            except SignalingError as exc:
+                if exc.code in ("SERVER_BUSY", "STORAGE_UNAVAILABLE", "RATE_LIMITED"):
+                    continue
+                raise  # RESUME_FAILED and the like: the session is over
+            self.state.resumes += 1
+            log.info("signaling session resumed (attempt %d)", attempt + 1)
+            self._attach(ws, registered)
+            for pending in list(self._pending.values()):
+                if not pending.future.done():
+                    await ws.send(json.dumps(pending.message))
+            return
+        raise SessionLost("RECONNECT_FAILED", f"no relay answered after {self.backoff.attempts} attempts")
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        seq = message.pop("seq", None)
+        if seq is not None:
+            if seq <= self.state.last_seq:
+                return  # seen before the drop
+            self.state.last_seq = seq
+        kind = message.get("type")
+        correlation_id = message.get("id")
+        answer = kind in ("ack", "error", "peer_list", "pong") and isinstance(correlation_id, str)
+        pending = self._pending.pop(str(correlation_id), None) if answer else None
+        if kind == "ack" and pending is not None:
+            _settle(pending, Ack(str(correlation_id), bool(message.get("queued"))))
+        elif kind == "error" and pending is not None:
+            _settle(pending, error_from_frame(message))
+        elif kind in ("peer_list", "pong") and pending is not None:
+            _settle(pending, message)
+        elif kind == "go_away":
+            self._reconnect_after = float(message.get("reconnect_after_ms", 0)) / 1000
+        elif kind == "ice_servers":
+            self.state.ice_servers = list(message.get("ice_servers", []))
+        elif kind == "expired":
+            self._inbox.put_nowait(message)
+        else:
+            if kind == "peer_joined" or kind == "metadata_updated":
+                self.state.peers[message["peer_id"]] = {k: v for k, v in message.items() if k != "type"}
+            elif kind == "peer_left":
+                self.state.peers.pop(message.get("peer_id", ""), None)
+            self._inbox.put_nowait(message)
+
+    def _end(self, error: SignalingError) -> None:
+        self._closing = True
+        for pending in self._pending.values():
+            _settle(pending, error)
+        self._pending.clear()
+        self._inbox.put_nowait(error)
+
+
+def _settle(pending: _Pending, outcome: Any) -> None:
+    if pending.future.done():
+        return
+    if isinstance(outcome, BaseException):
+        pending.future.set_exception(outcome)
+    else:
+        pending.future.set_result(outcome)
+
+
+__all__ = ["Ack", "Backoff", "Expired", "Session", "SessionState"]
