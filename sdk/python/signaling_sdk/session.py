@@ -271,6 +271,11 @@ class Session:
             self.state.resumes += 1
             log.info("signaling session resumed (attempt %d)", attempt + 1)
             self._attach(ws, registered)
+            # The replay first: it may answer some of what is pending (an ack sent while the
+            # connection was failing), and those must not be sent again.
+            replayed_to = int(registered.get("last_seq", 0))
+            while self.state.last_seq < replayed_to:
+                self._dispatch(json.loads(await asyncio.wait_for(ws.recv(), self.open_timeout)))
             for pending in list(self._pending.values()):
                 if not pending.future.done():
                     await ws.send(json.dumps(pending.message))
