@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from signaling_shared.errors import PeerIdTaken, PeerNotFound, RoomFull
+from signaling_shared.errors import PeerIdTaken, RoomFull
 from ws_relay.hub import Hub, Member, Owed
 
 
@@ -43,15 +43,15 @@ def seat(hub: Hub, room: str, peer: str, sub: str) -> Member:
     return member
 
 
-def test_route_finds_only_peers_of_the_same_room() -> None:
-    """A message can reach a peer of the sender's room and never one of another room."""
+def test_a_peer_is_found_only_in_its_own_room() -> None:
+    """The relay looks targets up in the sender's room: a peer of another room is not there."""
     hub = Hub(max_peers_per_room=4)
     a = seat(hub, "r1", "a", "s1")
     b = seat(hub, "r1", "b", "s2")
-    seat(hub, "r2", "c", "s3")
-    assert hub.route(a, "b") is b
-    with pytest.raises(PeerNotFound):
-        hub.route(a, "c")
+    c = seat(hub, "r2", "c", "s3")
+    assert hub.get(a.room_id, "b") is b
+    assert hub.get(a.room_id, "c") is None
+    assert hub.in_room("r2") == [c]
 
 
 def test_other_identity_cannot_take_a_live_peer_id() -> None:

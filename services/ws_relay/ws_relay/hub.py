@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from asyncio import TimerHandle
 
-from signaling_shared.errors import PeerIdTaken, PeerNotFound, RoomFull
+from signaling_shared.errors import PeerIdTaken, RoomFull
 
 
 class Link(Protocol):
@@ -213,13 +213,6 @@ class Hub:
 
     def is_current(self, member: Member) -> bool:
         return self._rooms.get(member.room_id, {}).get(member.peer_id) is member
-
-    def route(self, sender: Member, target_peer_id: str) -> Member:
-        """The target in the sender's room; never a peer of another room."""
-        target = self.get(sender.room_id, target_peer_id)
-        if target is None:
-            raise PeerNotFound(f"peer {target_peer_id!r} is not in this room")
-        return target
 
     def in_room(self, room_id: str) -> list[Member]:
         return list(self._rooms.get(room_id, {}).values())
