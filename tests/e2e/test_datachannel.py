@@ -10,7 +10,6 @@ from contextlib import AsyncExitStack
 from functools import partial
 from typing import Any
 
-import aioice.ice
 import pytest
 from aiortc import RTCConfiguration, RTCDataChannel, RTCIceCandidate, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import SessionDescription, candidate_from_sdp, candidate_to_sdp
@@ -22,16 +21,6 @@ pytestmark = pytest.mark.e2e
 
 STATES = ("signalingState", "iceGatheringState", "iceConnectionState", "connectionState")
 CANDIDATE_LINES = ("a=candidate:", "a=end-of-candidates")
-
-
-@pytest.fixture
-def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
-    """aioice gathers 127.0.0.1 only (it skips loopback by default), so WebRTC traffic stays on this host."""
-
-    def loopback_only(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return ["127.0.0.1"] if use_ipv4 else []
-
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", loopback_only)
 
 
 def without_candidates(sdp: str) -> str:

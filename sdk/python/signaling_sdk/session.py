@@ -100,6 +100,8 @@ class Session:
         self._prefix = uuid.uuid4().hex[:12]
         self._pending: dict[str, _Pending] = {}  # by id, in the order sent
         self._inbox: asyncio.Queue[dict[str, Any] | SignalingError] = asyncio.Queue()
+        # offer, answer and candidate: for ``connect``/``accept`` (or ``next_signal``).
+        self._signals: asyncio.Queue[dict[str, Any] | SignalingError] = asyncio.Queue()
         self._ws: ClientConnection | None = None
         self._connected = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
@@ -170,14 +172,14 @@ class Session:
     # Receiving -----------------------------------------------------------------------
 
     async def recv(self) -> dict[str, Any]:
-        """The next message for the application: relayed messages, ``peer_message``,
-        ``broadcast``, room events (``peer_joined``, ``peer_left``, ``metadata_updated``) and
-        ``expired`` notices. Raises SessionLost once the session has ended."""
-        item = await self._inbox.get()
-        if isinstance(item, SignalingError):
-            self._inbox.put_nowait(item)  # every later call raises too
-            raise item
-        return item
+        """The next message for the application: ``peer_message``, ``broadcast``, room events
+        (``peer_joined``, ``peer_left``, ``metadata_updated``) and ``expired`` notices (offers,
+        answers and candidates go to ``next_signal``). Raises SessionLost once the session has ended."""
+        return await _next(self._inbox)
+
+    async def next_signal(self) -> dict[str, Any]:
+        """The next relayed ``offer``, ``answer`` or ``candidate`` (what ``connect`` and ``accept`` read)."""
+        return await _next(self._signals)
 
     # Lifecycle -----------------------------------------------------------------------
 
@@ -304,6 +306,8 @@ class Session:
             self.state.ice_servers = list(message.get("ice_servers", []))
         elif kind == "expired":
             self._inbox.put_nowait(message)
+        elif kind in ("offer", "answer", "candidate"):
+            self._signals.put_nowait(message)
         else:
             if kind == "peer_joined" or kind == "metadata_updated":
                 self.state.peers[message["peer_id"]] = {k: v for k, v in message.items() if k != "type"}
@@ -317,6 +321,15 @@ class Session:
             _settle(pending, error)
         self._pending.clear()
         self._inbox.put_nowait(error)
+        self._signals.put_nowait(error)
+
+
+async def _next(queue: asyncio.Queue[dict[str, Any] | SignalingError]) -> dict[str, Any]:
+    item = await queue.get()
+    if isinstance(item, SignalingError):
+        queue.put_nowait(item)  # every later call raises too
+        raise item
+    return item
 
 
 def _settle(pending: _Pending, outcome: Any) -> None:

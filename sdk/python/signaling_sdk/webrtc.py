@@ -1,0 +1,163 @@
+"""A WebRTC data channel negotiated over a signaling ``Session`` (needs the ``webrtc`` extra: aiortc).
+
+    link = await connect(session, "Worker-1")     # the caller: offers a data channel
+    link = await accept(session)                  # the callee: answers the next offer
+    link.channel.send(b"...")
+
+Descriptions travel without their candidates; every candidate follows as its own
+``candidate`` message (trickle ICE), then the end marker (``candidate: null``). ICE servers
+(STUN, and TURN with the credentials the relay hands out) come from the session unless
+given. One negotiation at a time per session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceCandidate,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.sdp import SessionDescription, candidate_from_sdp, candidate_to_sdp
+
+from signaling_sdk.errors import SignalingError
+from signaling_sdk.session import Session
+
+_CANDIDATE_LINES = ("a=candidate:", "a=end-of-candidates")
+
+
+@dataclass
+class PeerLink:
+    """An open data channel to ``peer_id`` and the peer connection that carries it."""
+
+    peer_id: str
+    pc: RTCPeerConnection
+    channel: RTCDataChannel
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
+class NegotiationFailed(SignalingError):
+    """The peer connection could not be established (NEGOTIATION_FAILED)."""
+
+
+def configuration(ice_servers: Sequence[dict[str, Any]]) -> RTCConfiguration:
+    """aiortc's configuration for the service's ``ice_servers`` entries."""
+    return RTCConfiguration(
+        iceServers=[
+            RTCIceServer(urls=list(entry["urls"]), username=entry.get("username"), credential=entry.get("credential"))
+            for entry in ice_servers
+        ]
+    )
+
+
+async def connect(
+    session: Session, peer_id: str, *, label: str = "data", ice_servers: Sequence[dict[str, Any]] | None = None
+) -> PeerLink:
+    """Offer a data channel to ``peer_id`` and return it once open."""
+    pc = RTCPeerConnection(configuration(session.state.ice_servers if ice_servers is None else ice_servers))
+    try:
+        channel = pc.createDataChannel(label)
+        opened = _opened(channel)
+        await pc.setLocalDescription(await pc.createOffer())
+        await _send_description(session, peer_id, pc)
+        answer = await _next_from(session, peer_id, "answer")
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        await _take_candidates(session, peer_id, pc)
+        await _until_open(pc, opened)
+        return PeerLink(peer_id, pc, channel)
+    except BaseException:
+        await pc.close()
+        raise
+
+
+async def accept(session: Session, *, ice_servers: Sequence[dict[str, Any]] | None = None) -> PeerLink:
+    """Answer the next offer and return the data channel it opens."""
+    offer = await _next_from(session, None, "offer")
+    peer_id = str(offer["sender"])
+    pc = RTCPeerConnection(configuration(session.state.ice_servers if ice_servers is None else ice_servers))
+    try:
+        arrived: asyncio.Future[RTCDataChannel] = asyncio.get_running_loop().create_future()
+        pc.on("datachannel", lambda channel: _resolve(arrived, channel))
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        await _send_description(session, peer_id, pc)
+        await _take_candidates(session, peer_id, pc)
+        channel = await _until_open(pc, arrived)
+        if channel.readyState != "open":
+            await _until_open(pc, _opened(channel))
+        return PeerLink(peer_id, pc, channel)
+    except BaseException:
+        await pc.close()
+        raise
+
+
+def _opened(channel: RTCDataChannel) -> asyncio.Future[RTCDataChannel]:
+    future: asyncio.Future[RTCDataChannel] = asyncio.get_running_loop().create_future()
+    channel.on("open", lambda: _resolve(future, channel))
+    return future
+
+
+def _resolve(future: asyncio.Future[RTCDataChannel], channel: RTCDataChannel) -> None:
+    if not future.done():
+        future.set_result(channel)
+
+
+async def _until_open(pc: RTCPeerConnection, waiting: asyncio.Future[RTCDataChannel]) -> RTCDataChannel:
+    """``waiting``'s channel, or NegotiationFailed if the connection fails first."""
+
+    def changed() -> None:
+        if pc.connectionState in ("failed", "closed") and not waiting.done():
+            waiting.set_exception(NegotiationFailed("NEGOTIATION_FAILED", f"connection {pc.connectionState}"))
+
+    pc.on("connectionstatechange", changed)
+    return await waiting
+
+
+async def _send_description(session: Session, peer_id: str, pc: RTCPeerConnection) -> None:
+    """The local description without candidates, then each candidate, then the end marker."""
+    description = pc.localDescription
+    sdp = "".join(line for line in description.sdp.splitlines(keepends=True) if not line.startswith(_CANDIDATE_LINES))
+    await session.signal(description.type, peer_id, sdp=sdp)
+    for index, media in enumerate(SessionDescription.parse(description.sdp).media):
+        for candidate in media.ice_candidates:
+            init = {
+                "candidate": f"candidate:{candidate_to_sdp(candidate)}",
+                "sdpMid": media.rtp.muxId,
+                "sdpMLineIndex": index,
+            }
+            await session.signal("candidate", peer_id, candidate=init)
+    await session.signal("candidate", peer_id, candidate=None)
+
+
+async def _take_candidates(session: Session, peer_id: str, pc: RTCPeerConnection) -> None:
+    """Add the peer's trickled candidates until its end marker."""
+    while True:
+        message = await _next_from(session, peer_id, "candidate")
+        init = message["candidate"]
+        if init is None:
+            await pc.addIceCandidate(None)
+            return
+        if isinstance(init, dict) and init.get("candidate"):
+            candidate: RTCIceCandidate = candidate_from_sdp(str(init["candidate"]).removeprefix("candidate:"))
+            candidate.sdpMid = init.get("sdpMid")
+            candidate.sdpMLineIndex = init.get("sdpMLineIndex")
+            await pc.addIceCandidate(candidate)
+
+
+async def _next_from(session: Session, peer_id: str | None, kind: str) -> dict[str, Any]:
+    """The next signal of ``kind`` (from ``peer_id`` if given); others are out of turn here."""
+    message = await session.next_signal()
+    if message.get("type") != kind or (peer_id is not None and message.get("sender") != peer_id):
+        raise NegotiationFailed(
+            "NEGOTIATION_FAILED", f"expected {kind} from {peer_id or 'a peer'}, got {message.get('type')}"
+        )
+    return message

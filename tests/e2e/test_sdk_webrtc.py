@@ -1,0 +1,59 @@
+"""Two SDK peers open a data channel through the local stack (trickle ICE over the relay)
+and move a multi-megabyte file whose SHA-256 matches on both ends."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+import pytest
+
+from signaling_sdk import ServiceClient, Session
+from signaling_sdk.webrtc import accept, connect
+from support import TIMEOUT
+
+pytestmark = pytest.mark.e2e
+
+CHUNK = 16 * 1024
+
+
+@pytest.mark.usefixtures("loopback_ice")
+async def test_two_sdk_peers_move_a_file_over_a_data_channel(api: str, relay: str) -> None:
+    payload = os.urandom(3 * 1024 * 1024)
+    async with ServiceClient(api) as service:
+        worker_id, client_id = await service.sign_in(), await service.sign_in()
+        room = await service.create_room(client_id)
+    worker = await Session.open(relay, room, worker_id, "Worker", role="worker")
+    client = await Session.open(relay, room, client_id, "Client", role="client")
+    try:
+        async with asyncio.timeout(6 * TIMEOUT):
+            # No STUN/TURN here: host candidates on loopback (the TURN path has its own test).
+            accepted = asyncio.create_task(accept(worker, ice_servers=[]))
+            client_link = await connect(client, "Worker", label="files", ice_servers=[])
+            worker_link = await accepted
+            assert (worker_link.peer_id, client_link.peer_id) == ("Client", "Worker")
+            assert worker_link.channel.label == "files"
+
+            received: asyncio.Queue[bytes | str] = asyncio.Queue()
+            worker_link.channel.on("message", received.put_nowait)
+            replies: asyncio.Queue[bytes | str] = asyncio.Queue()
+            client_link.channel.on("message", replies.put_nowait)
+            for start in range(0, len(payload), CHUNK):
+                client_link.channel.send(payload[start : start + CHUNK])
+            client_link.channel.send("end")
+
+            digest = hashlib.sha256()
+            size = 0
+            while (chunk := await received.get()) != "end":
+                assert isinstance(chunk, bytes)
+                digest.update(chunk)
+                size += len(chunk)
+            worker_link.channel.send(digest.hexdigest())
+            assert size == len(payload)
+            assert await replies.get() == hashlib.sha256(payload).hexdigest()
+        await client_link.close()
+        await worker_link.close()
+    finally:
+        await client.close()
+        await worker.close()
