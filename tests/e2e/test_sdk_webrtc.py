@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from signaling_sdk import ServiceClient, Session
+from signaling_sdk import Backoff, ServiceClient, Session
 from signaling_sdk.webrtc import accept, connect
 from support import TIMEOUT
 
@@ -52,6 +52,44 @@ async def test_two_sdk_peers_move_a_file_over_a_data_channel(api: str, relay: st
             worker_link.channel.send(digest.hexdigest())
             assert size == len(payload)
             assert await replies.get() == hashlib.sha256(payload).hexdigest()
+        await client_link.close()
+        await worker_link.close()
+    finally:
+        await client.close()
+        await worker.close()
+
+
+@pytest.mark.usefixtures("loopback_ice")
+async def test_a_signaling_socket_cut_mid_negotiation_resumes_and_completes(
+    api: str, relay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's signaling connection fails right after its offer and candidates reached the
+    worker, before the answer: the session resumes, the answer and candidates sent meanwhile
+    are replayed, and the data channel opens."""
+    async with ServiceClient(api) as service:
+        worker_id, client_id = await service.sign_in(), await service.sign_in()
+        room = await service.create_room(client_id)
+    worker = await Session.open(relay, room, worker_id, "Worker")
+    client = await Session.open(relay, room, client_id, "Client", backoff=Backoff(initial=0.05, maximum=0.2))
+    read_signal = client.next_signal
+
+    async def cut_first() -> dict[str, object]:
+        if client.state.resumes == 0 and client._ws is not None:
+            client._ws.transport.abort()  # the network fails under the client
+        return await read_signal()
+
+    monkeypatch.setattr(client, "next_signal", cut_first)
+    try:
+        async with asyncio.timeout(6 * TIMEOUT):
+            accepted = asyncio.create_task(accept(worker, ice_servers=[]))
+            client_link = await connect(client, "Worker", ice_servers=[])
+            worker_link = await accepted
+            assert client.state.resumes == 1
+            pong: asyncio.Queue[bytes | str] = asyncio.Queue()
+            client_link.channel.on("message", pong.put_nowait)
+            worker_link.channel.on("message", lambda message: worker_link.channel.send(f"echo {message}"))
+            client_link.channel.send("ping")
+            assert await pong.get() == "echo ping"
         await client_link.close()
         await worker_link.close()
     finally:
