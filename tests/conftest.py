@@ -15,8 +15,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import aioice.ice
 import pytest
 
+from coturn import coturn_server
 from devstack.stack import StackConfig, StackInfo, StackThread
 from signaling_shared.logging import configure_logging
 from signaling_shared.settings import RelaySettings
@@ -120,3 +122,21 @@ def _collect_garbage() -> Iterator[None]:
     """Collect after each test, so a leaked socket or transport fails the test that leaked it."""
     yield
     gc.collect()
+
+
+@pytest.fixture
+def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aioice gathers 127.0.0.1 only (it skips loopback by default), so WebRTC traffic stays on this host."""
+
+    def loopback_only(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return ["127.0.0.1"] if use_ipv4 else []
+
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", loopback_only)
+
+
+@pytest.fixture(scope="module")
+def turn_server(tmp_path_factory: pytest.TempPathFactory, stack: StackInfo) -> Iterator[str]:
+    """A coturn with the stack's TURN secret, relaying between peers on this host; its TURN URL."""
+    secret = stack.common.turn_secrets[0].get_secret_value()
+    with coturn_server(tmp_path_factory.mktemp("coturn"), [secret], extra=["allow-loopback-peers"]) as (host, port):
+        yield f"turn:{host}:{port}?transport=udp"

@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-from signaling_sdk import Backoff, ServiceClient, Session
+from conftest import RelayFactory
+from signaling_sdk import Ack, Backoff, ServiceClient, Session
 from signaling_sdk.webrtc import accept, connect
 from support import TIMEOUT
 
@@ -63,22 +64,23 @@ async def test_two_sdk_peers_move_a_file_over_a_data_channel(api: str, relay: st
 async def test_a_signaling_socket_cut_mid_negotiation_resumes_and_completes(
     api: str, relay: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The client's signaling connection fails right after its offer and candidates reached the
-    worker, before the answer: the session resumes, the answer and candidates sent meanwhile
-    are replayed, and the data channel opens."""
+    """The client's signaling connection fails after its offer reached the worker and before
+    any candidate did: the session resumes, what the worker sent meanwhile (answer,
+    candidates) is replayed, the client's candidates go out after the resume, and the data
+    channel opens."""
     async with ServiceClient(api) as service:
         worker_id, client_id = await service.sign_in(), await service.sign_in()
         room = await service.create_room(client_id)
     worker = await Session.open(relay, room, worker_id, "Worker")
     client = await Session.open(relay, room, client_id, "Client", backoff=Backoff(initial=0.05, maximum=0.2))
-    read_signal = client.next_signal
+    send_signal = client.signal
 
-    async def cut_first() -> dict[str, object]:
-        if client.state.resumes == 0 and client._ws is not None:
-            client._ws.transport.abort()  # the network fails under the client
-        return await read_signal()
+    async def cut_before_the_first_candidate(kind: str, peer_id: str, **fields: object) -> Ack:
+        if kind == "candidate" and client.state.resumes == 0 and client._ws is not None:
+            client._ws.transport.abort()  # the network fails under the client, its offer delivered
+        return await send_signal(kind, peer_id, **fields)
 
-    monkeypatch.setattr(client, "next_signal", cut_first)
+    monkeypatch.setattr(client, "signal", cut_before_the_first_candidate)
     try:
         async with asyncio.timeout(6 * TIMEOUT):
             accepted = asyncio.create_task(accept(worker, ice_servers=[]))
@@ -95,3 +97,43 @@ async def test_a_signaling_socket_cut_mid_negotiation_resumes_and_completes(
     finally:
         await client.close()
         await worker.close()
+
+
+@pytest.mark.usefixtures("loopback_ice")
+async def test_relay_only_ice_goes_through_turn_with_the_services_credentials(
+    api: str, relay_with: RelayFactory, turn_server: str
+) -> None:
+    """ICE restricted to relay candidates: the data channel opens through a real coturn, with
+    the ephemeral credentials the relay handed out in registered_auth."""
+    async with relay_with(turn_urls=[turn_server], stun_urls=[]) as server, ServiceClient(api) as service:
+        worker_id, client_id = await service.sign_in(), await service.sign_in()
+        room = await service.create_room(client_id)
+        relay_url = f"ws://127.0.0.1:{server.port}"
+        worker = await Session.open(relay_url, room, worker_id, "Worker")
+        client = await Session.open(relay_url, room, client_id, "Client")
+        try:
+            assert [entry["urls"] for entry in client.state.ice_servers] == [[turn_server]]
+            async with asyncio.timeout(8 * TIMEOUT):
+                accepted = asyncio.create_task(accept(worker, relay_only=True))
+                client_link = await connect(client, "Worker", relay_only=True)
+                worker_link = await accepted
+                for link in (client_link, worker_link):
+                    assert link.pc.sctp is not None
+                    ice = link.pc.sctp.transport.transport
+                    assert {c.type for c in ice.iceGatherer.getLocalCandidates()} == {"relay"}
+                payload = os.urandom(256 * 1024)
+                received: asyncio.Queue[bytes | str] = asyncio.Queue()
+                worker_link.channel.on("message", received.put_nowait)
+                for start in range(0, len(payload), CHUNK):
+                    client_link.channel.send(payload[start : start + CHUNK])
+                got = b""
+                while len(got) < len(payload):
+                    chunk = await received.get()
+                    assert isinstance(chunk, bytes)
+                    got += chunk
+                assert hashlib.sha256(got).hexdigest() == hashlib.sha256(payload).hexdigest()
+            await client_link.close()
+            await worker_link.close()
+        finally:
+            await client.close()
+            await worker.close()

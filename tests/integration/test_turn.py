@@ -8,15 +8,8 @@ client (aioice) allocates a relay with the credentials our services hand out.
 from __future__ import annotations
 
 import asyncio
-import os
-import queue
-import shutil
-import socket
-import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +18,7 @@ from aioice.stun import TransactionFailed
 from aioice.turn import create_turn_endpoint
 
 from conftest import RelayFactory
+from coturn import coturn_server
 from devstack.stack import StackInfo
 from signaling_shared.settings import CommonSettings
 from signaling_shared.turn import ice_servers
@@ -35,73 +29,12 @@ pytestmark = pytest.mark.integration
 OLD_SECRET = "an-older-secret-still-accepted-during-rotation"
 
 
-def _free_port() -> int:
-    """A port free for both TCP and UDP (coturn listens on both)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return port
-
-
 @pytest.fixture(scope="module")
 def coturn(tmp_path_factory: pytest.TempPathFactory, stack: StackInfo) -> Iterator[tuple[str, int]]:
     """A coturn on loopback accepting the stack's TURN secret and an older one."""
-    binary = shutil.which("turnserver")
-    if binary is None:
-        if os.environ.get("SIGNALING_REQUIRE_TURN") == "1":
-            pytest.fail("coturn (turnserver) is required here: apt-get install coturn")
-        pytest.skip("coturn is not installed (CI installs it and sets SIGNALING_REQUIRE_TURN=1)")
-    directory = tmp_path_factory.mktemp("coturn")
-    port = _free_port()
     current = stack.common.turn_secrets[0].get_secret_value()
-    config = Path(directory, "turnserver.conf")
-    config.write_text(
-        "\n".join(
-            [
-                "listening-ip=127.0.0.1",
-                "relay-ip=127.0.0.1",
-                f"listening-port={port}",
-                "use-auth-secret",
-                f"static-auth-secret={OLD_SECRET}",
-                f"static-auth-secret={current}",
-                "realm=signaling.test",
-                "no-tls",
-                "no-dtls",
-                "no-cli",
-                "fingerprint",
-                "log-file=stdout",
-                "simple-log",
-                f"pidfile={directory}/turnserver.pid",
-                f"userdb={directory}/turndb",
-            ]
-        )
-    )
-    process = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    assert process.stdout is not None
-    stdout = process.stdout
-
-    def read() -> None:
-        for line in stdout:
-            lines.put(line)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        while "Total General servers" not in lines.get(timeout=6 * TIMEOUT):
-            pass
-        yield "127.0.0.1", port
-    finally:
-        process.terminate()
-        process.wait(timeout=TIMEOUT)
-        stdout.close()
-        reader.join(timeout=TIMEOUT)
+    with coturn_server(tmp_path_factory.mktemp("coturn"), [OLD_SECRET, current]) as address:
+        yield address
 
 
 async def allocate(server: tuple[str, int], username: str, credential: str) -> tuple[str, int]:

@@ -22,6 +22,7 @@ from aiortc import (
     RTCDataChannel,
     RTCIceCandidate,
     RTCIceServer,
+    RTCIceTransportPolicy,
     RTCPeerConnection,
     RTCSessionDescription,
 )
@@ -49,21 +50,29 @@ class NegotiationFailed(SignalingError):
     """The peer connection could not be established (NEGOTIATION_FAILED)."""
 
 
-def configuration(ice_servers: Sequence[dict[str, Any]]) -> RTCConfiguration:
-    """aiortc's configuration for the service's ``ice_servers`` entries."""
+def configuration(ice_servers: Sequence[dict[str, Any]], *, relay_only: bool = False) -> RTCConfiguration:
+    """aiortc's configuration for the service's ``ice_servers`` entries; ``relay_only`` uses
+    TURN relays alone (no host or server-reflexive candidates)."""
     return RTCConfiguration(
         iceServers=[
             RTCIceServer(urls=list(entry["urls"]), username=entry.get("username"), credential=entry.get("credential"))
             for entry in ice_servers
-        ]
+        ],
+        iceTransportPolicy=RTCIceTransportPolicy.RELAY if relay_only else RTCIceTransportPolicy.ALL,
     )
 
 
 async def connect(
-    session: Session, peer_id: str, *, label: str = "data", ice_servers: Sequence[dict[str, Any]] | None = None
+    session: Session,
+    peer_id: str,
+    *,
+    label: str = "data",
+    ice_servers: Sequence[dict[str, Any]] | None = None,
+    relay_only: bool = False,
 ) -> PeerLink:
     """Offer a data channel to ``peer_id`` and return it once open."""
-    pc = RTCPeerConnection(configuration(session.state.ice_servers if ice_servers is None else ice_servers))
+    servers = session.state.ice_servers if ice_servers is None else ice_servers
+    pc = RTCPeerConnection(configuration(servers, relay_only=relay_only))
     try:
         channel = pc.createDataChannel(label)
         opened = _opened(channel)
@@ -79,11 +88,14 @@ async def connect(
         raise
 
 
-async def accept(session: Session, *, ice_servers: Sequence[dict[str, Any]] | None = None) -> PeerLink:
+async def accept(
+    session: Session, *, ice_servers: Sequence[dict[str, Any]] | None = None, relay_only: bool = False
+) -> PeerLink:
     """Answer the next offer and return the data channel it opens."""
     offer = await _next_from(session, None, "offer")
     peer_id = str(offer["sender"])
-    pc = RTCPeerConnection(configuration(session.state.ice_servers if ice_servers is None else ice_servers))
+    servers = session.state.ice_servers if ice_servers is None else ice_servers
+    pc = RTCPeerConnection(configuration(servers, relay_only=relay_only))
     try:
         arrived: asyncio.Future[RTCDataChannel] = asyncio.get_running_loop().create_future()
         pc.on("datachannel", lambda channel: _resolve(arrived, channel))
