@@ -36,11 +36,13 @@ _CANDIDATE_LINES = ("a=candidate:", "a=end-of-candidates")
 
 @dataclass
 class PeerLink:
-    """An open data channel to ``peer_id`` and the peer connection that carries it."""
+    """An open data channel to ``peer_id`` and the peer connection that carries it.
+    ``messages`` has everything received on the channel since it opened (none is missed)."""
 
     peer_id: str
     pc: RTCPeerConnection
     channel: RTCDataChannel
+    messages: asyncio.Queue[str | bytes]
 
     async def close(self) -> None:
         await self.pc.close()
@@ -75,6 +77,7 @@ async def connect(
     pc = RTCPeerConnection(configuration(servers, relay_only=relay_only))
     try:
         channel = pc.createDataChannel(label)
+        messages = _collect(channel)
         opened = _opened(channel)
         await pc.setLocalDescription(await pc.createOffer())
         await _send_description(session, peer_id, pc)
@@ -82,7 +85,7 @@ async def connect(
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
         await _take_candidates(session, peer_id, pc)
         await _until_open(pc, opened)
-        return PeerLink(peer_id, pc, channel)
+        return PeerLink(peer_id, pc, channel, messages)
     except BaseException:
         await pc.close()
         raise
@@ -98,7 +101,13 @@ async def accept(
     pc = RTCPeerConnection(configuration(servers, relay_only=relay_only))
     try:
         arrived: asyncio.Future[RTCDataChannel] = asyncio.get_running_loop().create_future()
-        pc.on("datachannel", lambda channel: _resolve(arrived, channel))
+        messages: asyncio.Queue[str | bytes] = asyncio.Queue()
+
+        def remote_channel(channel: RTCDataChannel) -> None:
+            channel.on("message", messages.put_nowait)  # before anything can arrive on it
+            _resolve(arrived, channel)
+
+        pc.on("datachannel", remote_channel)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())
         await _send_description(session, peer_id, pc)
@@ -106,10 +115,16 @@ async def accept(
         channel = await _until_open(pc, arrived)
         if channel.readyState != "open":
             await _until_open(pc, _opened(channel))
-        return PeerLink(peer_id, pc, channel)
+        return PeerLink(peer_id, pc, channel, messages)
     except BaseException:
         await pc.close()
         raise
+
+
+def _collect(channel: RTCDataChannel) -> asyncio.Queue[str | bytes]:
+    messages: asyncio.Queue[str | bytes] = asyncio.Queue()
+    channel.on("message", messages.put_nowait)
+    return messages
 
 
 def _opened(channel: RTCDataChannel) -> asyncio.Future[RTCDataChannel]:

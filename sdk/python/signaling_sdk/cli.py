@@ -1,0 +1,263 @@
+"""``signaling``: a GPU worker and a client that meet through the service and move a file.
+
+    signaling rooms create                                   # prints room_id and token
+    signaling worker --room ROOM --token TOKEN --out ./received
+    signaling client --room ROOM --token TOKEN --file job.zip --tag gpu
+
+URLs come from --api/--relay or SIGNALING_API_URL/SIGNALING_RELAY_URL, defaulting to the
+local stack (``make dev``). Exit codes: 0 done, 1 the transfer failed its check, 2 the
+service refused (the error code is printed), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from signaling_sdk.errors import SignalingError
+from signaling_sdk.http import Identity, Room, ServiceClient
+from signaling_sdk.session import Session
+
+if TYPE_CHECKING:
+    from signaling_sdk.webrtc import PeerLink
+
+CHUNK = 16 * 1024
+HIGH_WATER = 1024 * 1024  # bytes queued in the data channel before the sender waits
+REPLY_GRACE_SECONDS = 10.0
+console = Console(stderr=True)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="signaling", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--api", default=os.environ.get("SIGNALING_API_URL", "http://127.0.0.1:8001"))
+    parser.add_argument("--relay", default=os.environ.get("SIGNALING_RELAY_URL", "ws://127.0.0.1:8080"))
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    rooms = commands.add_parser("rooms", help="create, show or delete a room").add_subparsers(
+        dest="action", required=True
+    )
+    rooms.add_parser("create", help="sign in and create a room; prints its id, token and your ID token")
+    for action in ("show", "delete"):
+        sub = rooms.add_parser(action, help=f"{action} a room you created")
+        sub.add_argument("room_id")
+        sub.add_argument("--id-token", required=True, help="the ID token `rooms create` printed")
+    commands.add_parser("ice-servers", help="sign in and print STUN/TURN servers with fresh credentials")
+
+    for name in ("worker", "client"):
+        sub = commands.add_parser(name, help=f"run a {name}")
+        sub.add_argument("--room", required=True, help="room id")
+        sub.add_argument("--token", required=True, help="room token")
+        sub.add_argument("--peer-id", default=None)
+    worker = commands.choices["worker"]
+    worker.add_argument("--out", type=Path, default=Path("received"), help="where received files go")
+    worker.add_argument("--tag", action="append", default=[], help="a tag clients can filter on (repeatable)")
+    worker.add_argument("--gpu-name", default=None, help="override what nvidia-smi reports")
+    worker.add_argument("--gpu-memory-mb", type=int, default=None, help="override what nvidia-smi reports")
+    worker.add_argument("--once", action="store_true", help="exit after one file")
+    client = commands.choices["client"]
+    client.add_argument("--file", type=Path, required=True)
+    client.add_argument("--worker", default=None, help="a worker's peer id (else: discover one)")
+    client.add_argument("--tag", action="append", default=[], help="only workers with this tag (repeatable)")
+    client.add_argument("--min-gpu-memory-mb", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return asyncio.run(run(args))
+    except SignalingError as exc:
+        console.print(f"[red]error {exc.code}[/red]: {exc.reason}")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+async def run(args: argparse.Namespace, *, ice_servers: list[dict[str, Any]] | None = None) -> int:
+    """The command in ``args``; ``ice_servers`` overrides the session's (tests)."""
+    async with ServiceClient(args.api) as service:
+        if args.command == "rooms":
+            return await _rooms(service, args)
+        identity = await service.sign_in()
+        if args.command == "ice-servers":
+            print(json.dumps(await service.ice_servers(identity), indent=2))
+            return 0
+    room = Room(args.room, args.token, 0)
+    try:
+        import aiortc  # noqa: F401
+    except ImportError:
+        console.print("[red]worker and client need WebRTC[/red]: pip install 'signaling-sdk[webrtc]'")
+        return 2
+    if args.command == "worker":
+        return await run_worker(args, identity, room, ice_servers)
+    return await run_client(args, identity, room, ice_servers)
+
+
+async def _rooms(service: ServiceClient, args: argparse.Namespace) -> int:
+    if args.action == "create":
+        identity = await service.sign_in()
+        room = await service.create_room(identity)
+        print(
+            json.dumps(
+                {
+                    "room_id": room.room_id,
+                    "token": room.token,
+                    "expires_at": room.expires_at,
+                    "id_token": identity.id_token,
+                }
+            )
+        )
+        return 0
+    identity = Identity(args.id_token, "")
+    if args.action == "show":
+        print(json.dumps(await service.room(identity, args.room_id), indent=2))
+    else:
+        print(json.dumps(await service.delete_room(identity, args.room_id)))
+    return 0
+
+
+async def gpu_facts() -> dict[str, Any]:
+    """What nvidia-smi says of the first GPU, or nothing."""
+    binary = shutil.which("nvidia-smi")
+    if binary is None:
+        return {}
+    process = await asyncio.create_subprocess_exec(
+        binary, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits", stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), 10)
+    except TimeoutError:
+        process.kill()
+        return {}
+    name, _, memory = out.decode().splitlines()[0].partition(",") if out.strip() else ("", "", "")
+    return {"gpu_name": name.strip(), "gpu_memory_mb": int(memory)} if memory.strip().isdigit() else {}
+
+
+async def run_worker(
+    args: argparse.Namespace, identity: Identity, room: Room, ice_servers: list[dict[str, Any]] | None
+) -> int:
+    from signaling_sdk.webrtc import accept
+
+    facts = await gpu_facts()
+    if args.gpu_name is not None:
+        facts["gpu_name"] = args.gpu_name
+    if args.gpu_memory_mb is not None:
+        facts["gpu_memory_mb"] = args.gpu_memory_mb
+    metadata = {"tags": list(args.tag), "properties": facts}
+    peer_id = args.peer_id or f"worker-{identity.username[:8]}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    async with await Session.open(args.relay, room, identity, peer_id, role="worker", metadata=metadata) as session:
+        console.print(f"worker [bold]{peer_id}[/bold] waiting in room {room.room_id} ({metadata})")
+        while True:
+            link = await accept(session, ice_servers=ice_servers)
+            try:
+                await _receive_file(link, args.out)
+            finally:
+                await link.close()
+            if args.once:
+                return 0
+
+
+async def _receive_file(link: PeerLink, out: Path) -> None:
+    messages = link.messages
+    header = json.loads(await messages.get())
+    name = Path(str(header["name"])).name or "received.bin"  # never a path outside ``out``
+    size = int(header["size"])
+    digest = hashlib.sha256()
+    with (out / name).open("wb") as file, _progress() as progress:
+        task = progress.add_task(f"receiving {name}", total=size)
+        while (chunk := await messages.get()) != "end":
+            assert isinstance(chunk, bytes)
+            file.write(chunk)
+            digest.update(chunk)
+            progress.advance(task, len(chunk))
+    closed = asyncio.Event()
+    link.channel.on("close", closed.set)
+    link.channel.send(json.dumps({"sha256": digest.hexdigest()}))
+    console.print(f"received {name} ({size} bytes), sha256 {digest.hexdigest()}")
+    with contextlib.suppress(TimeoutError):  # the client closes once it has read the hash
+        async with asyncio.timeout(REPLY_GRACE_SECONDS):
+            await closed.wait()
+
+
+async def run_client(
+    args: argparse.Namespace, identity: Identity, room: Room, ice_servers: list[dict[str, Any]] | None
+) -> int:
+    from signaling_sdk.webrtc import connect
+
+    data = args.file.read_bytes()
+    expected = hashlib.sha256(data).hexdigest()
+    peer_id = args.peer_id or f"client-{identity.username[:8]}"
+    async with await Session.open(args.relay, room, identity, peer_id, role="client") as session:
+        worker = args.worker or await _find_worker(session, args)
+        console.print(f"sending {args.file.name} ({len(data)} bytes) to {worker}")
+        link = await connect(session, worker, label="file", ice_servers=ice_servers)
+        try:
+            await _send_file(link.channel, args.file.name, data)
+            reply = json.loads(await link.messages.get())
+        finally:
+            await link.close()
+    if reply.get("sha256") != expected:
+        console.print(f"[red]hash mismatch[/red]: sent {expected}, worker wrote {reply.get('sha256')}")
+        return 1
+    console.print(f"[green]verified[/green]: the worker wrote {args.file.name} with sha256 {expected}")
+    return 0
+
+
+async def _find_worker(session: Session, args: argparse.Namespace) -> str:
+    filters: dict[str, Any] = {"role": "worker", "tags": list(args.tag)}
+    if args.min_gpu_memory_mb is not None:
+        filters["properties"] = {"gpu_memory_mb": {"$gte": args.min_gpu_memory_mb}}
+    while True:
+        found = await session.discover(filters)
+        if found:
+            return str(found[0]["peer_id"])
+        console.print("no matching worker in the room yet; waiting for one to join")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(30):
+                while (await session.recv()).get("type") != "peer_joined":
+                    pass
+
+
+async def _send_file(channel: Any, name: str, data: bytes) -> None:
+    drained = asyncio.Event()
+    channel.bufferedAmountLowThreshold = HIGH_WATER // 4
+    channel.on("bufferedamountlow", drained.set)
+    channel.send(json.dumps({"name": name, "size": len(data)}))
+    with _progress() as progress:
+        task = progress.add_task(f"sending {name}", total=len(data))
+        for start in range(0, len(data), CHUNK):
+            while channel.bufferedAmount > HIGH_WATER:
+                drained.clear()
+                await drained.wait()
+            channel.send(data[start : start + CHUNK])
+            progress.advance(task, min(CHUNK, len(data) - start))
+    channel.send("end")
+
+
+def _progress() -> Progress:
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
