@@ -8,7 +8,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -135,20 +135,16 @@ class Peer:
         return message
 
     async def register(self, peer_id: str, room: RoomGrant, user: User) -> dict[str, Any]:
-        await self.send(
-            {
-                "type": "register",
-                "peer_id": peer_id,
-                "room_id": room.room_id,
-                "token": room.token,
-                "id_token": user.id_token,
-            }
-        )
+        await self._send_register(peer_id, room, user)
         reply = await self.expect("registered_auth")
         self.peer_id = peer_id
         return reply
 
     async def register_expecting_error(self, peer_id: str, room: RoomGrant, user: User, code: str) -> None:
+        await self._send_register(peer_id, room, user)
+        await self.expect_error(code)
+
+    async def _send_register(self, peer_id: str, room: RoomGrant, user: User) -> None:
         await self.send(
             {
                 "type": "register",
@@ -158,7 +154,6 @@ class Peer:
                 "id_token": user.id_token,
             }
         )
-        await self.expect_error(code)
 
     async def barrier(self) -> None:
         """Prove nothing else is queued for us: the reply to a probe must come next."""
@@ -266,6 +261,7 @@ class GatedRepository(Repository):
         self.reached = asyncio.Event()
         self.gate = asyncio.Event()
         self.completed: asyncio.Queue[str] = asyncio.Queue()
+        self.deleted: asyncio.Queue[list[str]] = asyncio.Queue()
         self._armed = False
         self._watching = False
         self.fail_with: Exception | None = None
@@ -304,6 +300,12 @@ class GatedRepository(Repository):
         finally:
             self._done("hold_message")
 
+    async def delete_messages(self, room_id: str, keys: Iterable[str]) -> None:
+        """Held messages taken off the table (delivered): each call's keys go to ``deleted``."""
+        keys = list(keys)
+        await super().delete_messages(room_id, keys)
+        self.deleted.put_nowait(keys)
+
     def _done(self, name: str) -> None:
         if self._watching and name == self.held:
             self.completed.put_nowait(name)
@@ -335,6 +337,7 @@ class RelayProcess:
         self.process = process
         self.port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.events: list[dict[str, Any]] = []
+        self._logged = asyncio.Condition()  # notified at every log line read
         self._reader = asyncio.create_task(self._read())
 
     @property
@@ -349,10 +352,23 @@ class RelayProcess:
             except ValueError:
                 continue
             self.events.append(event)
+            async with self._logged:
+                self._logged.notify_all()
             if event.get("event") == "relay_listening" and not self.port.done():
                 self.port.set_result(int(event["port"]))
         if not self.port.done():
             self.port.set_exception(RuntimeError(f"relay exited before listening ({self.process.returncode})"))
+
+    async def logged(self, event: str) -> dict[str, Any]:
+        """The first log line of ``event``, once the relay has written it."""
+
+        def first() -> dict[str, Any] | None:
+            return next((e for e in self.events if e.get("event") == event), None)
+
+        async with asyncio.timeout(TIMEOUT), self._logged:
+            found = await self._logged.wait_for(first)
+        assert found is not None
+        return found
 
     async def wait(self) -> int:
         code = await asyncio.wait_for(self.process.wait(), 4 * TIMEOUT)
@@ -387,14 +403,3 @@ async def relay_process(stack: StackInfo, **overrides: Any) -> AsyncIterator[Rel
         if process.returncode is None:
             process.kill()
         await relay.wait()
-
-
-async def eventually_logged(relay: RelayProcess, event: str) -> dict[str, Any]:
-    """Wait until ``relay`` has logged ``event``; its first such log line."""
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        found = [e for e in relay.events if e.get("event") == event]
-        if found:
-            return found[0]
-        assert time.monotonic() < deadline, f"{event} never logged"
-        await asyncio.sleep(0.05)

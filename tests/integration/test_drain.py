@@ -18,7 +18,6 @@ from support import (
     User,
     create_room,
     drop,
-    eventually_logged,
     peer_ids_in_table,
     relay_process,
     resume,
@@ -44,7 +43,7 @@ async def test_peers_resume_on_the_next_process_after_a_sigterm_losing_nothing(a
         await a.send({"type": "peer_message", "to_peer_id": "B", "payload": "before"})
         assert (await b.expect("peer_message"))["payload"] == "before"
         await drop(b)
-        await eventually_logged(first, "peer_detached")  # the relay has seen B go
+        await first.logged("peer_detached")  # the relay has seen B go
         for i in range(3):
             await a.send({"type": "peer_message", "to_peer_id": "B", "payload": i, "id": f"m{i}"})
         await a.barrier()  # taken in, not acked
@@ -103,7 +102,7 @@ async def test_a_message_that_expires_while_its_sender_moves_is_reported_after_i
         assert await first.wait() == 0
     async with relay_process(stack) as second:
         b2, _ = await resume(b, second.url, room, b_user)  # loads the room's held messages here
-        await eventually_logged(second, "expired_sender_absent")
+        await second.logged("expired_sender_absent")
         a2, _ = await resume(a, second.url, room, a_user)
         assert await a2.expect("expired") == {"type": "expired", "id": "g", "to_peer_id": "Ghost"}
         await a2.barrier()
@@ -145,7 +144,7 @@ async def _drained_with_three_owed_to_b(api: str, stack: StackInfo, **overrides:
         await b.register("B", room, b_user)
         await a.expect("peer_joined")
         await drop(b)
-        await eventually_logged(first, "peer_detached")  # the relay has seen B go
+        await first.logged("peer_detached")  # the relay has seen B go
         for i in range(3):
             await a.send({"type": "peer_message", "to_peer_id": "B", "payload": i, "id": f"m{i}"})
         await a.barrier()

@@ -4,8 +4,6 @@ the peer registers, expired otherwise, bounded; and none lost when the relay pro
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -28,23 +26,13 @@ async def held(stack: StackInfo, room_id: str) -> list[QueuedMessage]:
     return await repository(stack).held_messages(room_id)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    """Wait until ``check`` holds (state another process or task writes), or fail."""
-    deadline = time.monotonic() + TIMEOUT
-    while not await check():
-        assert time.monotonic() < deadline, "condition never held"
-        await asyncio.sleep(0.05)
-
-
-async def test_messages_for_a_peer_not_yet_here_arrive_in_order_when_it_registers(
-    api: str, relay_with: RelayFactory, stack: StackInfo
-) -> None:
+async def test_messages_for_a_peer_not_yet_here_arrive_in_order_when_it_registers(api: str, stack: StackInfo) -> None:
     """A client dials a worker that is still booting: offer, candidates and an app message are
     acked as queued, stored, and delivered in order (sender stamped, no id or ttl) at its
     registration; then taken off the table."""
     client_user, worker_user = await sign_in(api), await sign_in(api)
     room = await create_room(api, client_user)
-    async with relay_with() as server:
+    async with gated_relay(stack, "nothing gated") as (server, gated):
         client = await Peer.connect(url(server))
         await client.register("Client", room, client_user)
         sent: list[dict[str, Any]] = [
@@ -79,10 +67,8 @@ async def test_messages_for_a_peer_not_yet_here_arrive_in_order_when_it_register
         }
         assert (await client.expect("peer_joined"))["peer_id"] == "Worker"
 
-        async def table_empty() -> bool:
-            return not await held(stack, room.room_id)
-
-        await eventually(table_empty)  # the worker confirmed receipt
+        assert len(await asyncio.wait_for(gated.deleted.get(), TIMEOUT)) == 4  # the worker confirmed receipt
+        assert await held(stack, room.room_id) == []
         await client.send({"type": "peer_message", "to_peer_id": "Worker", "payload": "live", "id": 5})
         assert (await worker.expect("peer_message"))["payload"] == "live"  # nothing held comes twice
         assert await client.expect("ack") == {"type": "ack", "id": 5, "queued": False}
@@ -184,10 +170,8 @@ async def test_a_message_held_while_its_target_registers_is_delivered_once(api: 
         assert (await target.expect("peer_message"))["payload"] == "racing"
         assert await sender.expect("ack") == {"type": "ack", "id": "r", "queued": True}
 
-        async def table_empty() -> bool:
-            return not await held(stack, room.room_id)
-
-        await eventually(table_empty)
+        assert len(await asyncio.wait_for(gated.deleted.get(), TIMEOUT)) == 1
+        assert await held(stack, room.room_id) == []
         await target.barrier()
         await sender.barrier()
         for peer in (sender, target):
@@ -241,9 +225,7 @@ async def test_a_relay_killed_and_restarted_loses_no_accepted_message(api: str, 
         assert (await b.expect("peer_joined"))["peer_id"] == "A"
         await a2.barrier()  # a new session: nothing owed to the old one comes to it
 
-        async def table_empty() -> bool:
-            return not await held(stack, room.room_id)
-
-        await eventually(table_empty)
+        await second.logged("held_removed")  # B confirmed receipt
+        assert await held(stack, room.room_id) == []
         for peer in (a2, b):
             await peer.close()

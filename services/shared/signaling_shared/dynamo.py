@@ -325,9 +325,22 @@ class Repository:
         deletion cannot leave an entry behind. NotFound: the room is gone or expired;
         ConditionFailed: the peer id is live in this room under another identity.
         """
+        await self._put_peer_in_live_room(
+            "claim_peer",
+            peer,
+            now=now,
+            condition="attribute_not_exists(peer_id) OR owner_sub = :sub OR expires_at <= :now",
+            values={":sub": _s(peer.owner_sub), ":now": _n(now)},
+        )
+
+    async def _put_peer_in_live_room(
+        self, operation: str, peer: PeerRecord, *, now: int, condition: str, values: dict[str, Any]
+    ) -> None:
+        """Put ``peer``'s entry under ``condition``, in one transaction with a check that its
+        room exists and has not expired. NotFound: the room failed; ConditionFailed: the entry."""
         try:
             await self._call(
-                "claim_peer",
+                operation,
                 self._client.transact_write_items,
                 TransactItems=[
                     self._room_check(
@@ -337,17 +350,15 @@ class Repository:
                         "Put": {
                             "TableName": self.peers_table,
                             "Item": _peer_item(peer),
-                            "ConditionExpression": (
-                                "attribute_not_exists(peer_id) OR owner_sub = :sub OR expires_at <= :now"
-                            ),
-                            "ExpressionAttributeValues": {":sub": _s(peer.owner_sub), ":now": _n(now)},
+                            "ConditionExpression": condition,
+                            "ExpressionAttributeValues": values,
                         }
                     },
                 ],
             )
         except ConditionFailed as exc:
             if exc.reasons[:1] == ("ConditionalCheckFailed",):
-                raise NotFound("room is gone or expired", operation="claim_peer") from exc
+                raise NotFound("room is gone or expired", operation=operation) from exc
             raise
 
     async def refresh_peer(self, room_id: str, peer_id: str, connection_id: str, expires_at: int) -> None:
@@ -656,28 +667,13 @@ class Repository:
         """Write ``peer`` over the saved session's entry, if it is still that one (one resume
         wins); the saved session is gone with it. NotFound: the room is gone or expired;
         ConditionFailed: the entry changed (resumed or registered elsewhere)."""
-        try:
-            await self._call(
-                "take_session",
-                self._client.transact_write_items,
-                TransactItems=[
-                    self._room_check(
-                        peer.room_id, "attribute_exists(room_id) AND expires_at > :now", {":now": _n(now)}
-                    ),
-                    {
-                        "Put": {
-                            "TableName": self.peers_table,
-                            "Item": _peer_item(peer),
-                            "ConditionExpression": "connection_id = :cid AND attribute_exists(saved_session)",
-                            "ExpressionAttributeValues": {":cid": _s(saved.peer.connection_id)},
-                        }
-                    },
-                ],
-            )
-        except ConditionFailed as exc:
-            if exc.reasons[:1] == ("ConditionalCheckFailed",):
-                raise NotFound("room is gone or expired", operation="take_session") from exc
-            raise
+        await self._put_peer_in_live_room(
+            "take_session",
+            peer,
+            now=now,
+            condition="connection_id = :cid AND attribute_exists(saved_session)",
+            values={":cid": _s(saved.peer.connection_id)},
+        )
         await self.delete_session_frames(saved)
 
     def _batch_delete(self, table: str, keys: list[dict[str, Any]]) -> None:

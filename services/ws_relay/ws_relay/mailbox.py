@@ -225,6 +225,7 @@ class Mailbox:
         for attempt in range(DELETE_ATTEMPTS):
             try:
                 await self.repository.delete_messages(room_id, keys)
+                log.info("held_removed", room_id=room_id, count=len(keys))
                 return
             except RepositoryError as exc:
                 log.warning("held_delete_failed", room_id=room_id, count=len(keys), error=type(exc).__name__)

@@ -657,22 +657,7 @@ class RelayService:
         self._confirmed(member, message.last_seq)  # the client says it has these
         structlog.contextvars.bind_contextvars(room_id=member.room_id, peer_id=member.peer_id)
         log.info("peer_resumed", replayed=len(missed))
-        session.link.send(
-            protocol.registered_auth(
-                member.room_id,
-                message.token,
-                member.peer_id,
-                peers=[self._view(other) for other in self.hub.others(member)],
-                ice=self._ice(member, now),
-                resume_token=resume_token,
-                correlation_id=message.id,
-                resumed=True,
-                last_seq=member.seq,
-            ),
-            replay=True,
-        )
-        for seq, frame in missed:
-            session.link.send(frame, seq=seq, replay=True)
+        self._send_resumed(session, member, message, resume_token, missed, now)
         return "resumed"
 
     async def _resume_saved(self, session: Session, message: protocol.Register, sub: str) -> str:
@@ -759,6 +744,20 @@ class RelayService:
         self._confirmed(member, message.last_seq)
         structlog.contextvars.bind_contextvars(room_id=member.room_id, peer_id=member.peer_id)
         log.info("peer_resumed", replayed=len(missed), saved=True)
+        self._send_resumed(session, member, message, resume_token, missed, now)
+        await self._open_inbox(member)
+        return "resumed"
+
+    def _send_resumed(
+        self,
+        session: Session,
+        member: Member,
+        message: protocol.Register,
+        resume_token: str,
+        missed: list[tuple[int, str]],
+        now: float,
+    ) -> None:
+        """``registered_auth`` (resumed) and then every frame the client missed, in order."""
         session.link.send(
             protocol.registered_auth(
                 member.room_id,
@@ -775,8 +774,6 @@ class RelayService:
         )
         for seq, frame in missed:
             session.link.send(frame, seq=seq, replay=True)
-        await self._open_inbox(member)
-        return "resumed"
 
     async def _settle_if_taken(self, saved: SavedSession, connection_id: str) -> None:
         """After a failed take of ``saved``: if the write landed after all, end the session."""
