@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import queue
 import shutil
-import socket
 import subprocess
 import threading
 from collections.abc import Iterator, Sequence
@@ -14,21 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support import TIMEOUT
-
-
-def _free_port() -> int:
-    """A port free for both TCP and UDP (coturn listens on both)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return port
+from support import TIMEOUT, free_port
 
 
 @contextmanager
@@ -39,7 +24,7 @@ def coturn_server(directory: Path, secrets: list[str], *, extra: Sequence[str] =
         if os.environ.get("SIGNALING_REQUIRE_TURN") == "1":
             pytest.fail("coturn (turnserver) is required here: apt-get install coturn")
         pytest.skip("coturn is not installed (CI installs it and sets SIGNALING_REQUIRE_TURN=1)")
-    port = _free_port()
+    port = free_port()
     config = Path(directory, "turnserver.conf")
     config.write_text(
         "\n".join(

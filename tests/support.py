@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,21 @@ GENEROUS_LIMITS: dict[str, Any] = {
     # Test relays stop often, mostly with peers still connected: a short drain.
     "drain_seconds": 0.2,
 }
+
+
+def free_port() -> int:
+    """A loopback port free for both TCP and UDP, for servers that cannot listen on port 0
+    and say which port they got (coturn, Caddy). Another program may take it first: rare."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = int(tcp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+        return port
 
 
 # One timeout unit, scaled for slow machines (SIGNALING_TEST_TIMEOUT_FACTOR=3 on a busy box).
@@ -329,20 +345,27 @@ async def gated_relay(
         await server.stop()
 
 
-class RelayProcess:
-    """``python -m ws_relay.main`` in its own process on port 0, on the stack's tables: for
-    tests that kill it (SIGKILL) or stop it (SIGTERM) as an operator or a crash would."""
+class ServiceProcess:
+    """A service (``python -m <module>``) in its own process on port 0, on the stack's tables:
+    for tests that kill it (SIGKILL) or stop it (SIGTERM) as an operator or a crash would,
+    and for the stack run as deployed (one process per service)."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, listening: str, scheme: str) -> None:
         self.process = process
+        self.scheme = scheme
         self.port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.events: list[dict[str, Any]] = []
+        self._listening = listening
         self._logged = asyncio.Condition()  # notified at every log line read
         self._reader = asyncio.create_task(self._read())
 
     @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port.result()}"
+
+    @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port.result()}"
+        return f"{self.scheme}://{self.address}"
 
     async def _read(self) -> None:
         assert self.process.stdout is not None
@@ -354,10 +377,10 @@ class RelayProcess:
             self.events.append(event)
             async with self._logged:
                 self._logged.notify_all()
-            if event.get("event") == "relay_listening" and not self.port.done():
+            if event.get("event") == self._listening and not self.port.done():
                 self.port.set_result(int(event["port"]))
         if not self.port.done():
-            self.port.set_exception(RuntimeError(f"relay exited before listening ({self.process.returncode})"))
+            self.port.set_exception(RuntimeError(f"service exited before listening ({self.process.returncode})"))
 
     async def logged(self, event: str) -> dict[str, Any]:
         """The first log line of ``event``, once the relay has written it."""
@@ -386,20 +409,33 @@ def process_env(settings: CommonSettings, **overrides: Any) -> dict[str, str]:
     return env
 
 
+# Each service's module, the log event that says its port, and its URL scheme.
+SERVICE_MODULES = {
+    "auth-api": ("auth_api.main", "api_listening", "http"),
+    "rooms-api": ("rooms_api.main", "api_listening", "http"),
+    "ws-relay": ("ws_relay.main", "relay_listening", "ws"),
+}
+
+
 @asynccontextmanager
-async def relay_process(stack: StackInfo, **overrides: Any) -> AsyncIterator[RelayProcess]:
+async def service_process(stack: StackInfo, service: str, **overrides: Any) -> AsyncIterator[ServiceProcess]:
+    module, listening, scheme = SERVICE_MODULES[service]
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "ws_relay.main",
+        module,
         env=process_env(stack.common, port=0, **overrides),
         stdout=asyncio.subprocess.PIPE,
     )
-    relay = RelayProcess(process)
+    running = ServiceProcess(process, listening, scheme)
     try:
-        await asyncio.wait_for(asyncio.shield(relay.port), 6 * TIMEOUT)
-        yield relay
+        await asyncio.wait_for(asyncio.shield(running.port), 6 * TIMEOUT)
+        yield running
     finally:
         if process.returncode is None:
             process.kill()
-        await relay.wait()
+        await running.wait()
+
+
+def relay_process(stack: StackInfo, **overrides: Any) -> AbstractAsyncContextManager[ServiceProcess]:
+    return service_process(stack, "ws-relay", **overrides)

@@ -13,8 +13,8 @@ import pytest
 from devstack.stack import StackInfo
 from support import (
     Peer,
-    RelayProcess,
     RoomGrant,
+    ServiceProcess,
     User,
     create_room,
     drop,
@@ -161,7 +161,7 @@ class DrainedRoom:
     a_user: User
     b: Peer
     b_user: User
-    second: RelayProcess
+    second: ServiceProcess
     stack_exit: contextlib.AsyncExitStack
 
 

@@ -5,7 +5,8 @@
     signaling client --room ROOM --token TOKEN --file job.zip --tag gpu
 
 URLs come from --api/--relay or SIGNALING_API_URL/SIGNALING_RELAY_URL, defaulting to the
-local stack (``make dev``). Exit codes: 0 done, 1 the transfer failed its check, 2 the
+local stack (``make dev``); behind the edge they are https://HOST and wss://HOST (with
+--ca-file or SIGNALING_CA_FILE for a private CA). Exit codes: 0 done, 1 the transfer failed its check, 2 the
 service refused (the error code is printed), 130 interrupted.
 """
 
@@ -18,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +47,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--api", default=os.environ.get("SIGNALING_API_URL", "http://127.0.0.1:8001"))
     parser.add_argument("--relay", default=os.environ.get("SIGNALING_RELAY_URL", "ws://127.0.0.1:8080"))
+    parser.add_argument(
+        "--ca-file",
+        type=Path,
+        default=os.environ.get("SIGNALING_CA_FILE") or None,
+        help="trust this CA for https/wss too (e.g. Caddy's local CA: EDGE_TLS=internal)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     rooms = commands.add_parser("rooms", help="create, show or delete a room").add_subparsers(
@@ -89,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def run(args: argparse.Namespace, *, ice_servers: list[dict[str, Any]] | None = None) -> int:
     """The command in ``args``; ``ice_servers`` overrides the session's (tests)."""
-    async with ServiceClient(args.api) as service:
+    args.ssl = ssl.create_default_context(cafile=args.ca_file) if args.ca_file else None
+    async with ServiceClient(args.api, ssl=args.ssl) as service:
         if args.command == "rooms":
             return await _rooms(service, args)
         identity = await service.sign_in()
@@ -160,7 +169,9 @@ async def run_worker(
     metadata = {"tags": list(args.tag), "properties": facts}
     peer_id = args.peer_id or f"worker-{identity.username[:8]}"
     args.out.mkdir(parents=True, exist_ok=True)
-    async with await Session.open(args.relay, room, identity, peer_id, role="worker", metadata=metadata) as session:
+    async with await Session.open(
+        args.relay, room, identity, peer_id, role="worker", metadata=metadata, ssl=args.ssl
+    ) as session:
         console.print(f"worker [bold]{peer_id}[/bold] waiting in room {room.room_id} ({metadata})")
         while True:
             link = await accept(session, ice_servers=ice_servers)
@@ -202,7 +213,7 @@ async def run_client(
     data = args.file.read_bytes()
     expected = hashlib.sha256(data).hexdigest()
     peer_id = args.peer_id or f"client-{identity.username[:8]}"
-    async with await Session.open(args.relay, room, identity, peer_id, role="client") as session:
+    async with await Session.open(args.relay, room, identity, peer_id, role="client", ssl=args.ssl) as session:
         worker = args.worker or await _find_worker(session, args)
         console.print(f"sending {args.file.name} ({len(data)} bytes) to {worker}")
         link = await connect(session, worker, label="file", ice_servers=ice_servers)

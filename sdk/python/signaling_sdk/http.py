@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Any
 
 import httpx
@@ -26,10 +27,19 @@ class Room:
 
 
 class ServiceClient:
-    """The HTTP APIs at ``api_url`` (``make dev``: http://127.0.0.1:8001)."""
+    """The HTTP APIs at ``api_url`` (``make dev``: http://127.0.0.1:8001; behind the edge:
+    its https URL). ``ssl``: the TLS context to verify the edge with (e.g. trusting a
+    private CA: ``ssl.create_default_context(cafile=...)``); default, the public CAs."""
 
-    def __init__(self, api_url: str, *, timeout: float = 10.0, client: httpx.AsyncClient | None = None) -> None:
-        self._client = client or httpx.AsyncClient(base_url=api_url, timeout=timeout)
+    def __init__(
+        self,
+        api_url: str,
+        *,
+        timeout: float = 10.0,
+        ssl: SSLContext | None = None,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._client = client or httpx.AsyncClient(base_url=api_url, timeout=timeout, verify=ssl or True)
 
     async def __aenter__(self) -> ServiceClient:
         return self
@@ -65,7 +75,8 @@ class ServiceClient:
         try:
             response = await self._client.request(method, path, headers=headers)
         except httpx.HTTPError as exc:
-            raise error_from("SERVER_BUSY", f"{method} {path}: {type(exc).__name__}") from exc
+            # Unreachable, timed out, or TLS refused (e.g. CERTIFICATE_VERIFY_FAILED): say which.
+            raise error_from("SERVER_BUSY", f"{method} {path}: {type(exc).__name__}: {exc}") from exc
         if response.is_success:
             body = response.json()
             if not isinstance(body, dict):

@@ -23,6 +23,7 @@ import random
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -87,8 +88,12 @@ class Session:
         metadata: Mapping[str, Any] | None = None,
         backoff: Backoff | None = None,
         open_timeout: float = 10.0,
+        ssl: SSLContext | None = None,
     ) -> None:
+        """``url``: the relay (``ws://`` or, behind the edge, ``wss://``); ``ssl``: the TLS
+        context to verify a ``wss`` URL with (default: the system's CAs)."""
         self.url = url
+        self.ssl = ssl
         self.room = room
         self.identity = identity
         self.role = role
@@ -206,7 +211,8 @@ class Session:
         self._connected.set()
 
     async def _register(self, *, resume: bool) -> tuple[ClientConnection, dict[str, Any]]:
-        ws = await connect(self.url, open_timeout=self.open_timeout, max_size=None)
+        tls: dict[str, Any] = {"ssl": self.ssl} if self.ssl is not None else {}
+        ws = await connect(self.url, open_timeout=self.open_timeout, max_size=None, **tls)
         message: dict[str, Any] = {
             "type": "register",
             "peer_id": self.state.peer_id,

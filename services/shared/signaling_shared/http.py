@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -261,10 +262,18 @@ def uvicorn_config(app: ASGIApp, settings: CommonSettings, port: int) -> uvicorn
 
 
 def serve(app: FastAPI, settings: CommonSettings, port: int) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM; uvicorn drains in-flight requests first."""
+    """Serve ``app`` until SIGINT/SIGTERM; uvicorn drains in-flight requests first.
+
+    The socket is bound here, so the port it got (``port`` 0: any free one) is logged as
+    ``api_listening``; a connection made from then on waits in the backlog until uvicorn
+    accepts it."""
 
     async def run() -> None:
         use_io_threads(asyncio.get_running_loop(), settings)
-        await uvicorn.Server(uvicorn_config(app, settings, port)).serve()
+        family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+        with socket.create_server((settings.host, port), family=family) as sock:
+            bound = sock.getsockname()
+            log.info("api_listening", service=app.title, host=bound[0], port=bound[1])
+            await uvicorn.Server(uvicorn_config(app, settings, port)).serve(sockets=[sock])
 
     asyncio.run(run())
