@@ -4,13 +4,19 @@ that ICE stays on loopback)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import os
 from pathlib import Path
 
 import pytest
 
 from cli_checks import cli_transfer
 from conftest import RelayFactory
-from signaling_sdk import cli
+from signaling_sdk import Room, ServiceClient, Session, cli
+from signaling_sdk.webrtc import ChannelClosed, connect
+from support import TIMEOUT
 
 pytestmark = pytest.mark.e2e
 
@@ -27,3 +33,51 @@ def test_a_refusal_exits_2_with_the_error_code(capsys: pytest.CaptureFixture[str
     """Nothing listens on port 9: the CLI says which code it got and exits 2."""
     assert cli.main(["--api", "http://127.0.0.1:9", "ice-servers"]) == 2
     assert "SERVER_BUSY" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("loopback_ice")
+async def test_a_worker_refuses_bad_transfers_and_serves_the_next_client(
+    api: str, relay_with: RelayFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A client that sends no file header, and one that leaves mid-file, fail their own
+    transfers only: the worker keeps no partial file and serves the next client."""
+    async with relay_with(stun_urls=[], turn_urls=[]) as server:
+        relay = f"ws://127.0.0.1:{server.port}"
+        common = ["--api", api, "--relay", relay]
+        assert await cli.run(cli.parse_args([*common, "rooms", "create"])) == 0
+        grant = json.loads(capsys.readouterr().out)
+        where = ["--room", grant["room_id"], "--token", grant["token"]]
+        out = tmp_path / "received"
+        worker = asyncio.create_task(
+            cli.run(cli.parse_args([*common, "worker", *where, "--peer-id", "W", "--out", str(out)]))
+        )
+        async with ServiceClient(api) as service:
+            identity = await service.sign_in()
+        room = Room(grant["room_id"], grant["token"], 0)
+        try:
+            async with asyncio.timeout(8 * TIMEOUT), await Session.open(relay, room, identity, "bad") as bad:
+                link = await connect(bad, "W", ice_servers=[])
+                link.channel.send("not a header")
+                with pytest.raises(ChannelClosed):  # the worker refused it and closed the channel
+                    await link.recv()
+                await link.close()
+
+                link = await connect(bad, "W", ice_servers=[])
+                link.channel.send(json.dumps({"name": "cut.bin", "size": 10}))
+                link.channel.send(b"12345")
+                await link.close()  # gone with half the file sent
+
+                job = tmp_path / "job.bin"
+                job.write_bytes(os.urandom(256 * 1024))
+                client = [*common, "client", *where, "--file", str(job), "--worker", "W"]
+                assert await cli.run(cli.parse_args(client)) == 0
+            assert not worker.done()
+            assert sorted(p.name for p in out.iterdir()) == ["job.bin"]
+            assert (out / "job.bin").read_bytes() == job.read_bytes()
+            errors = capsys.readouterr().err
+            assert "transfer failed (BAD_TRANSFER)" in errors
+            assert "transfer failed (CHANNEL_CLOSED)" in errors
+        finally:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker

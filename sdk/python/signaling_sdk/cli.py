@@ -159,7 +159,7 @@ async def gpu_facts() -> dict[str, Any]:
 async def run_worker(
     args: argparse.Namespace, identity: Identity, room: Room, ice_servers: list[dict[str, Any]] | None
 ) -> int:
-    from signaling_sdk.webrtc import accept
+    from signaling_sdk.webrtc import ChannelClosed, NegotiationFailed, accept
 
     facts = await gpu_facts()
     if args.gpu_name is not None:
@@ -174,35 +174,62 @@ async def run_worker(
     ) as session:
         console.print(f"worker [bold]{peer_id}[/bold] waiting in room {room.room_id} ({metadata})")
         while True:
-            link = await accept(session, ice_servers=ice_servers)
             try:
-                await _receive_file(link, args.out)
-            finally:
-                await link.close()
+                link = await accept(session, ice_servers=ice_servers)
+                try:
+                    await _receive_file(link, args.out)
+                finally:
+                    await link.close()
+            except (TransferRefused, NegotiationFailed, ChannelClosed) as exc:
+                # One client's failure: tell the person running the worker, serve the next.
+                console.print(f"[yellow]transfer failed[/yellow] ({exc.code}): {exc.reason}")
+                if args.once:
+                    return 1
+                continue
             if args.once:
                 return 0
 
 
+class TransferRefused(SignalingError):
+    """What a client sent over the data channel is not a file transfer (BAD_TRANSFER)."""
+
+
+def _header(raw: str | bytes) -> tuple[str, int]:
+    try:
+        header = json.loads(raw)
+        name, size = header["name"], header["size"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise TransferRefused("BAD_TRANSFER", f"the first message is not a file header: {exc}") from exc
+    if not isinstance(name, str) or not isinstance(size, int) or size < 0:
+        raise TransferRefused("BAD_TRANSFER", "the header needs a string name and a size >= 0")
+    return Path(name).name or "received.bin", size  # never a path outside ``out``
+
+
 async def _receive_file(link: PeerLink, out: Path) -> None:
-    messages = link.messages
-    header = json.loads(await messages.get())
-    name = Path(str(header["name"])).name or "received.bin"  # never a path outside ``out``
-    size = int(header["size"])
+    name, size = _header(await link.recv())
     digest = hashlib.sha256()
-    with (out / name).open("wb") as file, _progress() as progress:
-        task = progress.add_task(f"receiving {name}", total=size)
-        while (chunk := await messages.get()) != "end":
-            assert isinstance(chunk, bytes)
-            file.write(chunk)
-            digest.update(chunk)
-            progress.advance(task, len(chunk))
-    closed = asyncio.Event()
-    link.channel.on("close", closed.set)
+    received = 0
+    partial = out / f".{name}.part"  # renamed to ``name`` once complete, removed if not
+    try:
+        with partial.open("wb") as file, _progress() as progress:
+            task = progress.add_task(f"receiving {name}", total=size)
+            while (chunk := await link.recv()) != "end":
+                if not isinstance(chunk, bytes) or received + len(chunk) > size:
+                    raise TransferRefused("BAD_TRANSFER", f"{name}: more than the {size} bytes announced, or text")
+                file.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                progress.advance(task, len(chunk))
+        if received != size:
+            raise TransferRefused("BAD_TRANSFER", f"{name}: {received} of the {size} bytes announced")
+        partial.replace(out / name)
+    finally:
+        partial.unlink(missing_ok=True)
     link.channel.send(json.dumps({"sha256": digest.hexdigest()}))
     console.print(f"received {name} ({size} bytes), sha256 {digest.hexdigest()}")
     with contextlib.suppress(TimeoutError):  # the client closes once it has read the hash
         async with asyncio.timeout(REPLY_GRACE_SECONDS):
-            await closed.wait()
+            await link.closed.wait()
 
 
 async def run_client(
@@ -219,7 +246,7 @@ async def run_client(
         link = await connect(session, worker, label="file", ice_servers=ice_servers)
         try:
             await _send_file(link.channel, args.file.name, data)
-            reply = json.loads(await link.messages.get())
+            reply = json.loads(await link.recv())
         finally:
             await link.close()
     if reply.get("sha256") != expected:

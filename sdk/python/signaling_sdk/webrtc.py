@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import (
@@ -34,22 +34,55 @@ from signaling_sdk.session import Session
 _CANDIDATE_LINES = ("a=candidate:", "a=end-of-candidates")
 
 
+class NegotiationFailed(SignalingError):
+    """The peer connection could not be established (NEGOTIATION_FAILED)."""
+
+
+class ChannelClosed(SignalingError):
+    """The data channel closed, or its connection failed, before the message came (CHANNEL_CLOSED)."""
+
+
 @dataclass
 class PeerLink:
     """An open data channel to ``peer_id`` and the peer connection that carries it.
-    ``messages`` has everything received on the channel since it opened (none is missed)."""
+    ``messages`` has everything received on the channel since it opened (none is missed);
+    ``closed`` is set once the channel closes or the connection fails."""
 
     peer_id: str
     pc: RTCPeerConnection
     channel: RTCDataChannel
     messages: asyncio.Queue[str | bytes]
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.channel.on("close", self.closed.set)
+
+        def changed() -> None:
+            if self.pc.connectionState in ("failed", "closed"):
+                self.closed.set()
+
+        self.pc.on("connectionstatechange", changed)
+        if self.channel.readyState == "closed":
+            self.closed.set()
+
+    async def recv(self) -> str | bytes:
+        """The next message; ``ChannelClosed`` once the channel has closed and none is left."""
+        if self.messages.empty() and not self.closed.is_set():
+            message = asyncio.ensure_future(self.messages.get())
+            closing = asyncio.ensure_future(self.closed.wait())
+            try:
+                await asyncio.wait({message, closing}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                message.cancel()  # a pending get leaves its item in the queue
+                closing.cancel()
+            if message.done() and not message.cancelled():
+                return message.result()
+        if self.messages.empty():
+            raise ChannelClosed("CHANNEL_CLOSED", f"the data channel to {self.peer_id} closed")
+        return self.messages.get_nowait()
 
     async def close(self) -> None:
         await self.pc.close()
-
-
-class NegotiationFailed(SignalingError):
-    """The peer connection could not be established (NEGOTIATION_FAILED)."""
 
 
 def configuration(ice_servers: Sequence[dict[str, Any]], *, relay_only: bool = False) -> RTCConfiguration:
@@ -94,8 +127,11 @@ async def connect(
 async def accept(
     session: Session, *, ice_servers: Sequence[dict[str, Any]] | None = None, relay_only: bool = False
 ) -> PeerLink:
-    """Answer the next offer and return the data channel it opens."""
-    offer = await _next_from(session, None, "offer")
+    """Answer the next offer and return the data channel it opens. Candidates and answers
+    left over from an earlier negotiation that failed are skipped."""
+    offer = await session.next_signal()
+    while offer.get("type") != "offer":
+        offer = await session.next_signal()
     peer_id = str(offer["sender"])
     servers = session.state.ice_servers if ice_servers is None else ice_servers
     pc = RTCPeerConnection(configuration(servers, relay_only=relay_only))
@@ -180,11 +216,12 @@ async def _take_candidates(session: Session, peer_id: str, pc: RTCPeerConnection
             await pc.addIceCandidate(candidate)
 
 
-async def _next_from(session: Session, peer_id: str | None, kind: str) -> dict[str, Any]:
-    """The next signal of ``kind`` (from ``peer_id`` if given); others are out of turn here."""
+async def _next_from(session: Session, peer_id: str, kind: str) -> dict[str, Any]:
+    """The next signal, which must be ``kind`` from ``peer_id``: others are out of turn here."""
     message = await session.next_signal()
-    if message.get("type") != kind or (peer_id is not None and message.get("sender") != peer_id):
+    if message.get("type") != kind or message.get("sender") != peer_id:
         raise NegotiationFailed(
-            "NEGOTIATION_FAILED", f"expected {kind} from {peer_id or 'a peer'}, got {message.get('type')}"
+            "NEGOTIATION_FAILED",
+            f"expected {kind} from {peer_id}, got {message.get('type')} from {message.get('sender')}",
         )
     return message
