@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from container_checks import ROOT
-from support import TIMEOUT, free_port
+from devstack.coturn import free_port
+from support import TIMEOUT
 
 CADDYFILE = ROOT / "services" / "edge" / "Caddyfile"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import sys
 import time
 import uuid
@@ -39,21 +38,6 @@ GENEROUS_LIMITS: dict[str, Any] = {
     # Test relays stop often, mostly with peers still connected: a short drain.
     "drain_seconds": 0.2,
 }
-
-
-def free_port() -> int:
-    """A loopback port free for both TCP and UDP, for servers that cannot listen on port 0
-    and say which port they got (coturn, Caddy). Another program may take it first: rare."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return port
 
 
 # One timeout unit, scaled for slow machines (SIGNALING_TEST_TIMEOUT_FACTOR=3 on a busy box).

@@ -26,7 +26,9 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from aioice.turn import create_turn_endpoint
 
+from coturn import require_coturn
 from devstack.__main__ import parse_args
 from support import TIMEOUT, Peer, create_room, sign_in, unique
 from ws_relay.close_codes import REASONS, CloseCode
@@ -102,6 +104,7 @@ async def dev_stack(tmp_path: Path) -> AsyncIterator[DevStack]:
     with stderr_path.open("wb") as stderr:  # a file, not a pipe: the child never blocks on its logs
         process = await asyncio.create_subprocess_exec(
             *(sys.executable, "-m", "devstack", "--api-port", "0", "--relay-port", "0", "--aws-port", "0"),
+            *("--turn-port", "0"),
             *("--table-prefix", f"{unique('devstack')}-"),
             cwd=REPO,
             stdin=asyncio.subprocess.DEVNULL,
@@ -233,9 +236,12 @@ async def _assert_nothing_left(stack: DevStack, after: list[str]) -> None:
 
 
 def test_defaults_are_the_seeds_ports() -> None:
-    """With no arguments the stack listens on loopback at the seed's ports: APIs 8001, relay 8080 (AWS 4566)."""
+    """With no arguments the stack listens on loopback at the seed's ports: APIs 8001, relay 8080
+    (AWS 4566, TURN 3478)."""
     config = parse_args([])
     assert (config.host, config.api_port, config.relay_port, config.aws_port) == ("127.0.0.1", 8001, 8080, 4566)
+    assert (config.start_turn, config.turn_port) == (True, 3478)  # coturn's standard port
+    assert (parse_args(["--no-turn"]).start_turn, parse_args(["--no-turn"]).turn_port) == (False, None)
 
 
 def test_make_dev_runs_python_m_devstack() -> None:
@@ -247,11 +253,33 @@ def test_make_dev_runs_python_m_devstack() -> None:
     assert re.fullmatch(r"\S+/bin/python -m devstack", result.stdout.splitlines()[-1]), result.stdout
 
 
+async def _assert_turn_works(stack: DevStack) -> None:
+    """The stack runs coturn, and the TURN credentials it hands out allocate a relay there."""
+    require_coturn()
+    (line,) = [line for line in stack.banner if line.lstrip().startswith("TURN ")]
+    assert "coturn run by this stack" in line, line
+    user = await sign_in(stack.api)
+    async with httpx.AsyncClient(base_url=stack.api, timeout=TIMEOUT) as client:
+        ice = (await client.get("/ice-servers", headers=user.bearer)).json()
+    (turn,) = [entry for entry in ice["ice_servers"] if "credential" in entry]
+    host, _, rest = turn["urls"][0].removeprefix("turn:").partition(":")
+    port = int(rest.partition("?")[0])
+    transport, _ = await asyncio.wait_for(
+        create_turn_endpoint(asyncio.DatagramProtocol, (host, port), turn["username"], turn["credential"]), 4 * TIMEOUT
+    )
+    try:
+        assert transport.get_extra_info("sockname")[0] == "127.0.0.1"  # a relayed address on coturn
+    finally:
+        transport.close()
+
+
 async def test_seed_flow_then_sigterm_stops_everything(tmp_path: Path) -> None:
-    """Healthy at READY, the seed flow works, and SIGTERM closes live peers (4500) and exits 0 with nothing left."""
+    """Healthy at READY with a working TURN server, the seed flow works, and SIGTERM closes
+    live peers (4500) and exits 0 with nothing left (coturn included)."""
     async with dev_stack(tmp_path) as stack:
         assert stack.banner[0] == "signaling dev stack is up"
         await _assert_healthy(stack)
+        await _assert_turn_works(stack)
         worker, client = await _seed_flow(stack)
         try:
             after = await _stop(stack, signal.SIGTERM, group=False)
@@ -279,13 +307,16 @@ async def test_seed_flow_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
         await _assert_nothing_left(stack, after)
 
 
-@pytest.mark.parametrize("flag", ["--aws-port", "--api-port", "--relay-port"])
+@pytest.mark.parametrize("flag", ["--aws-port", "--api-port", "--relay-port", "--turn-port"])
 def test_a_busy_port_is_reported_not_hung(flag: str) -> None:
     """With a port already taken, devstack exits 1 naming the problem instead of hanging."""
+    if flag == "--turn-port":
+        require_coturn()
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        ports = {"--aws-port": "0", "--api-port": "0", "--relay-port": "0", flag: str(busy.getsockname()[1])}
+        ports = {"--aws-port": "0", "--api-port": "0", "--relay-port": "0", "--turn-port": "0"}
+        ports[flag] = str(busy.getsockname()[1])
         result = subprocess.run(
             [sys.executable, "-m", "devstack", *(arg for pair in ports.items() for arg in pair)],
             cwd=REPO,

@@ -21,6 +21,13 @@ def parse_args(argv: list[str] | None) -> StackConfig:
     parser.add_argument(
         "--aws-port", type=int, default=defaults.aws_port, help="Embedded emulator (default: %(default)s)."
     )
+    parser.add_argument(
+        "--turn-port",
+        type=int,
+        default=defaults.turn_port,
+        help="coturn's port, when installed (STUN and TURN, UDP and TCP; default: %(default)s).",
+    )
+    parser.add_argument("--no-turn", action="store_true", help="Run no TURN server and hand out no ICE servers.")
     parser.add_argument("--table-prefix", default=defaults.table_prefix, help="Default: %(default)s.")
     parser.add_argument("--log-level", default=defaults.log_level, help="Default: %(default)s.")
     args = parser.parse_args(argv)
@@ -31,6 +38,8 @@ def parse_args(argv: list[str] | None) -> StackConfig:
         aws_port=args.aws_port,
         table_prefix=args.table_prefix,
         log_level=args.log_level,
+        start_turn=not args.no_turn,
+        turn_port=None if args.no_turn else args.turn_port,
     )
 
 
@@ -65,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run(config))
     except OSError as exc:
         print(
-            f"devstack: {exc} (is another stack running? choose ports with --api-port, --relay-port and --aws-port)",
+            f"devstack: {exc} (is another stack running? choose ports with --api-port, --relay-port, --aws-port"
+            " and --turn-port)",
             file=sys.stderr,
         )
         return 1

@@ -17,15 +17,18 @@ import asyncio
 import contextlib
 import os
 import socket
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from auth_api.main import create_app as create_auth_app
+from devstack import coturn
 from rooms_api.main import create_app as create_rooms_app
 from signaling_shared.aws import use_io_threads
 from signaling_shared.bootstrap import Bootstrapped, bootstrap
@@ -43,6 +46,7 @@ from ws_relay.server import RelayServer
 AUTH_PREFIX = "/auth-api"
 AUTH_ROUTES = frozenset({"/anonymous-signin"})
 # moto accepts any credentials; boto3 only needs some to sign requests.
+TURN_HOST = "127.0.0.1"
 EMULATOR_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
@@ -119,10 +123,12 @@ class StackConfig:
     table_prefix: str = "dev-"
     region: str = "us-west-1"
     log_level: str = "INFO"
-    # TURN entries handed out by default, so the local stack gives real credentials (a
-    # coturn on this address with this secret accepts them: see tests/integration/test_turn.py).
-    stun_urls: tuple[str, ...] = ("stun:127.0.0.1:3478",)
-    turn_urls: tuple[str, ...] = ("turn:127.0.0.1:3478?transport=udp", "turn:127.0.0.1:3478?transport=tcp")
+    # STUN/TURN on 127.0.0.1:turn_port, credentials signed with turn_secret. start_turn
+    # (``make dev``): the stack runs coturn there (0: a free port), or hands out no ICE
+    # servers if coturn is not installed. Otherwise it hands out URLs for a coturn someone
+    # else runs there (the tests start theirs: tests/coturn.py).
+    start_turn: bool = False
+    turn_port: int | None = 3478  # None: no ICE servers at all
     turn_secret: str = DEVELOPMENT_TURN_SECRET
     # Extra settings for every service (e.g. {"room_ttl_seconds": 60}); unknown keys are ignored.
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -136,6 +142,7 @@ class StackInfo:
     embedded_emulator: bool
     resources: Bootstrapped
     common: CommonSettings
+    turn: str = "none"  # what the TURN line of the banner says
 
     def banner(self) -> str:
         emulator = "embedded moto server" if self.embedded_emulator else "external emulator (AWS_ENDPOINT_URL)"
@@ -150,6 +157,7 @@ class StackInfo:
                 f"             tables {self.resources.rooms_table}, {self.resources.peers_table},"
                 f" {self.resources.messages_table};"
                 f" user pool {self.resources.user_pool_id}",
+                f"  TURN       {self.turn}",
                 "Ctrl-C stops everything.",
                 f"READY api={self.api_url} relay={self.relay_url} aws={self.aws_endpoint}",
             ]
@@ -163,6 +171,8 @@ class Stack:
         self._api: HttpServer | None = None
         self.relay: RelayServer | None = None
         self.info: StackInfo | None = None
+        self._turn: coturn.Coturn | None = None
+        self._turn_dir: tempfile.TemporaryDirectory[str] | None = None
 
     def _start_emulator(self) -> str:
         external = os.environ.get("AWS_ENDPOINT_URL")
@@ -179,12 +189,27 @@ class Stack:
         host, port = self._moto.get_host_and_port()
         return f"http://{host}:{port}"
 
+    def _start_turn(self) -> int | None:
+        """coturn on TURN_HOST with the stack's secret; its port (None: coturn is not installed)."""
+        if coturn.installed() is None or self.config.turn_port is None:
+            return None
+        self._turn_dir = tempfile.TemporaryDirectory(prefix="devstack-coturn-")
+        self._turn = coturn.Coturn(
+            Path(self._turn_dir.name),
+            [self.config.turn_secret],
+            host=TURN_HOST,
+            port=self.config.turn_port,
+            extra=["allow-loopback-peers"],  # development only: peers on this machine
+        )
+        return self._turn.start()
+
     async def start(self) -> StackInfo:
         cfg = self.config
         use_io_threads(asyncio.get_running_loop(), CommonSettings(environment=Environment.DEVELOPMENT))
         for key, value in EMULATOR_CREDENTIALS.items():
             os.environ.setdefault(key, value)
         endpoint = await asyncio.to_thread(self._start_emulator)
+        turn_port = await asyncio.to_thread(self._start_turn) if cfg.start_turn else cfg.turn_port
         base: dict[str, Any] = {
             "environment": Environment.DEVELOPMENT,
             "host": cfg.host,
@@ -192,8 +217,8 @@ class Stack:
             "aws_region": cfg.region,
             "aws_endpoint_url": endpoint,
             "table_prefix": cfg.table_prefix,
-            "stun_urls": list(cfg.stun_urls),
-            "turn_urls": list(cfg.turn_urls),
+            "stun_urls": [f"stun:{TURN_HOST}:{turn_port}"] if turn_port else [],
+            "turn_urls": [f"turn:{TURN_HOST}:{turn_port}?transport={t}" for t in ("udp", "tcp")] if turn_port else [],
             "turn_secrets": [cfg.turn_secret],
             **cfg.overrides,
         }
@@ -220,8 +245,18 @@ class Stack:
             embedded_emulator=self._moto is not None,
             resources=resources,
             common=CommonSettings(**base),
+            turn=self._turn_summary(turn_port),
         )
         return self.info
+
+    def _turn_summary(self, port: int | None) -> str:
+        if self._turn is not None:
+            return f"turn:{TURN_HOST}:{port} (coturn run by this stack; STUN on the same port)"
+        if port is not None:
+            return f"turn:{TURN_HOST}:{port} handed out (coturn is not run by this stack)"
+        if self.config.start_turn:
+            return "none: coturn is not installed (apt-get install coturn); peers use host candidates only"
+        return "none: no ICE servers handed out"
 
     async def stop(self) -> None:
         if self.relay is not None:
@@ -231,6 +266,12 @@ class Stack:
         if self._moto is not None:
             await asyncio.to_thread(self._moto.stop)
             self._moto = None
+        if self._turn is not None:
+            await asyncio.to_thread(self._turn.stop)
+            self._turn = None
+        if self._turn_dir is not None:
+            self._turn_dir.cleanup()
+            self._turn_dir = None
 
 
 class StackThread:

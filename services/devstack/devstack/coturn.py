@@ -1,0 +1,146 @@
+"""A local TURN server: coturn (Debian package ``coturn``) with the TURN REST API secret the
+services sign credentials with, so the STUN/TURN servers a local stack hands out answer.
+
+Used by ``make dev`` and by the tests that need a TURN server. Development only: it relays
+to loopback peers when asked (``allow-loopback-peers``), which a deployment must not.
+"""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+BINARY = "turnserver"
+READY_LINE = "Total General servers"  # coturn's last start-up line, once it listens
+
+
+def installed() -> str | None:
+    """The coturn binary, if installed."""
+    return shutil.which(BINARY)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` for both TCP and UDP, for servers that cannot listen on port 0
+    and say which port they got (coturn, Caddy). Another program may take it first: rare."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((host, 0))
+            port = int(tcp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((host, port))
+                except OSError:
+                    continue
+        return port
+
+
+def check_free(host: str, port: int) -> None:
+    """OSError ("Address already in use") if ``port`` is taken on ``host`` (TCP or UDP):
+    coturn itself would only log it and keep running without that listener."""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            probe.bind((host, port))
+
+
+class Coturn:
+    """coturn on ``host``:``port`` (0: a free port) with ``use-auth-secret`` and ``secrets``,
+    its files in ``directory``. ``start`` returns once it listens; ``stop`` ends it."""
+
+    def __init__(
+        self,
+        directory: Path,
+        secrets: Sequence[str],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        extra: Sequence[str] = (),
+    ) -> None:
+        binary = installed()
+        if binary is None:
+            raise FileNotFoundError(f"{BINARY} is not installed (apt-get install coturn)")
+        self.binary = binary
+        self.directory = directory
+        self.secrets = list(secrets)
+        self.host = host
+        self.port = port
+        self.extra = list(extra)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self._process: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+
+    def _config(self) -> str:
+        return "\n".join(
+            [
+                f"listening-ip={self.host}",
+                f"relay-ip={self.host}",
+                f"listening-port={self.port}",
+                "use-auth-secret",
+                *(f"static-auth-secret={secret}" for secret in self.secrets),
+                "realm=signaling.local",
+                "no-tls",
+                "no-dtls",
+                "no-cli",
+                "fingerprint",
+                "log-file=stdout",
+                "simple-log",
+                f"pidfile={self.directory}/turnserver.pid",
+                f"userdb={self.directory}/turndb",
+                *self.extra,
+            ]
+        )
+
+    def start(self, timeout: float = 30.0) -> int:
+        if self.port == 0:
+            self.port = free_port(self.host)
+        else:
+            check_free(self.host, self.port)
+        config = self.directory / "turnserver.conf"
+        config.write_text(self._config())
+        process = subprocess.Popen(  # noqa: S603 - the installed coturn, our own config file
+            [self.binary, "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self._process = process
+        stdout = process.stdout
+        assert stdout is not None
+
+        def read() -> None:
+            for line in stdout:
+                self.lines.put(line)
+            self.lines.put("")  # end of output: it exited
+
+        self._reader = threading.Thread(target=read, name="coturn-log", daemon=True)
+        self._reader.start()
+        seen: list[str] = []
+        try:
+            while READY_LINE not in (line := self.lines.get(timeout=timeout)):
+                if not line:
+                    raise RuntimeError(f"coturn exited ({process.wait()}): {''.join(seen[-5:])}")
+                seen.append(line)
+        except queue.Empty:
+            self.stop()
+            raise RuntimeError(f"coturn did not start within {timeout} s: {''.join(seen[-5:])}") from None
+        except BaseException:
+            self.stop()
+            raise
+        return self.port
+
+    def stop(self, timeout: float = 10.0) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=timeout)
+        if self._reader is not None:
+            self._reader.join(timeout=timeout)
+        if process.stdout is not None:
+            process.stdout.close()
