@@ -13,7 +13,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(shell cksum < $(CHECKOV_REQUIREMEN
 TF_CHECK := terraform/scripts/check.sh
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev test lint format typecheck unit integration e2e schema lock clean
+.PHONY: help install dev demo test lint format typecheck unit integration e2e schema lock clean
 .PHONY: terraform-check terraform-fmt terraform-validate terraform-test terraform-checkov
 
 help: ## List the targets
@@ -30,6 +30,9 @@ install: $(STAMP) ## Create the virtual environment with pinned dependencies
 
 dev: $(STAMP) ## Run the whole stack locally: APIs on :8001, relay on :8080, AWS emulator on :4566
 	$(BIN)/python -m devstack
+
+demo: $(STAMP) ## A worker and a client (the signaling CLI) move a file over WebRTC via `make dev` (or a stack of its own)
+	$(BIN)/python sdk/python/examples/demo.py
 
 test: lint typecheck terraform-check ## Lint, type-check, check Terraform and run every test (unit, integration, end-to-end)
 	$(BIN)/pytest

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from typing import Any
 
 import pytest
 
@@ -132,6 +133,43 @@ async def test_relay_only_ice_goes_through_turn_with_the_services_credentials(
                     assert isinstance(chunk, bytes)
                     got += chunk
                 assert hashlib.sha256(got).hexdigest() == hashlib.sha256(payload).hexdigest()
+            await client_link.close()
+            await worker_link.close()
+        finally:
+            await client.close()
+            await worker.close()
+
+
+def expiry(ice_servers: list[dict[str, Any]]) -> int:
+    """When the TURN entry's credentials expire (the username is ``expiry:peer``)."""
+    (turn,) = [entry for entry in ice_servers if "credential" in entry]
+    return int(turn["username"].partition(":")[0])
+
+
+@pytest.mark.usefixtures("loopback_ice")
+async def test_sessions_take_refreshed_turn_credentials_and_connect_with_them(
+    api: str, relay_with: RelayFactory, turn_server: str
+) -> None:
+    """With 2 s TURN credentials the relay pushes fresh ones at 80 %; each session keeps the
+    newest, and a relay-only data channel opens through coturn with them."""
+    overrides = {"turn_urls": [turn_server], "stun_urls": [], "turn_credential_ttl_seconds": 2}
+    async with relay_with(**overrides) as server, ServiceClient(api) as service:
+        worker_id, client_id = await service.sign_in(), await service.sign_in()
+        room = await service.create_room(client_id)
+        relay_url = f"ws://127.0.0.1:{server.port}"
+        worker = await Session.open(relay_url, room, worker_id, "Worker")
+        client = await Session.open(relay_url, room, client_id, "Client")
+        try:
+            async with asyncio.timeout(8 * TIMEOUT):
+                first = (expiry(worker.state.ice_servers), expiry(client.state.ice_servers))
+                refreshed = await asyncio.gather(worker.next_ice_servers(), client.next_ice_servers())
+                assert all(expiry(new) > old for new, old in zip(refreshed, first, strict=True))
+                assert (worker.state.ice_servers, client.state.ice_servers) == tuple(refreshed)
+                accepted = asyncio.create_task(accept(worker, relay_only=True))
+                client_link = await connect(client, "Worker", relay_only=True)
+                worker_link = await accepted
+                client_link.channel.send("with refreshed credentials")
+                assert await worker_link.recv() == "with refreshed credentials"
             await client_link.close()
             await worker_link.close()
         finally:

@@ -70,6 +70,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         sub.add_argument("--room", required=True, help="room id")
         sub.add_argument("--token", required=True, help="room token")
         sub.add_argument("--peer-id", default=None)
+        sub.add_argument(
+            "--relay-only", action="store_true", help="connect through the TURN server only (never directly)"
+        )
     worker = commands.choices["worker"]
     worker.add_argument("--out", type=Path, default=Path("received"), help="where received files go")
     worker.add_argument("--tag", action="append", default=[], help="a tag clients can filter on (repeatable)")
@@ -175,7 +178,7 @@ async def run_worker(
         console.print(f"worker [bold]{peer_id}[/bold] waiting in room {room.room_id} ({metadata})")
         while True:
             try:
-                link = await accept(session, ice_servers=ice_servers)
+                link = await accept(session, ice_servers=ice_servers, relay_only=args.relay_only)
                 try:
                     await _receive_file(link, args.out)
                 finally:
@@ -243,7 +246,7 @@ async def run_client(
     async with await Session.open(args.relay, room, identity, peer_id, role="client", ssl=args.ssl) as session:
         worker = args.worker or await _find_worker(session, args)
         console.print(f"sending {args.file.name} ({len(data)} bytes) to {worker}")
-        link = await connect(session, worker, label="file", ice_servers=ice_servers)
+        link = await connect(session, worker, label="file", ice_servers=ice_servers, relay_only=args.relay_only)
         try:
             await _send_file(link.channel, args.file.name, data)
             reply = json.loads(await link.recv())

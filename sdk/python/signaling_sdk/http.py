@@ -21,9 +21,12 @@ class Identity:
 
 @dataclass(frozen=True)
 class Room:
+    """A room to register in: its id and token (the room's password: give it only to
+    peers that may join). ``expires_at`` (Unix seconds) is known to its creator; 0 if not."""
+
     room_id: str
-    token: str  # the room's password: give it only to peers that may join
-    expires_at: int
+    token: str
+    expires_at: int = 0
 
 
 class ServiceClient:

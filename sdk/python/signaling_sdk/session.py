@@ -112,6 +112,7 @@ class Session:
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
         self._reconnect_after: float | None = None
+        self._ice_waiters: list[asyncio.Future[list[dict[str, Any]]]] = []
 
     @classmethod
     async def open(cls, url: str, room: Room, identity: Identity, peer_id: str, **options: Any) -> Session:
@@ -185,6 +186,14 @@ class Session:
     async def next_signal(self) -> dict[str, Any]:
         """The next relayed ``offer``, ``answer`` or ``candidate`` (what ``connect`` and ``accept`` read)."""
         return await _next(self._signals)
+
+    async def next_ice_servers(self) -> list[dict[str, Any]]:
+        """The next ICE servers the relay pushes: fresh TURN credentials, sent at 80 % of the
+        old ones' lifetime. The session keeps the latest in ``state.ice_servers`` by itself
+        (``connect``/``accept`` use them); wait here to know when they change."""
+        future: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
+        self._ice_waiters.append(future)
+        return await future
 
     # Lifecycle -----------------------------------------------------------------------
 
@@ -310,6 +319,10 @@ class Session:
             self._reconnect_after = float(message.get("reconnect_after_ms", 0)) / 1000
         elif kind == "ice_servers":
             self.state.ice_servers = list(message.get("ice_servers", []))
+            waiters, self._ice_waiters = self._ice_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(self.state.ice_servers)
         elif kind == "expired":
             self._inbox.put_nowait(message)
         elif kind in ("offer", "answer", "candidate"):
@@ -328,6 +341,10 @@ class Session:
         self._pending.clear()
         self._inbox.put_nowait(error)
         self._signals.put_nowait(error)
+        waiters, self._ice_waiters = self._ice_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
 
 
 async def _next(queue: asyncio.Queue[dict[str, Any] | SignalingError]) -> dict[str, Any]:
