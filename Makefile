@@ -37,7 +37,7 @@ demo: $(STAMP) ## A worker and a client (the signaling CLI) move a file over Web
 test: lint typecheck terraform-check ## Lint, type-check, check Terraform and run every test (unit, integration, end-to-end)
 	$(BIN)/pytest
 
-unit: $(STAMP) ## Unit tests only (no network)
+unit: $(STAMP) ## Unit tests only (no AWS emulator or services; loopback sockets at most)
 	$(BIN)/pytest tests/unit
 
 integration: $(STAMP) ## Integration tests against the embedded AWS emulator

@@ -124,13 +124,15 @@ class Peer:
     async def expect_error(self, code: str) -> dict[str, Any]:
         message = await self.expect("error")
         assert message["code"] == code, message
-        assert set(message) == {"type", "code", "reason"}, message
+        hint = {"retry_after_ms"} if code == "RATE_LIMITED" else set()  # the one field v2 adds
+        assert set(message) == {"type", "code", "reason"} | hint, message
         assert message["reason"], message
         return message
 
     async def expect_error_with_id(self, code: str, correlation_id: str | int) -> dict[str, Any]:
         message = await self.expect("error")
-        assert message == {"type": "error", "code": code, "reason": message.get("reason"), "id": correlation_id}
+        hint = {"retry_after_ms": message.get("retry_after_ms")} if code == "RATE_LIMITED" else {}
+        assert message == {"type": "error", "code": code, "reason": message.get("reason"), "id": correlation_id, **hint}
         assert message["reason"], message
         return message
 

@@ -65,6 +65,7 @@ async def test_message_rate_per_connection(api: str, relay_with: RelayFactory) -
         await noisy.send_raw("{}")
         limited = await noisy.expect_error("RATE_LIMITED")
         assert "per second" in limited["reason"]
+        assert 0 < limited["retry_after_ms"] <= 2000  # one token at 0.5/s
         await quiet.send_raw("{}")
         await quiet.expect_error("INVALID_MESSAGE")
         await noisy.close()
@@ -82,7 +83,8 @@ async def test_registration_attempts_per_address(api: str, relay_with: RelayFact
             await peer.send(bad)
             await peer.expect_error("INVALID_ID_TOKEN")
         await peer.send({**bad, "token": room.token, "id_token": user.id_token})
-        await peer.expect_error("RATE_LIMITED")
+        limited = await peer.expect_error("RATE_LIMITED")
+        assert 0 < limited["retry_after_ms"] <= 60_000  # one attempt a minute
         await peer.close()
 
 

@@ -91,5 +91,8 @@ def error_from(code: str, reason: str = "", *, retry_after: float | None = None)
 
 
 def error_from_frame(frame: dict[str, Any]) -> SignalingError:
-    """The typed error in an ``{"type": "error", "code", "reason"}`` frame."""
-    return error_from(str(frame.get("code", "INTERNAL_ERROR")), str(frame.get("reason", "")))
+    """The typed error in an ``{"type": "error", "code", "reason"}`` frame (``retry_after``
+    from its ``retry_after_ms``, when the relay says how long to wait)."""
+    wait = frame.get("retry_after_ms")
+    retry_after = wait / 1000 if isinstance(wait, int | float) and not isinstance(wait, bool) and wait > 0 else None
+    return error_from(str(frame.get("code", "INTERNAL_ERROR")), str(frame.get("reason", "")), retry_after=retry_after)

@@ -29,7 +29,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from signaling_sdk.errors import Expired, SessionLost, SignalingError, error_from_frame
+from signaling_sdk.errors import Expired, RateLimited, SessionLost, SignalingError, error_from_frame
 from signaling_sdk.http import Identity, Room
 
 log = logging.getLogger("signaling_sdk")
@@ -46,13 +46,18 @@ class Ack:
 
 @dataclass
 class Backoff:
-    """Jittered exponential backoff between reconnection attempts."""
+    """Jittered exponential backoff between reconnection attempts; a RATE_LIMITED message is
+    sent again up to ``rate_limited_retries`` times, after the wait the relay asked for."""
 
     initial: float = 0.2
     maximum: float = 10.0
     attempts: int = 30
+    rate_limited_retries: int = 3
 
-    def delay(self, attempt: int) -> float:
+    def delay(self, attempt: int, *, at_least: float | None = None) -> float:
+        """Full jitter up to the exponential cap; with a server hint, the hint plus up to 20 %."""
+        if at_least is not None:
+            return at_least * random.uniform(1.0, 1.2)  # noqa: S311 - jitter
         return random.uniform(0, min(self.maximum, self.initial * 2**attempt))  # noqa: S311 - jitter
 
 
@@ -136,7 +141,19 @@ class Session:
 
     async def send(self, message: Mapping[str, Any]) -> Any:
         """Send ``message`` with a fresh id; its answer (``Ack``, ``peer_list``, ``pong``) or
-        the typed error. Waits through reconnections (bound it with ``asyncio.timeout``)."""
+        the typed error. Waits through reconnections, and through RATE_LIMITED (it sends
+        again after the wait the relay names, ``Backoff.rate_limited_retries`` times); bound
+        it with ``asyncio.timeout``."""
+        for attempt in itertools.count():
+            try:
+                return await self._send_once(message)
+            except RateLimited as exc:
+                if attempt >= self.backoff.rate_limited_retries:
+                    raise
+                await asyncio.sleep(self.backoff.delay(attempt, at_least=exc.retry_after or self.backoff.initial))
+        raise AssertionError("unreachable")
+
+    async def _send_once(self, message: Mapping[str, Any]) -> Any:
         if self._closing:
             raise SessionLost("CLOSED", "the session is closed")
         correlation_id = f"{self._prefix}-{next(self._ids)}"
@@ -272,17 +289,19 @@ class Session:
     async def _reconnect(self) -> None:
         """Resume on a new connection (after ``go_away``'s delay, else with backoff), then send
         again every message without an outcome, in order, with its id."""
-        first_delay, self._reconnect_after = self._reconnect_after, None
+        # go_away's reconnect_after_ms, then a RATE_LIMITED answer's retry_after: the relay's word.
+        hint, self._reconnect_after = self._reconnect_after, None
         for attempt in range(self.backoff.attempts):
-            await asyncio.sleep(
-                first_delay if attempt == 0 and first_delay is not None else self.backoff.delay(attempt)
-            )
+            await asyncio.sleep(hint if hint is not None else self.backoff.delay(attempt))
+            hint = None
             try:
                 ws, registered = await self._register(resume=True)
             except (OSError, TimeoutError, InvalidHandshake, InvalidStatus, ConnectionClosed):
                 continue  # the relay is not back yet
             except SignalingError as exc:
                 if exc.code in ("SERVER_BUSY", "STORAGE_UNAVAILABLE", "RATE_LIMITED"):
+                    if exc.retry_after is not None:
+                        hint = self.backoff.delay(attempt, at_least=exc.retry_after)
                     continue
                 raise  # RESUME_FAILED and the like: the session is over
             self.state.resumes += 1

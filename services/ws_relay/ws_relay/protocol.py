@@ -35,6 +35,7 @@ registered on the socket.
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -284,8 +285,12 @@ def peer_left(peer_id: str, reason: str) -> str:
 
 
 def error_frame(error: SignalingError, correlation_id: str | int | None = None) -> str:
-    """v1 shape ``{type, code, reason}``; with the request's ``id`` when it had one."""
-    return encode(with_id({"type": "error", "code": error.code.value, "reason": error.reason}, correlation_id))
+    """v1 shape ``{type, code, reason}``; with the request's ``id`` when it had one, and
+    ``retry_after_ms`` when waiting that long makes the request acceptable (RATE_LIMITED)."""
+    frame: dict[str, Any] = {"type": "error", "code": error.code.value, "reason": error.reason}
+    if error.retry_after is not None:
+        frame["retry_after_ms"] = max(1, math.ceil(error.retry_after * 1000))
+    return encode(with_id(frame, correlation_id))
 
 
 def correlation_id_of(data: Any) -> str | int | None:

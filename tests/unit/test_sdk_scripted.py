@@ -1,0 +1,177 @@
+"""The SDK's session against scripted relays (real WebSocket servers on port 0, no AWS):
+resume and retransmission without duplicates, go_away and rate-limit hints honoured."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import Server, ServerConnection, serve
+
+from signaling_sdk import Ack, Backoff, Identity, RateLimited, Room, Session
+from support import TIMEOUT
+
+
+class ScriptedRelay:
+    """First connection: registers the peer, takes two messages, then fails (no close frame).
+    Second: a resume whose replay acks the first message only; then records what comes."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.sent: list[str] = []  # ids of the messages taken on the first connection
+        self.after_resume: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.resume_request: dict[str, Any] = {}
+
+    async def handle(self, ws: ServerConnection) -> None:
+        self.connections += 1
+        register = json.loads(await ws.recv())
+        if self.connections == 1:
+            await ws.send(json.dumps(_registered(register, resumed=False, last_seq=0)))
+            for _ in range(2):
+                self.sent.append(json.loads(await ws.recv())["id"])
+            ws.transport.abort()
+            return
+        self.resume_request = register
+        await ws.send(json.dumps(_registered(register, resumed=True, last_seq=1)))
+        await ws.send(json.dumps({"seq": 1, "type": "ack", "id": self.sent[0], "queued": False}))
+        async for frame in ws:
+            await self.after_resume.put(json.loads(frame))
+
+
+def _registered(register: dict[str, Any], *, resumed: bool, last_seq: int) -> dict[str, Any]:
+    return {
+        "type": "registered_auth",
+        "room_id": register["room_id"],
+        "token": register["token"],
+        "peer_id": register["peer_id"],
+        "peers": [],
+        "ice_servers": [],
+        "ttl": 60,
+        "resume_token": "resume-1",
+        "resumed": resumed,
+        "last_seq": last_seq,
+    }
+
+
+async def open_session(server: Server, backoff: Backoff | None = None) -> Session:
+    port = server.sockets[0].getsockname()[1]
+    return await Session.open(
+        f"ws://127.0.0.1:{port}",
+        Room("room-1", "room-token"),
+        Identity("id-token", "user"),
+        "A",
+        backoff=backoff or Backoff(initial=0.01, maximum=0.05),
+    )
+
+
+# asyncio may wake a timer up to one clock tick early; the waits checked here are far longer.
+EARLY = 0.02
+
+
+async def test_after_a_resume_only_what_the_replay_did_not_answer_is_sent_again() -> None:
+    relay = ScriptedRelay()
+    async with serve(relay.handle, "127.0.0.1", 0) as server:
+        session = await open_session(server)
+        async with asyncio.timeout(TIMEOUT):
+            first = asyncio.create_task(session.send_to("B", "acked in the replay"))
+            second = asyncio.create_task(session.send_to("B", "not answered"))
+            assert await first == Ack(relay.sent[0], queued=False)
+            resent = await relay.after_resume.get()
+            assert (resent["id"], resent["payload"]) == (relay.sent[1], "not answered")  # only this one
+            assert (relay.resume_request["resume_token"], relay.resume_request["last_seq"]) == ("resume-1", 0)
+            assert not second.done()
+            second.cancel()
+        await session.close()
+
+
+class RateLimitingRelay:
+    """Registers the peer, then answers the first ``limited`` messages RATE_LIMITED (wait
+    ``retry_after_ms``) and acks the rest; records when each message came."""
+
+    def __init__(self, limited: int, retry_after_ms: int) -> None:
+        self.limited = limited
+        self.retry_after_ms = retry_after_ms
+        self.received: list[tuple[float, dict[str, Any]]] = []
+
+    async def handle(self, ws: ServerConnection) -> None:
+        await ws.send(json.dumps(_registered(json.loads(await ws.recv()), resumed=False, last_seq=0)))
+        async for frame in ws:
+            message = json.loads(frame)
+            self.received.append((asyncio.get_running_loop().time(), message))
+            if len(self.received) <= self.limited:
+                error = {"code": "RATE_LIMITED", "reason": "slow down", "retry_after_ms": self.retry_after_ms}
+                await ws.send(json.dumps({"type": "error", "id": message["id"], **error}))
+            else:
+                await ws.send(json.dumps({"type": "ack", "id": message["id"], "queued": False}))
+
+
+async def test_a_rate_limited_message_is_sent_again_after_the_wait_the_relay_names() -> None:
+    relay = RateLimitingRelay(limited=1, retry_after_ms=200)
+    async with serve(relay.handle, "127.0.0.1", 0) as server:
+        session = await open_session(server)
+        async with asyncio.timeout(TIMEOUT):
+            ack = await session.send_to("B", "job")
+        (first_at, first), (second_at, second) = relay.received
+        assert ack == Ack(second["id"], queued=False)
+        assert (first["payload"], second["payload"]) == ("job", "job")
+        assert first["id"] != second["id"]  # the refused one was never delivered: a new id
+        assert second_at - first_at >= 0.2 - EARLY
+        await session.close()
+
+
+async def test_past_its_retries_a_rate_limited_send_raises_with_the_wait() -> None:
+    relay = RateLimitingRelay(limited=10, retry_after_ms=5)
+    async with serve(relay.handle, "127.0.0.1", 0) as server:
+        session = await open_session(server, Backoff(rate_limited_retries=2))
+        async with asyncio.timeout(TIMEOUT):
+            with pytest.raises(RateLimited) as raised:
+                await session.send_to("B", "job")
+        assert raised.value.retry_after == 0.005
+        assert len(relay.received) == 3  # the first try and two more
+        await session.close()
+
+
+class DrainingRelay:
+    """First connection: registers, delivers one numbered message, says go_away (wait 300
+    ms) and closes 4500. Second: refuses the resume RATE_LIMITED (wait 250 ms). Third:
+    resumes and delivers the next message. Records every registration and when it came."""
+
+    def __init__(self) -> None:
+        self.registrations: list[tuple[float, dict[str, Any]]] = []
+
+    async def handle(self, ws: ServerConnection) -> None:
+        register = json.loads(await ws.recv())
+        self.registrations.append((asyncio.get_running_loop().time(), register))
+        if len(self.registrations) == 1:
+            await ws.send(json.dumps(_registered(register, resumed=False, last_seq=0)))
+            message = {"seq": 1, "type": "peer_message", "from_peer_id": "B", "payload": "before the restart"}
+            await ws.send(json.dumps(message))
+            await ws.send(json.dumps({"type": "go_away", "reason": "restart", "reconnect_after_ms": 300}))
+            await ws.close(4500, "server shutting down")
+        elif len(self.registrations) == 2:
+            error = {"type": "error", "code": "RATE_LIMITED", "reason": "slow down", "retry_after_ms": 250}
+            await ws.send(json.dumps(error))
+            await ws.close()
+        else:
+            await ws.send(json.dumps(_registered(register, resumed=True, last_seq=1)))
+            message = {"seq": 2, "type": "peer_message", "from_peer_id": "B", "payload": "after the restart"}
+            await ws.send(json.dumps(message))
+            await ws.wait_closed()
+
+
+async def test_go_away_and_a_rate_limited_resume_are_waited_out_then_the_session_resumes() -> None:
+    relay = DrainingRelay()
+    async with serve(relay.handle, "127.0.0.1", 0) as server:
+        session = await open_session(server)
+        async with asyncio.timeout(TIMEOUT):
+            assert (await session.recv())["payload"] == "before the restart"
+            assert (await session.recv())["payload"] == "after the restart"
+        assert session.state.resumes == 1
+        (opened_at, _), (retried_at, first_resume), (resumed_at, second_resume) = relay.registrations
+        for resume in (first_resume, second_resume):
+            assert (resume["resume_token"], resume["last_seq"]) == ("resume-1", 1)
+        assert retried_at - opened_at >= 0.3 - EARLY  # go_away's reconnect_after_ms
+        assert resumed_at - retried_at >= 0.25 - EARLY  # the RATE_LIMITED answer's retry_after_ms
+        await session.close()
