@@ -62,7 +62,7 @@ def demo(api: str, relay: str, work: Path, size: int, relay_only: bool) -> int:
     created = subprocess.run(signaling(*urls, "rooms", "create"), capture_output=True, text=True, check=True)
     room = json.loads(created.stdout)
     print(f"room {room['room_id']} (its token is the room's password)\n", flush=True)
-    where = ["--room", room["room_id"], "--token", room["token"], *(["--relay-only"] if relay_only else [])]
+    where = ["--room", room["room_id"], f"--token={room['token']}", *(["--relay-only"] if relay_only else [])]
     job = work / "training-job.bin"
     job.write_bytes(os.urandom(size))
     received = work / "received"

@@ -1,8 +1,8 @@
 """``signaling``: a GPU worker and a client that meet through the service and move a file.
 
     signaling rooms create                                   # prints room_id and token
-    signaling worker --room ROOM --token TOKEN --out ./received
-    signaling client --room ROOM --token TOKEN --file job.zip --tag gpu
+    signaling worker --room ROOM --token=TOKEN --out ./received
+    signaling client --room ROOM --token=TOKEN --file job.zip --tag gpu
 
 URLs come from --api/--relay or SIGNALING_API_URL/SIGNALING_RELAY_URL, defaulting to the
 local stack (``make dev``); behind the edge they are https://HOST and wss://HOST (with
@@ -84,7 +84,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     client.add_argument("--worker", default=None, help="a worker's peer id (else: discover one)")
     client.add_argument("--tag", action="append", default=[], help="only workers with this tag (repeatable)")
     client.add_argument("--min-gpu-memory-mb", type=int, default=None)
-    return parser.parse_args(argv)
+    return parser.parse_args(_joined_tokens(sys.argv[1:] if argv is None else argv))
+
+
+def _joined_tokens(argv: Sequence[str]) -> list[str]:
+    """``--token VALUE`` as ``--token=VALUE``: a room token is URL-safe base64 and may start
+    with '-', which argparse would otherwise take for an option."""
+    args = list(argv)
+    for index in range(len(args) - 1, -1, -1):
+        if args[index] == "--token" and index + 1 < len(args) and args[index + 1].startswith("-"):
+            args[index : index + 2] = [f"--token={args[index + 1]}"]
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
