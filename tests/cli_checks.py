@@ -33,13 +33,17 @@ async def cli_transfer(common: list[str], tmp_path: Path, capsys: pytest.Capture
     client = cli.parse_args(
         [*common, "client", *where, "--file", str(job), "--tag", "gpu", "--min-gpu-memory-mb", "8192"]
     )
-    async with asyncio.timeout(8 * TIMEOUT):
-        sending = asyncio.create_task(cli.run(client))
-        done, _ = await asyncio.wait({sending, worker}, return_when=asyncio.FIRST_COMPLETED)
-        if worker in done and not sending.done():
-            sending.cancel()
-            worker.result()  # what went wrong on the worker's side
-        assert await sending == 0
-        assert await worker == 0
+    sending = asyncio.create_task(cli.run(client))
+    try:
+        async with asyncio.timeout(8 * TIMEOUT):
+            done, _ = await asyncio.wait({sending, worker}, return_when=asyncio.FIRST_COMPLETED)
+            if worker in done and not sending.done():
+                worker.result()  # what went wrong on the worker's side
+            assert await sending == 0
+            assert await worker == 0
+    finally:
+        for task in (sending, worker):
+            task.cancel()
+        await asyncio.gather(sending, worker, return_exceptions=True)
     assert (out / "job.bin").read_bytes() == job.read_bytes()
     assert "verified" in capsys.readouterr().err

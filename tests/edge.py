@@ -102,5 +102,9 @@ async def caddy_edge(directory: Path, *, auth_api: str, rooms_api: str, ws_relay
     finally:
         if process.returncode is None:
             process.terminate()
-        await asyncio.wait_for(process.wait(), 2 * TIMEOUT)
+        try:
+            await asyncio.wait_for(process.wait(), 2 * TIMEOUT)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
         await reader

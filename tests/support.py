@@ -124,8 +124,7 @@ class Peer:
     async def expect_error(self, code: str) -> dict[str, Any]:
         message = await self.expect("error")
         assert message["code"] == code, message
-        hint = {"retry_after_ms"} if code == "RATE_LIMITED" else set()  # the one field v2 adds
-        assert set(message) == {"type", "code", "reason"} | hint, message
+        assert set(message) == {"type", "code", "reason"}, message  # v1's shape, for a request without id
         assert message["reason"], message
         return message
 
@@ -133,6 +132,7 @@ class Peer:
         message = await self.expect("error")
         hint = {"retry_after_ms": message.get("retry_after_ms")} if code == "RATE_LIMITED" else {}
         assert message == {"type": "error", "code": code, "reason": message.get("reason"), "id": correlation_id, **hint}
+        assert not hint or message["retry_after_ms"] > 0, message
         assert message["reason"], message
         return message
 

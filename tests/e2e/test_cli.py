@@ -39,8 +39,9 @@ def test_a_refusal_exits_2_with_the_error_code(capsys: pytest.CaptureFixture[str
 async def test_a_worker_refuses_bad_transfers_and_serves_the_next_client(
     api: str, relay_with: RelayFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A client that sends no file header, and one that leaves mid-file, fail their own
-    transfers only: the worker keeps no partial file and serves the next client."""
+    """Clients that send no file header, a name that is no plain file name, fewer bytes than
+    announced, or leave mid-file fail their own transfers only: the worker keeps no partial
+    file and serves the next client."""
     async with relay_with(stun_urls=[], turn_urls=[]) as server:
         relay = f"ws://127.0.0.1:{server.port}"
         common = ["--api", api, "--relay", relay]
@@ -53,14 +54,21 @@ async def test_a_worker_refuses_bad_transfers_and_serves_the_next_client(
         )
         async with ServiceClient(api) as service:
             identity = await service.sign_in()
-        room = Room(grant["room_id"], grant["token"], 0)
+        room = Room(grant["room_id"], grant["token"])
+        refused: list[list[str | bytes]] = [
+            ["not a header"],
+            [json.dumps({"name": "..", "size": 1}), b"x", "end"],
+            [json.dumps({"name": "short.bin", "size": 10}), b"12345", "end"],
+        ]
         try:
             async with asyncio.timeout(8 * TIMEOUT), await Session.open(relay, room, identity, "bad") as bad:
-                link = await connect(bad, "W", ice_servers=[])
-                link.channel.send("not a header")
-                with pytest.raises(ChannelClosed):  # the worker refused it and closed the channel
-                    await link.recv()
-                await link.close()
+                for messages in refused:
+                    link = await connect(bad, "W", ice_servers=[])
+                    for message in messages:
+                        link.channel.send(message)
+                    with pytest.raises(ChannelClosed):  # the worker refused it and closed the channel
+                        await link.recv()
+                    await link.close()
 
                 link = await connect(bad, "W", ice_servers=[])
                 link.channel.send(json.dumps({"name": "cut.bin", "size": 10}))
@@ -74,8 +82,10 @@ async def test_a_worker_refuses_bad_transfers_and_serves_the_next_client(
             assert not worker.done()
             assert sorted(p.name for p in out.iterdir()) == ["job.bin"]
             assert (out / "job.bin").read_bytes() == job.read_bytes()
-            errors = capsys.readouterr().err
-            assert "transfer failed (BAD_TRANSFER)" in errors
+            errors = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
+            assert "(BAD_TRANSFER): the first message is not a file header" in errors
+            assert "(BAD_TRANSFER): the file name must be a plain name" in errors
+            assert "(BAD_TRANSFER): short.bin: 5 of the 10 bytes announced" in errors
             assert "transfer failed (CHANNEL_CLOSED)" in errors
         finally:
             worker.cancel()

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
+import os
 import re
+import signal
 import subprocess
 import sys
 from types import ModuleType
@@ -71,17 +74,23 @@ def test_make_demo_moves_a_file_between_two_cli_processes() -> None:
     """`make demo`'s script, on a stack of its own, through its TURN server only (so the
     WebRTC traffic stays on loopback): the client exits 0 and the file arrives intact."""
     require_coturn()
-    result = subprocess.run(
+    demo = subprocess.Popen(
         [sys.executable, str(EXAMPLES / "demo.py"), "--own-stack", "--relay-only", "--size-mib", "2"],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=24 * TIMEOUT,
-        check=False,
+        start_new_session=True,  # what it starts (stack, emulator, coturn, CLI processes) is its group
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "$ signaling" in result.stdout
-    assert "verified: the worker wrote training-job.bin" in result.stderr
-    assert "file intact on disk: True" in result.stdout
+    try:
+        stdout, stderr = demo.communicate(timeout=24 * TIMEOUT)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(demo.pid, signal.SIGKILL)  # nothing is left whatever happened
+        demo.wait()
+    assert demo.returncode == 0, stdout + stderr
+    assert "$ signaling" in stdout
+    assert "verified: the worker wrote training-job.bin" in stderr
+    assert "file intact on disk: True" in stdout
 
 
 def test_make_demo_runs_the_demo_script() -> None:

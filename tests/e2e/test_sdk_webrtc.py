@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from typing import Any
 
 import pytest
@@ -151,7 +152,8 @@ async def test_sessions_take_refreshed_turn_credentials_and_connect_with_them(
     api: str, relay_with: RelayFactory, turn_server: str
 ) -> None:
     """With 2 s TURN credentials the relay pushes fresh ones at 80 %; each session keeps the
-    newest, and a relay-only data channel opens through coturn with them."""
+    newest, and once the first ones have expired (after the second push) a relay-only data
+    channel opens through coturn with the fresh ones (coturn refuses expired ones)."""
     overrides = {"turn_urls": [turn_server], "stun_urls": [], "turn_credential_ttl_seconds": 2}
     async with relay_with(**overrides) as server, ServiceClient(api) as service:
         worker_id, client_id = await service.sign_in(), await service.sign_in()
@@ -164,6 +166,8 @@ async def test_sessions_take_refreshed_turn_credentials_and_connect_with_them(
                 first = (expiry(worker.state.ice_servers), expiry(client.state.ice_servers))
                 refreshed = await asyncio.gather(worker.next_ice_servers(), client.next_ice_servers())
                 assert all(expiry(new) > old for new, old in zip(refreshed, first, strict=True))
+                refreshed = await asyncio.gather(worker.next_ice_servers(), client.next_ice_servers())
+                assert max(first) < time.time()  # the credentials the sessions started with have expired
                 assert (worker.state.ice_servers, client.state.ice_servers) == tuple(refreshed)
                 accepted = asyncio.create_task(accept(worker, relay_only=True))
                 client_link = await connect(client, "Worker", relay_only=True)

@@ -63,9 +63,11 @@ async def test_message_rate_per_connection(api: str, relay_with: RelayFactory) -
             await noisy.send_raw("{}")
             await noisy.expect_error("INVALID_MESSAGE")
         await noisy.send_raw("{}")
-        limited = await noisy.expect_error("RATE_LIMITED")
+        limited = await noisy.expect_error("RATE_LIMITED")  # no id: v1's shape, no hint
         assert "per second" in limited["reason"]
-        assert 0 < limited["retry_after_ms"] <= 2000  # one token at 0.5/s
+        await noisy.send({"type": "ping", "id": "p1"})
+        limited = await noisy.expect_error_with_id("RATE_LIMITED", "p1")  # v2: when to send it again
+        assert limited["retry_after_ms"] <= 2000  # one token at 0.5/s
         await quiet.send_raw("{}")
         await quiet.expect_error("INVALID_MESSAGE")
         await noisy.close()
@@ -83,8 +85,10 @@ async def test_registration_attempts_per_address(api: str, relay_with: RelayFact
             await peer.send(bad)
             await peer.expect_error("INVALID_ID_TOKEN")
         await peer.send({**bad, "token": room.token, "id_token": user.id_token})
-        limited = await peer.expect_error("RATE_LIMITED")
-        assert 0 < limited["retry_after_ms"] <= 60_000  # one attempt a minute
+        await peer.expect_error("RATE_LIMITED")
+        await peer.send({**bad, "token": room.token, "id_token": user.id_token, "id": "r1"})
+        limited = await peer.expect_error_with_id("RATE_LIMITED", "r1")
+        assert limited["retry_after_ms"] <= 60_000  # one attempt a minute
         await peer.close()
 
 

@@ -113,3 +113,20 @@ async def test_the_sdk_follows_go_away_to_the_next_relay_process(api: str, stack
         if second is not None:
             await second.stop()
         await first.stop()
+
+
+async def test_a_rate_limited_sdk_waits_the_relays_hint_and_sends_again(api: str, relay_with: RelayFactory) -> None:
+    """Five frames a second would be refused by a relay allowing one a second past a burst of
+    three: the relay answers RATE_LIMITED with the wait, the session sends again after it,
+    and every ping gets its pong."""
+    async with relay_with(messages_per_second=1, message_burst=3) as server, ServiceClient(api) as service:
+        identity = await service.sign_in()
+        room = await service.create_room(identity)
+        session = await Session.open(url(server), room, identity, "Busy")  # the register is one frame
+        async with asyncio.timeout(4 * TIMEOUT):
+            for _ in range(4):
+                assert (await session.send({"type": "ping"}))["type"] == "pong"
+        refused = server.metrics.registry.get_sample_value("signaling_errors_total", {"code": "RATE_LIMITED"})
+        assert refused is not None
+        assert refused >= 1  # it was refused, and the session got through anyway
+        await session.close()

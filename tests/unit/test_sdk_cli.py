@@ -6,9 +6,16 @@ import pytest
 
 from signaling_sdk import cli
 
+TOKEN = "-Y3tB2hWq0m7o0eJxO1l4pTq9sKk2Zr8dN5vUa6cFgE"  # the shape of a room token
 
-@pytest.mark.parametrize("form", [["--token", "-starts-with-a-dash"], ["--token=-starts-with-a-dash"]])
+
+@pytest.mark.parametrize("form", [["--token", TOKEN], [f"--token={TOKEN}"]])
 def test_the_cli_takes_a_room_token_that_starts_with_a_dash(form: list[str]) -> None:
     """Room tokens are URL-safe base64: one in 64 starts with '-', which argparse reads as an option."""
     args = cli.parse_args(["worker", "--room", "r1", *form, "--once"])
-    assert (args.token, args.once) == ("-starts-with-a-dash", True)
+    assert (args.token, args.once) == (TOKEN, True)
+
+
+def test_a_missing_token_is_still_an_error() -> None:
+    with pytest.raises(SystemExit):
+        cli.parse_args(["worker", "--room", "r1", "--token", "--once"])

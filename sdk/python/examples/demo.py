@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -43,12 +44,24 @@ def start_stack() -> tuple[subprocess.Popen[str], str, str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        start_new_session=True,  # its emulator and coturn go with it: see stop_stack
     )
     assert stack.stdout is not None
     for line in stack.stdout:
         if match := READY.fullmatch(line.strip()):
             return stack, match["api"], match["relay"]
-    raise SystemExit(f"the dev stack did not start (exit {stack.wait()}): try `make dev` to see why")
+    stop_stack(stack)
+    raise SystemExit(f"the dev stack did not start (exit {stack.returncode}): try `make dev` to see why")
+
+
+def stop_stack(stack: subprocess.Popen[str]) -> None:
+    """SIGTERM (devstack stops its servers and coturn), then SIGKILL to the whole group."""
+    stack.terminate()
+    try:
+        stack.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(stack.pid, signal.SIGKILL)
+        stack.communicate()
 
 
 def signaling(*args: str) -> list[str]:
@@ -73,12 +86,17 @@ def demo(api: str, relay: str, work: Path, size: int, relay_only: bool) -> int:
         )
     )
     try:
-        client = subprocess.run(
-            signaling(*urls, "client", *where, "--file", str(job), "--tag", "demo", "--min-gpu-memory-mb", "8192"),
-            timeout=TIMEOUT,
-            check=False,
-        )
-        worker.wait(timeout=TIMEOUT)
+        try:
+            client = subprocess.run(
+                signaling(*urls, "client", *where, "--file", str(job), "--tag", "demo", "--min-gpu-memory-mb", "8192"),
+                timeout=TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            print(f"\nthe client did not finish within {TIMEOUT:.0f} s")
+            return 1
+        if client.returncode == 0:  # the worker exits (--once) after replying with the hash
+            worker.wait(timeout=TIMEOUT)
     finally:
         if worker.poll() is None:
             worker.terminate()
@@ -106,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             return demo(api, relay, Path(work), args.size_mib * 1024 * 1024, args.relay_only)
     finally:
         if stack is not None:
-            stack.terminate()
-            stack.communicate(timeout=TIMEOUT)
+            stop_stack(stack)
 
 
 if __name__ == "__main__":

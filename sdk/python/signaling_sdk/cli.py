@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 CHUNK = 16 * 1024
 HIGH_WATER = 1024 * 1024  # bytes queued in the data channel before the sender waits
 REPLY_GRACE_SECONDS = 10.0
+MIN_TOKEN_CHARS = 32  # room tokens are 43; no option of this CLI is that long
+MAX_NAME_BYTES = 200  # a received file's name (file systems allow 255)
 console = Console(stderr=True)
 
 
@@ -88,12 +90,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _joined_tokens(argv: Sequence[str]) -> list[str]:
-    """``--token VALUE`` as ``--token=VALUE``: a room token is URL-safe base64 and may start
-    with '-', which argparse would otherwise take for an option."""
+    """``--token VALUE`` as ``--token=VALUE``: a room token (43 characters of URL-safe base64)
+    may start with '-', which argparse would take for an option. Shorter values starting
+    with '-' stay as they are (``--token --once`` is still a missing token)."""
     args = list(argv)
     for index in range(len(args) - 1, -1, -1):
-        if args[index] == "--token" and index + 1 < len(args) and args[index + 1].startswith("-"):
-            args[index : index + 2] = [f"--token={args[index + 1]}"]
+        value = args[index + 1] if index + 1 < len(args) else ""
+        if args[index] == "--token" and value.startswith("-") and len(value) >= MIN_TOKEN_CHARS:
+            args[index : index + 2] = [f"--token={value}"]
     return args
 
 
@@ -110,7 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def run(args: argparse.Namespace, *, ice_servers: list[dict[str, Any]] | None = None) -> int:
     """The command in ``args``; ``ice_servers`` overrides the session's (tests)."""
-    args.ssl = ssl.create_default_context(cafile=args.ca_file) if args.ca_file else None
+    args.ssl = None
+    if args.ca_file:  # the usual CAs, and this one too
+        args.ssl = ssl.create_default_context()
+        args.ssl.load_verify_locations(cafile=args.ca_file)
     async with ServiceClient(args.api, ssl=args.ssl) as service:
         if args.command == "rooms":
             return await _rooms(service, args)
@@ -193,9 +200,10 @@ async def run_worker(
                     await _receive_file(link, args.out)
                 finally:
                     await link.close()
-            except (TransferRefused, NegotiationFailed, ChannelClosed) as exc:
-                # One client's failure: tell the person running the worker, serve the next.
-                console.print(f"[yellow]transfer failed[/yellow] ({exc.code}): {exc.reason}")
+            except (TransferRefused, NegotiationFailed, ChannelClosed, OSError) as exc:
+                # One transfer's failure: tell the person running the worker, serve the next.
+                code, reason = (exc.code, exc.reason) if isinstance(exc, SignalingError) else ("WRITE_FAILED", str(exc))
+                console.print(f"[yellow]transfer failed[/yellow] ({code}): {reason}")
                 if args.once:
                     return 1
                 continue
@@ -215,10 +223,17 @@ def _header(raw: str | bytes) -> tuple[str, int]:
         raise TransferRefused("BAD_TRANSFER", f"the first message is not a file header: {exc}") from exc
     if not isinstance(name, str) or not isinstance(size, int) or size < 0:
         raise TransferRefused("BAD_TRANSFER", "the header needs a string name and a size >= 0")
-    return Path(name).name or "received.bin", size  # never a path outside ``out``
+    base = Path(name).name  # never a path outside ``out``
+    if base in ("", ".", "..") or "\x00" in base or len(base.encode()) > MAX_NAME_BYTES:
+        raise TransferRefused("BAD_TRANSFER", f"the file name must be a plain name of at most {MAX_NAME_BYTES} bytes")
+    return base, size
 
 
 async def _receive_file(link: PeerLink, out: Path) -> None:
+    from aiortc.exceptions import InvalidStateError
+
+    from signaling_sdk.webrtc import ChannelClosed
+
     name, size = _header(await link.recv())
     digest = hashlib.sha256()
     received = 0
@@ -238,8 +253,11 @@ async def _receive_file(link: PeerLink, out: Path) -> None:
         partial.replace(out / name)
     finally:
         partial.unlink(missing_ok=True)
-    link.channel.send(json.dumps({"sha256": digest.hexdigest()}))
     console.print(f"received {name} ({size} bytes), sha256 {digest.hexdigest()}")
+    try:
+        link.channel.send(json.dumps({"sha256": digest.hexdigest()}))
+    except InvalidStateError as exc:
+        raise ChannelClosed("CHANNEL_CLOSED", f"{name} kept, but the client left before its hash") from exc
     with contextlib.suppress(TimeoutError):  # the client closes once it has read the hash
         async with asyncio.timeout(REPLY_GRACE_SECONDS):
             await link.closed.wait()

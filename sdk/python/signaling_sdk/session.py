@@ -96,7 +96,7 @@ class Session:
         ssl: SSLContext | None = None,
     ) -> None:
         """``url``: the relay (``ws://`` or, behind the edge, ``wss://``); ``ssl``: the TLS
-        context to verify a ``wss`` URL with (default: the system's CAs)."""
+        context to verify a ``wss`` URL with (default: the system's CAs; unused for ``ws``)."""
         self.url = url
         self.ssl = ssl
         self.room = room
@@ -208,6 +208,8 @@ class Session:
         """The next ICE servers the relay pushes: fresh TURN credentials, sent at 80 % of the
         old ones' lifetime. The session keeps the latest in ``state.ice_servers`` by itself
         (``connect``/``accept`` use them); wait here to know when they change."""
+        if self._closing:
+            raise SessionLost("CLOSED", "the session is closed")
         future: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
         self._ice_waiters.append(future)
         return await future
@@ -237,10 +239,11 @@ class Session:
         self._connected.set()
 
     async def _register(self, *, resume: bool) -> tuple[ClientConnection, dict[str, Any]]:
-        tls: dict[str, Any] = {"ssl": self.ssl} if self.ssl is not None else {}
+        tls: dict[str, Any] = {"ssl": self.ssl} if self.ssl is not None and self.url.startswith("wss:") else {}
         ws = await connect(self.url, open_timeout=self.open_timeout, max_size=None, **tls)
         message: dict[str, Any] = {
             "type": "register",
+            "id": f"{self._prefix}-register-{next(self._ids)}",  # errors then say when to retry
             "peer_id": self.state.peer_id,
             "room_id": self.room.room_id,
             "token": self.room.token,

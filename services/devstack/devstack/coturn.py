@@ -72,6 +72,9 @@ class Coturn:
         self.lines: queue.Queue[str] = queue.Queue()
         self._process: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._ready = threading.Event()
 
     def _config(self) -> str:
         return "\n".join(
@@ -101,16 +104,20 @@ class Coturn:
             check_free(self.host, self.port)
         config = self.directory / "turnserver.conf"
         config.write_text(self._config())
-        process = subprocess.Popen(  # noqa: S603 - the installed coturn, our own config file
-            [self.binary, "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        self._process = process
+        with self._lock:  # start runs in a worker thread: stop may come first (Ctrl-C at start-up)
+            if self._stopped:
+                raise RuntimeError("coturn was stopped before it started")
+            process = subprocess.Popen(  # noqa: S603 - the installed coturn, our own config file
+                [self.binary, "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+            self._process = process
         stdout = process.stdout
         assert stdout is not None
 
         def read() -> None:
-            for line in stdout:
-                self.lines.put(line)
+            for line in stdout:  # read to the end (a full pipe would block coturn) ...
+                if not self._ready.is_set():  # ... but keep only the start-up lines
+                    self.lines.put(line)
             self.lines.put("")  # end of output: it exited
 
         self._reader = threading.Thread(target=read, name="coturn-log", daemon=True)
@@ -121,6 +128,7 @@ class Coturn:
                 if not line:
                     raise RuntimeError(f"coturn exited ({process.wait()}): {''.join(seen[-5:])}")
                 seen.append(line)
+            self._ready.set()
         except queue.Empty:
             self.stop()
             raise RuntimeError(f"coturn did not start within {timeout} s: {''.join(seen[-5:])}") from None
@@ -130,7 +138,9 @@ class Coturn:
         return self.port
 
     def stop(self, timeout: float = 10.0) -> None:
-        process, self._process = self._process, None
+        with self._lock:
+            self._stopped = True
+            process, self._process = self._process, None
         if process is None:
             return
         if process.poll() is None:

@@ -172,6 +172,7 @@ class Stack:
         self.relay: RelayServer | None = None
         self.info: StackInfo | None = None
         self._turn: coturn.Coturn | None = None
+        self._stopping = False
         self._turn_dir: tempfile.TemporaryDirectory[str] | None = None
 
     def _start_emulator(self) -> str:
@@ -201,6 +202,8 @@ class Stack:
             port=self.config.turn_port,
             extra=["allow-loopback-peers"],  # development only: peers on this machine
         )
+        if self._stopping:  # stop() ran meanwhile (Ctrl-C at start-up) and saw no coturn yet
+            return None
         return self._turn.start()
 
     async def start(self) -> StackInfo:
@@ -259,6 +262,7 @@ class Stack:
         return "none: no ICE servers handed out"
 
     async def stop(self) -> None:
+        self._stopping = True
         if self.relay is not None:
             await self.relay.stop()
         if self._api is not None:

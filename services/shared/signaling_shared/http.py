@@ -266,7 +266,8 @@ def serve(app: FastAPI, settings: CommonSettings, port: int) -> None:
 
     The socket is bound here, so the port it got (``port`` 0: any free one) is logged as
     ``api_listening``; a connection made from then on waits in the backlog until uvicorn
-    accepts it."""
+    accepts it. ``settings.host`` is an address (IPv4 or IPv6), as in uvicorn's own
+    ``bind_socket``: a host name would bind its first address only."""
 
     async def run() -> None:
         use_io_threads(asyncio.get_running_loop(), settings)

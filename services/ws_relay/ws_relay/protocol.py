@@ -148,6 +148,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def try_decode_frame(frame: str | bytes) -> dict[str, Any] | None:
+    """The JSON object in ``frame``, or None (for a frame that is refused anyway)."""
+    try:
+        return decode_frame(frame)
+    except SignalingError:
+        return None
+
+
 def decode_frame(frame: str | bytes) -> dict[str, Any]:
     """The JSON object in ``frame``, or InvalidJson / InvalidMessage."""
     if not isinstance(frame, str):
@@ -285,10 +293,10 @@ def peer_left(peer_id: str, reason: str) -> str:
 
 
 def error_frame(error: SignalingError, correlation_id: str | int | None = None) -> str:
-    """v1 shape ``{type, code, reason}``; with the request's ``id`` when it had one, and
-    ``retry_after_ms`` when waiting that long makes the request acceptable (RATE_LIMITED)."""
+    """v1 shape ``{type, code, reason}``; with the request's ``id`` when it had one (v2), and
+    then ``retry_after_ms`` when waiting that long makes the request acceptable (RATE_LIMITED)."""
     frame: dict[str, Any] = {"type": "error", "code": error.code.value, "reason": error.reason}
-    if error.retry_after is not None:
+    if error.retry_after is not None and correlation_id is not None:
         frame["retry_after_ms"] = max(1, math.ceil(error.retry_after * 1000))
     return encode(with_id(frame, correlation_id))
 

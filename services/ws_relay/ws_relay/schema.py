@@ -160,7 +160,7 @@ class Error(_Numbered):
     reason: str
     id: CorrelationId | None = Field(default=None, description="Only when the request carried one.")
     retry_after_ms: int | None = Field(
-        default=None, ge=1, description="v2, RATE_LIMITED: the same request is accepted after this wait."
+        default=None, ge=1, description="v2, RATE_LIMITED for a request with an id: it is accepted after this wait."
     )
 
 

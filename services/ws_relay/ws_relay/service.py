@@ -298,6 +298,8 @@ class RelayService:
         correlation_id: str | int | None = None
         try:
             if not session.bucket.take(time.monotonic()):
+                # Answered with the request's id, so a v2 client can match it and send it again.
+                correlation_id = protocol.correlation_id_of(protocol.try_decode_frame(frame))
                 raise RateLimited(
                     f"more than {self.settings.messages_per_second:g} messages per second",
                     retry_after=session.bucket.retry_after(time.monotonic()),
