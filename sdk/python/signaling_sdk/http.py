@@ -51,6 +51,7 @@ class ServiceClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the HTTP connections (``async with`` does it)."""
         await self._client.aclose()
 
     async def sign_in(self) -> Identity:
@@ -59,6 +60,7 @@ class ServiceClient:
         return Identity(str(body["id_token"]), str(body["username"]))
 
     async def create_room(self, identity: Identity) -> Room:
+        """A new room owned by ``identity``; share its id and token with the peers that may join."""
         body = await self._call("POST", "/create-room", identity)
         return Room(str(body["room_id"]), str(body["token"]), int(body["expires_at"]))
 
@@ -67,6 +69,7 @@ class ServiceClient:
         return await self._call("GET", f"/rooms/{room_id}", identity)
 
     async def delete_room(self, identity: Identity, room_id: str) -> dict[str, Any]:
+        """Delete a room (its creator only); its peers are disconnected."""
         return await self._call("DELETE", f"/rooms/{room_id}", identity)
 
     async def ice_servers(self, identity: Identity) -> dict[str, Any]:

@@ -40,6 +40,8 @@ TERMINAL_CLOSES = range(4000, 4500)
 
 @dataclass(frozen=True)
 class Ack:
+    """The relay's answer to a sent message: its target received it, or it is held for it."""
+
     id: str
     queued: bool  # held for a peer not in the room yet; ``expired`` may follow in ``recv``
 
@@ -135,6 +137,7 @@ class Session:
 
     @property
     def peer_id(self) -> str:
+        """This peer's id in the room."""
         return self.state.peer_id
 
     # Sending -------------------------------------------------------------------------
@@ -189,6 +192,7 @@ class Session:
         return list(answer["peers"])
 
     async def update_metadata(self, metadata: Mapping[str, Any]) -> None:
+        """Replace this peer's metadata (tags, properties); the room sees ``metadata_updated``."""
         self.metadata = dict(metadata)
         await self.send({"type": "update_metadata", "metadata": self.metadata})
 

@@ -82,6 +82,7 @@ class PeerLink:
         return self.messages.get_nowait()
 
     async def close(self) -> None:
+        """Close the peer connection and its data channel."""
         await self.pc.close()
 
 
