@@ -7,6 +7,8 @@ import asyncio
 import hashlib
 import os
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -19,6 +21,24 @@ from support import TIMEOUT
 pytestmark = pytest.mark.e2e
 
 CHUNK = 16 * 1024
+
+
+@asynccontextmanager
+async def turn_pair(
+    api: str, relay_with: RelayFactory, turn_server: str, **overrides: Any
+) -> AsyncIterator[tuple[Session, Session]]:
+    """A worker and a client session on a relay whose only ICE server is ``turn_server``."""
+    async with relay_with(turn_urls=[turn_server], stun_urls=[], **overrides) as server, ServiceClient(api) as service:
+        worker_id, client_id = await service.sign_in(), await service.sign_in()
+        room = await service.create_room(client_id)
+        relay_url = f"ws://127.0.0.1:{server.port}"
+        worker = await Session.open(relay_url, room, worker_id, "Worker")
+        client = await Session.open(relay_url, room, client_id, "Client")
+        try:
+            yield worker, client
+        finally:
+            await client.close()
+            await worker.close()
 
 
 @pytest.mark.usefixtures("loopback_ice")
@@ -107,38 +127,29 @@ async def test_relay_only_ice_goes_through_turn_with_the_services_credentials(
 ) -> None:
     """ICE restricted to relay candidates: the data channel opens through a real coturn, with
     the ephemeral credentials the relay handed out in registered_auth."""
-    async with relay_with(turn_urls=[turn_server], stun_urls=[]) as server, ServiceClient(api) as service:
-        worker_id, client_id = await service.sign_in(), await service.sign_in()
-        room = await service.create_room(client_id)
-        relay_url = f"ws://127.0.0.1:{server.port}"
-        worker = await Session.open(relay_url, room, worker_id, "Worker")
-        client = await Session.open(relay_url, room, client_id, "Client")
-        try:
-            assert [entry["urls"] for entry in client.state.ice_servers] == [[turn_server]]
-            async with asyncio.timeout(8 * TIMEOUT):
-                accepted = asyncio.create_task(accept(worker, relay_only=True))
-                client_link = await connect(client, "Worker", relay_only=True)
-                worker_link = await accepted
-                for link in (client_link, worker_link):
-                    assert link.pc.sctp is not None
-                    ice = link.pc.sctp.transport.transport
-                    assert {c.type for c in ice.iceGatherer.getLocalCandidates()} == {"relay"}
-                payload = os.urandom(256 * 1024)
-                received: asyncio.Queue[bytes | str] = asyncio.Queue()
-                worker_link.channel.on("message", received.put_nowait)
-                for start in range(0, len(payload), CHUNK):
-                    client_link.channel.send(payload[start : start + CHUNK])
-                got = b""
-                while len(got) < len(payload):
-                    chunk = await received.get()
-                    assert isinstance(chunk, bytes)
-                    got += chunk
-                assert hashlib.sha256(got).hexdigest() == hashlib.sha256(payload).hexdigest()
-            await client_link.close()
-            await worker_link.close()
-        finally:
-            await client.close()
-            await worker.close()
+    async with turn_pair(api, relay_with, turn_server) as (worker, client):
+        assert [entry["urls"] for entry in client.state.ice_servers] == [[turn_server]]
+        async with asyncio.timeout(8 * TIMEOUT):
+            accepted = asyncio.create_task(accept(worker, relay_only=True))
+            client_link = await connect(client, "Worker", relay_only=True)
+            worker_link = await accepted
+            for link in (client_link, worker_link):
+                assert link.pc.sctp is not None
+                ice = link.pc.sctp.transport.transport
+                assert {c.type for c in ice.iceGatherer.getLocalCandidates()} == {"relay"}
+            payload = os.urandom(256 * 1024)
+            received: asyncio.Queue[bytes | str] = asyncio.Queue()
+            worker_link.channel.on("message", received.put_nowait)
+            for start in range(0, len(payload), CHUNK):
+                client_link.channel.send(payload[start : start + CHUNK])
+            got = b""
+            while len(got) < len(payload):
+                chunk = await received.get()
+                assert isinstance(chunk, bytes)
+                got += chunk
+            assert hashlib.sha256(got).hexdigest() == hashlib.sha256(payload).hexdigest()
+        await client_link.close()
+        await worker_link.close()
 
 
 def expiry(ice_servers: list[dict[str, Any]]) -> int:
@@ -154,28 +165,18 @@ async def test_sessions_take_refreshed_turn_credentials_and_connect_with_them(
     """With 2 s TURN credentials the relay pushes fresh ones at 80 %; each session keeps the
     newest, and once the first ones have expired (after the second push) a relay-only data
     channel opens through coturn with the fresh ones (coturn refuses expired ones)."""
-    overrides = {"turn_urls": [turn_server], "stun_urls": [], "turn_credential_ttl_seconds": 2}
-    async with relay_with(**overrides) as server, ServiceClient(api) as service:
-        worker_id, client_id = await service.sign_in(), await service.sign_in()
-        room = await service.create_room(client_id)
-        relay_url = f"ws://127.0.0.1:{server.port}"
-        worker = await Session.open(relay_url, room, worker_id, "Worker")
-        client = await Session.open(relay_url, room, client_id, "Client")
-        try:
-            async with asyncio.timeout(8 * TIMEOUT):
-                first = (expiry(worker.state.ice_servers), expiry(client.state.ice_servers))
-                refreshed = await asyncio.gather(worker.next_ice_servers(), client.next_ice_servers())
-                assert all(expiry(new) > old for new, old in zip(refreshed, first, strict=True))
-                refreshed = await asyncio.gather(worker.next_ice_servers(), client.next_ice_servers())
-                assert max(first) < time.time()  # the credentials the sessions started with have expired
-                assert (worker.state.ice_servers, client.state.ice_servers) == tuple(refreshed)
-                accepted = asyncio.create_task(accept(worker, relay_only=True))
-                client_link = await connect(client, "Worker", relay_only=True)
-                worker_link = await accepted
-                client_link.channel.send("with refreshed credentials")
-                assert await worker_link.recv() == "with refreshed credentials"
-            await client_link.close()
-            await worker_link.close()
-        finally:
-            await client.close()
-            await worker.close()
+    async with turn_pair(api, relay_with, turn_server, turn_credential_ttl_seconds=2) as (worker, client):
+        async with asyncio.timeout(8 * TIMEOUT):
+            first = (expiry(worker.state.ice_servers), expiry(client.state.ice_servers))
+            refreshed = await asyncio.gather(worker.next_ice_servers(), client.next_ice_servers())
+            assert all(expiry(new) > old for new, old in zip(refreshed, first, strict=True))
+            refreshed = await asyncio.gather(worker.next_ice_servers(), client.next_ice_servers())
+            assert max(first) < time.time()  # the credentials the sessions started with have expired
+            assert (worker.state.ice_servers, client.state.ice_servers) == tuple(refreshed)
+            accepted = asyncio.create_task(accept(worker, relay_only=True))
+            client_link = await connect(client, "Worker", relay_only=True)
+            worker_link = await accepted
+            client_link.channel.send("with refreshed credentials")
+            assert await worker_link.recv() == "with refreshed credentials"
+        await client_link.close()
+        await worker_link.close()
