@@ -97,8 +97,8 @@ async def test_the_sdk_follows_go_away_to_the_next_relay_process(api: str, stack
                 await first.stop()
                 second = RelayServer(settings.model_copy(update={"port": port}))
                 await second.start()
-                ack = await a.send_to("B", "after the restart")
-                assert ack.queued is False  # B resumed and received it
+                # Acked either way: received by B, or (B's resume still on its way) held for B.
+                await a.send_to("B", "after the restart")
                 assert await b.recv() == {
                     "type": "peer_message",
                     "from_peer_id": "A",
