@@ -14,7 +14,7 @@ TF_CHECK := terraform/scripts/check.sh
 
 .DEFAULT_GOAL := help
 .PHONY: help install dev demo test lint format typecheck unit integration e2e schema lock clean
-.PHONY: terraform-check terraform-fmt terraform-validate terraform-test terraform-checkov
+.PHONY: terraform-check terraform-fmt terraform-validate terraform-test terraform-checkov monitoring-check
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-18s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ typecheck: $(STAMP) ## mypy --strict on the services and tests
 
 schema: $(STAMP) ## Regenerate docs/protocol.schema.json from the relay's message models
 	$(BIN)/python -m ws_relay.schema
+
+monitoring-check: ## promtool: the Prometheus config, the alert rules and their unit tests (make test runs these too)
+	cd monitoring && promtool check config prometheus.yml && promtool check rules rules/*.yml && promtool test rules tests/*.yml
 
 terraform-check: terraform-fmt terraform-validate terraform-test terraform-checkov ## Every static Terraform check (the emulator apply is a pytest integration test)
 

@@ -39,7 +39,7 @@ from signaling_shared.errors import (
     as_signaling_error,
     describe_validation_error,
 )
-from signaling_shared.health import HealthBody, ReadinessBody, ReadinessCheck, run_readiness_checks
+from signaling_shared.health import HealthBody, Readiness, ReadinessBody, ReadinessCheck
 from signaling_shared.metrics import ServiceMetrics
 from signaling_shared.settings import CommonSettings
 
@@ -178,6 +178,7 @@ class RequestContextMiddleware:
 def ops_router(metrics: ServiceMetrics, checks: Mapping[str, ReadinessCheck]) -> APIRouter:
     """``/healthz`` (liveness, no dependencies), ``/readyz`` (dependencies), ``/metrics``."""
     router = APIRouter(tags=["operations"])
+    readiness = Readiness(checks, metrics.dependency_up)
 
     @router.get("/healthz", response_model=HealthBody, summary="Liveness: the process serves requests.")
     async def healthz() -> HealthBody:
@@ -190,7 +191,7 @@ def ops_router(metrics: ServiceMetrics, checks: Mapping[str, ReadinessCheck]) ->
         responses={503: {"model": ReadinessBody, "description": "A dependency is failing; 'failing' names it."}},
     )
     async def readyz() -> Response:
-        body = await run_readiness_checks(checks)
+        body = await readiness.run()
         return JSONResponse(body.model_dump(), status_code=200 if not body.failing else 503)
 
     @router.get(
@@ -200,6 +201,7 @@ def ops_router(metrics: ServiceMetrics, checks: Mapping[str, ReadinessCheck]) ->
         responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Metrics."}},
     )
     async def prometheus_metrics() -> Response:
+        await readiness.refresh()
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 

@@ -34,6 +34,12 @@ class ServiceMetrics:
             ["dependency", "operation", "kind"],
             registry=self.registry,
         )
+        self.dependency_up = Gauge(
+            "signaling_dependency_up",
+            "1 if the dependency's readiness check passed at its last run, else 0.",
+            ["dependency"],
+            registry=self.registry,
+        )
         self.http_requests = Counter(
             "signaling_http_requests",
             "HTTP requests by route template, method and status.",

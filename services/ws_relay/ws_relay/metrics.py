@@ -17,6 +17,9 @@ class RelayMetrics(ServiceMetrics):
         super().__init__("ws-relay", registry)
         r = self.registry
         self.connections = Gauge("signaling_ws_connections", "Open WebSocket connections.", registry=r)
+        self.connections_max = Gauge(
+            "signaling_ws_connections_max", "Connections the relay accepts (max_connections).", registry=r
+        )
         self.connections_opened = Counter(
             "signaling_ws_connections_opened", "WebSocket connections accepted.", registry=r
         )

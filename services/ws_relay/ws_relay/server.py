@@ -26,7 +26,7 @@ from websockets.protocol import State
 
 from signaling_shared.auth import TokenVerifier
 from signaling_shared.dynamo import Repository
-from signaling_shared.health import HealthBody, ReadinessBody, run_readiness_checks
+from signaling_shared.health import HealthBody, Readiness, ReadinessBody
 from signaling_shared.settings import RelaySettings
 from ws_relay.close_codes import REASONS, CloseCode
 from ws_relay.metrics import RelayMetrics
@@ -184,6 +184,10 @@ class RelayServer:
         self.repository = repository or Repository.from_settings(settings, self.metrics.dynamodb_error)
         self.verifier = verifier or TokenVerifier.from_settings(settings)
         self.service = RelayService(settings, self.repository, self.verifier, self.metrics)
+        self.readiness = Readiness(
+            {"dynamodb": self.repository.check, "jwks": self.verifier.check}, self.metrics.dependency_up
+        )
+        self.metrics.connections_max.set(settings.max_connections)
         self._trusted = _trusted_networks(settings.forwarded_allow_ips)
         self._server: Server | None = None
         self._lease_task: asyncio.Task[None] | None = None
@@ -262,10 +266,11 @@ class RelayServer:
                 return _with_type(
                     ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, body.model_dump_json()), "application/json"
                 )
-            body = await run_readiness_checks({"dynamodb": self.repository.check, "jwks": self.verifier.check})
+            body = await self.readiness.run()
             status = HTTPStatus.OK if not body.failing else HTTPStatus.SERVICE_UNAVAILABLE
             return _with_type(ws.respond(status, body.model_dump_json()), "application/json")
         if path == "/metrics":
+            await self.readiness.refresh()
             payload, content_type = self.metrics.render()
             return _with_type(ws.respond(HTTPStatus.OK, payload.decode()), content_type)
         if len(self.service.sessions) >= self.settings.max_connections:

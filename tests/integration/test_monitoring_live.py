@@ -1,0 +1,180 @@
+"""A real Prometheus (Debian package) with the project's monitoring/ config and rules,
+scraping the local stack, a relay of the test's own and a real node_exporter: every target
+is up, the key signaling_ metrics move under a little signaling traffic, and stopping the
+relay makes its SignalingServiceDown alert pending.
+
+Only the target files are the test's (monitoring/targets/*.json, as the monitoring role
+writes them in a deployment); prometheus.yml and the rules are the committed ones."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from conftest import RelayFactory
+from container_checks import ROOT
+from devstack.coturn import free_port
+from devstack.stack import StackInfo
+from signaling_sdk import ServiceClient, Session
+from support import TIMEOUT
+
+pytestmark = pytest.mark.integration
+
+MONITORING = ROOT / "monitoring"
+JOBS = ("auth-api", "rooms-api", "ws-relay", "node", "coturn")
+
+
+def binary(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        if os.environ.get("SIGNALING_REQUIRE_PROMETHEUS") == "1":
+            pytest.fail(f"{name} is required here: apt-get install prometheus prometheus-node-exporter")
+        pytest.skip(f"{name} is not installed (CI installs it and sets SIGNALING_REQUIRE_PROMETHEUS=1)")
+    return found
+
+
+POLL_TIMEOUT = 8 * TIMEOUT  # Prometheus scrapes and evaluates every 5 s
+
+
+async def until(check: Callable[[], Awaitable[Any]], what: str) -> Any:
+    """``check()``'s first truthy result. Prometheus is another process: its HTTP API is
+    polled, as its own clients do."""
+    last: Any = None
+    try:
+        async with asyncio.timeout(POLL_TIMEOUT):
+            while not (last := await check()):  # noqa: ASYNC110 - nothing to wait on but its API
+                await asyncio.sleep(0.25)
+    except TimeoutError:
+        pytest.fail(f"{what}: not within {POLL_TIMEOUT} s (last: {last})")
+    return last
+
+
+@asynccontextmanager
+async def process(directory: Path, name: str, *args: str) -> AsyncIterator[None]:
+    """A program running with its output in ``directory/<name>.log``; stopped at the end."""
+    with (directory / f"{name}.log").open("wb") as log:
+        running = await asyncio.create_subprocess_exec(binary(name), *args, stdout=log, stderr=log)
+    try:
+        yield
+    finally:
+        if running.returncode is None:
+            running.terminate()
+        try:
+            await asyncio.wait_for(running.wait(), 2 * TIMEOUT)
+        except TimeoutError:
+            running.kill()
+            await running.wait()
+
+
+def targets_file(directory: Path, job: str, address: str | None, metrics_path: str = "/metrics") -> None:
+    entries = [{"targets": [address], "labels": {"__metrics_path__": metrics_path}}] if address else []
+    (directory / "targets" / f"{job}.json").write_text(json.dumps(entries))
+
+
+@pytest.fixture
+def monitoring_dir(tmp_path: Path) -> Path:
+    """The committed prometheus.yml and rules, with target files for this test to fill."""
+    directory = tmp_path / "monitoring"
+    directory.mkdir()
+    shutil.copy(MONITORING / "prometheus.yml", directory / "prometheus.yml")
+    shutil.copytree(MONITORING / "rules", directory / "rules")
+    (directory / "targets").mkdir()
+    for job in JOBS:
+        targets_file(directory, job, None)
+    (directory / "targets" / "alertmanager.json").write_text("[]")
+    return directory
+
+
+async def test_prometheus_sees_the_stack_moving_and_a_stopped_relay_alerting(
+    stack: StackInfo, relay_with: RelayFactory, monitoring_dir: Path
+) -> None:
+    api = urlsplit(stack.api_url).netloc
+    node, web = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    async with AsyncExitStack() as running:
+        relay_scope = await running.enter_async_context(AsyncExitStack())  # closed early, below
+        relay = await relay_scope.enter_async_context(relay_with())
+        relay_address = f"127.0.0.1:{relay.port}"
+        targets_file(monitoring_dir, "auth-api", api, "/auth-api/metrics")  # make dev hosts both APIs
+        targets_file(monitoring_dir, "rooms-api", api)
+        targets_file(monitoring_dir, "ws-relay", relay_address)
+        targets_file(monitoring_dir, "node", node)
+        await running.enter_async_context(
+            process(monitoring_dir, "prometheus-node-exporter", f"--web.listen-address={node}")
+        )
+        config = ["--config.file", str(monitoring_dir / "prometheus.yml"), f"--web.listen-address={web}"]
+        storage = ["--storage.tsdb.path", str(monitoring_dir / "data")]
+        await running.enter_async_context(process(monitoring_dir, "prometheus", *config, *storage))
+        http = await running.enter_async_context(httpx.AsyncClient(base_url=f"http://{web}", timeout=TIMEOUT))
+
+        async def get(path: str, **params: str) -> Any:
+            try:
+                response = await http.get(path, params=params)
+            except httpx.TransportError:
+                return None  # not listening yet
+            return response.json()["data"] if response.is_success else None
+
+        async def health() -> dict[str, str]:
+            data = await get("/api/v1/targets")
+            return {t["labels"]["job"]: t["health"] for t in data["activeTargets"]} if data else {}
+
+        async def all_up() -> dict[str, str] | None:
+            seen = await health()
+            return seen if seen == dict.fromkeys(("auth-api", "rooms-api", "ws-relay", "node"), "up") else None
+
+        async def value(query: str) -> float:
+            data = await get("/api/v1/query", query=query)
+            return float(data["result"][0]["value"][1]) if data and data["result"] else 0.0
+
+        await until(all_up, "every target up")
+
+        # A little signaling traffic through the relay Prometheus watches.
+        async with ServiceClient(stack.api_url) as service:
+            a_id, b_id = await service.sign_in(), await service.sign_in()
+            room = await service.create_room(a_id)
+        relay_url = f"ws://{relay_address}"
+        async with await Session.open(relay_url, room, a_id, "A") as a, await Session.open(relay_url, room, b_id, "B"):
+            for n in range(5):
+                await a.send_to("B", {"n": n})
+
+        async def moved() -> bool:
+            return (
+                await value('sum(signaling_messages_relayed_total{job="ws-relay"})') >= 5
+                and await value('sum(signaling_registrations_total{job="ws-relay",outcome="ok"})') >= 2
+                and await value('sum(signaling_http_requests_total{job="auth-api",route="/anonymous-signin"})') >= 2
+                and await value('sum(signaling_http_requests_total{job="rooms-api",route="/create-room"})') >= 1
+                and await value('min(signaling_dependency_up{job="ws-relay"})') == 1
+                and await value('count(node_cpu_seconds_total{job="node"})') > 0
+            )
+
+        await until(moved, "signaling metrics moving in Prometheus")
+
+        await relay_scope.aclose()  # the relay stops; Prometheus keeps watching
+
+        async def relay_down_pending() -> list[dict[str, Any]]:
+            data = await get("/api/v1/alerts")
+            return [
+                alert
+                for alert in (data or {}).get("alerts", [])
+                if alert["labels"]["alertname"] == "SignalingServiceDown"
+                and alert["labels"]["job"] == "ws-relay"
+                and alert["state"] == "pending"  # `for: 1m` before it fires
+            ]
+
+        (alert,) = await until(relay_down_pending, "SignalingServiceDown pending for the stopped relay")
+        assert alert["labels"] == {
+            "alertname": "SignalingServiceDown",
+            "job": "ws-relay",
+            "instance": relay_address,
+            "severity": "critical",
+        }
+        assert (await health())["auth-api"] == "up"  # the others are still fine

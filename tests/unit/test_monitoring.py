@@ -1,0 +1,101 @@
+"""Monitoring as code: the Prometheus config and rules pass promtool, every alert has the
+fields on-call needs, a promtool unit test that makes it fire, and a runbook section, and
+every metric they query is one the services export."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from container_checks import ROOT
+from signaling_shared.metrics import ServiceMetrics
+from ws_relay.metrics import RelayMetrics
+
+MONITORING = ROOT / "monitoring"
+RULES = sorted((MONITORING / "rules").glob("*.yml"))
+RULE_TESTS = sorted((MONITORING / "tests").glob("*.yml"))
+RUNBOOK = ROOT / "docs" / "runbook.md"
+
+
+def alerts() -> list[dict[str, Any]]:
+    return [rule for path in RULES for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]]
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("promtool")
+    if binary is None:
+        if os.environ.get("SIGNALING_REQUIRE_PROMETHEUS") == "1":
+            pytest.fail("promtool is required here: apt-get install prometheus")
+        pytest.skip("promtool is not installed (CI installs prometheus and sets SIGNALING_REQUIRE_PROMETHEUS=1)")
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=60, check=False, cwd=MONITORING)
+
+
+def test_promtool_accepts_the_config_and_rules() -> None:
+    config = promtool("check", "config", "prometheus.yml")
+    assert config.returncode == 0, config.stdout + config.stderr
+    rules = promtool("check", "rules", *(str(p) for p in RULES))
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+
+
+def test_promtool_unit_tests_pass() -> None:
+    result = promtool("test", "rules", *(str(p) for p in RULE_TESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("rule", alerts(), ids=lambda rule: rule["alert"])
+def test_each_alert_has_what_on_call_needs(rule: dict[str, Any]) -> None:
+    assert rule.get("for"), "no `for`: one bad scrape would page"
+    assert rule["labels"]["severity"] in {"critical", "warning"}
+    assert set(rule["annotations"]) >= {"summary", "description", "runbook_url"}
+    anchor = rule["annotations"]["runbook_url"].removeprefix("docs/runbook.md#")
+    assert anchor == rule["alert"].lower()
+    assert f"\n## {rule['alert']}\n" in RUNBOOK.read_text(), f"docs/runbook.md has no section {rule['alert']}"
+
+
+def test_each_alert_has_a_unit_test_that_makes_it_fire() -> None:
+    fired = {
+        check["alertname"]
+        for path in RULE_TESTS
+        for test in yaml.safe_load(path.read_text())["tests"]
+        for check in test.get("alert_rule_test", [])
+        if check.get("exp_alerts")
+    }
+    assert {rule["alert"] for rule in alerts()} <= fired
+
+
+def exported_names() -> set[str]:
+    """Every sample name the services can export (counters' _total, histograms' _bucket, ...)."""
+    names: set[str] = set()
+    for metrics in (ServiceMetrics("any", CollectorRegistry()), RelayMetrics(CollectorRegistry())):
+        for family in metrics.registry.collect():
+            names.add(family.name)
+            kind = family.type
+            suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(kind, [])
+            names.update(family.name + suffix for suffix in suffixes)
+    return names
+
+
+def test_rules_query_only_metrics_the_services_export() -> None:
+    exported = exported_names()
+    for rule in alerts():
+        used = set(re.findall(r"\bsignaling_[a-z_]+", rule["expr"]))  # (the others use Prometheus' `up`)
+        assert used <= exported, f"{rule['alert']} queries {sorted(used - exported)}, which no service exports"
+
+
+def test_the_runbook_has_no_section_without_an_alert() -> None:
+    sections = set(re.findall(r"^## (\w+)$", RUNBOOK.read_text(), flags=re.MULTILINE))
+    assert sections == {rule["alert"] for rule in alerts()}
+
+
+def test_the_config_loads_every_rule_file_and_scrapes_every_job() -> None:
+    config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["rules/*.yml"]
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    assert jobs == {"auth-api", "rooms-api", "ws-relay", "node", "coturn"}
