@@ -158,6 +158,23 @@ async def test_prometheus_sees_the_stack_moving_and_a_stopped_relay_alerting(
 
         await until(moved, "signaling metrics moving in Prometheus")
 
+        # The dashboard's queries run on this Prometheus, and its relay panels get data (a
+        # rate needs two samples of a series: one more scrape after the traffic).
+        dashboard = json.loads((MONITORING / "dashboards" / "signaling.json").read_text())
+
+        async def dashboard_series() -> dict[str, int] | None:
+            series: dict[str, int] = {}
+            for panel in dashboard["panels"]:
+                for target in panel["targets"]:
+                    query = target["expr"].replace("$__rate_interval", "1m")
+                    response = (await http.get("/api/v1/query", params={"query": query})).json()
+                    assert response["status"] == "success", (panel["title"], response)
+                    series[panel["title"]] = series.get(panel["title"], 0) + len(response["data"]["result"])
+            relay_panels = ("Messages relayed by type", "Registrations by outcome", "Relay latency")
+            return series if all(series[title] for title in relay_panels) else None
+
+        await until(dashboard_series, "the dashboard's relay panels showing data")
+
         await relay_scope.aclose()  # the relay stops; Prometheus keeps watching
 
         async def relay_down_pending() -> list[dict[str, Any]]:

@@ -4,10 +4,15 @@ every metric they query is one the services export."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -99,3 +104,68 @@ def test_the_config_loads_every_rule_file_and_scrapes_every_job() -> None:
     assert config["rule_files"] == ["rules/*.yml"]
     jobs = {job["job_name"] for job in config["scrape_configs"]}
     assert jobs == {"auth-api", "rooms-api", "ws-relay", "node", "coturn"}
+
+
+def load_dashboard_builder() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("dashboard_build", MONITORING / "dashboards" / "build.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads((MONITORING / "dashboards" / "signaling.json").read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def test_the_dashboard_is_what_its_builder_builds() -> None:
+    """signaling.json is generated: edit build.py and run it, never the JSON."""
+    assert (MONITORING / "dashboards" / "signaling.json").read_text() == load_dashboard_builder().render()
+
+
+def test_the_dashboard_is_well_formed() -> None:
+    dashboard = json.loads((MONITORING / "dashboards" / "signaling.json").read_text())
+    assert dashboard["uid"]
+    assert dashboard["title"]
+    panels = dashboard["panels"]
+    assert len({panel["id"] for panel in panels}) == len(panels)
+    cells = [
+        (x, y)
+        for panel in panels
+        for x in range(panel["gridPos"]["x"], panel["gridPos"]["x"] + panel["gridPos"]["w"])
+        for y in range(panel["gridPos"]["y"], panel["gridPos"]["y"] + panel["gridPos"]["h"])
+    ]
+    assert len(cells) == len(set(cells)), "panels overlap"
+    assert all(0 <= x < 24 for x, _ in cells)
+    for panel in panels:
+        assert panel["targets"], panel["title"]
+        assert len({t["refId"] for t in panel["targets"]}) == len(panel["targets"])
+        assert panel["fieldConfig"]["defaults"]["unit"]
+
+
+def test_dashboard_queries_parse_and_use_exported_metrics(tmp_path: Path) -> None:
+    """promtool parses each query (as a recording rule); each uses only exported metrics."""
+    exported = exported_names()
+    queries = dashboard_queries()
+    for query in queries:
+        used = set(re.findall(r"\bsignaling_[a-z_]+", query))
+        assert used, query
+        assert used <= exported, f"{query} uses {sorted(used - exported)}, which no service exports"
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query_{n}", "expr": q.replace("$__rate_interval", "5m")}
+                    for n, q in enumerate(queries)
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    result = promtool("check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
