@@ -61,7 +61,7 @@ PANELS = (
                 "{{outcome}}",
             ),
         ),
-        "ok, or the error code that refused it (SignalingRegistrationFailures).",
+        "ok, resumed, abandoned (the socket left), or the error code that refused it (SignalingRegistrationFailures).",
     ),
     Panel(
         "Relay latency",

@@ -64,15 +64,19 @@ class Readiness:
         self._lock = asyncio.Lock()
 
     async def run(self) -> ReadinessBody:
-        """Every check now; the gauge follows."""
-        body = await run_readiness_checks(self.checks)
-        for name, result in body.checks.items():
-            self.gauge.labels(name).set(1 if result == "ok" else 0)
-        self._checked_at = self.clock()
-        return body
+        """Every check now (after a run in progress); the gauge follows."""
+        async with self._lock:
+            return await self._run()
 
     async def refresh(self) -> None:
         """Run the checks if the last run is older than ``max_age``."""
         async with self._lock:
             if self._checked_at is None or self.clock() - self._checked_at >= self.max_age:
-                await self.run()
+                await self._run()
+
+    async def _run(self) -> ReadinessBody:
+        body = await run_readiness_checks(self.checks)
+        for name, result in body.checks.items():
+            self.gauge.labels(name).set(1 if result == "ok" else 0)
+        self._checked_at = self.clock()
+        return body
