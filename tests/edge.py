@@ -17,7 +17,7 @@ import pytest
 
 from container_checks import ROOT
 from devstack.coturn import free_port
-from support import TIMEOUT
+from support import TIMEOUT, terminate
 
 CADDYFILE = ROOT / "services" / "edge" / "Caddyfile"
 
@@ -100,11 +100,5 @@ async def caddy_edge(directory: Path, *, auth_api: str, rooms_api: str, ws_relay
         ca_file = directory / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
         yield Edge(f"https://localhost:{https_port}", ca_file, f"http://127.0.0.1:{health_port}/healthz", log)
     finally:
-        if process.returncode is None:
-            process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), 2 * TIMEOUT)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        await terminate(process)
         await reader

@@ -385,6 +385,17 @@ class ServiceProcess:
         return code
 
 
+async def terminate(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within two timeout units."""
+    if process.returncode is None:
+        process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), 2 * TIMEOUT)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+
+
 def process_env(settings: CommonSettings, **overrides: Any) -> dict[str, str]:
     """``settings`` (and ``overrides``) as the SIGNALING_* environment a service process reads."""
     values = {**settings.model_dump(mode="json", exclude={"turn_secrets"}), **GENEROUS_LIMITS, **overrides}

@@ -26,7 +26,7 @@ from container_checks import ROOT
 from devstack.coturn import free_port
 from devstack.stack import StackInfo
 from signaling_sdk import ServiceClient, Session
-from support import TIMEOUT
+from support import TIMEOUT, terminate
 
 pytestmark = pytest.mark.integration
 
@@ -75,13 +75,7 @@ async def process(directory: Path, name: str, *args: str) -> AsyncIterator[None]
     try:
         yield
     finally:
-        if running.returncode is None:
-            running.terminate()
-        try:
-            await asyncio.wait_for(running.wait(), 2 * TIMEOUT)
-        except TimeoutError:
-            running.kill()
-            await running.wait()
+        await terminate(running)
 
 
 def targets_file(directory: Path, job: str, address: str | None, metrics_path: str = "/metrics") -> None:
