@@ -60,8 +60,9 @@ typecheck: $(STAMP) ## mypy --strict on the services and tests
 schema: $(STAMP) ## Regenerate docs/protocol.schema.json from the relay's message models
 	$(BIN)/python -m ws_relay.schema
 
-monitoring-check: ## promtool: the Prometheus config, the alert rules and their unit tests (make test runs these too)
+monitoring-check: ## promtool and amtool: Prometheus and Alertmanager configs, alert rules and their unit tests (make test runs these too)
 	cd monitoring && promtool check config prometheus.yml && promtool check rules rules/*.yml && promtool test rules tests/*.yml
+	amtool check-config monitoring/alertmanager.yml
 
 terraform-check: terraform-fmt terraform-validate terraform-test terraform-checkov ## Every static Terraform check (the emulator apply is a pytest integration test)
 

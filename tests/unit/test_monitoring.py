@@ -169,3 +169,35 @@ def test_dashboard_queries_parse_and_use_exported_metrics(tmp_path: Path) -> Non
     path.write_text(yaml.safe_dump(rules))
     result = promtool("check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def amtool(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("amtool")
+    if binary is None:
+        if os.environ.get("SIGNALING_REQUIRE_PROMETHEUS") == "1":
+            pytest.fail("amtool is required here: apt-get install prometheus-alertmanager")
+        pytest.skip("amtool is not installed (CI installs prometheus-alertmanager)")
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=60, check=False, cwd=MONITORING)
+
+
+def test_amtool_accepts_the_alertmanager_config() -> None:
+    result = amtool("check-config", "alertmanager.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("severity", "receiver"), [("critical", "page"), ("warning", "notify")])
+def test_alerts_route_by_severity(severity: str, receiver: str) -> None:
+    result = amtool("config", "routes", "test", "--config.file=alertmanager.yml", f"severity={severity}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == receiver
+
+
+def test_inhibitions_name_real_alerts() -> None:
+    config = yaml.safe_load((MONITORING / "alertmanager.yml").read_text())
+    names = {rule["alert"] for rule in alerts()}
+    for rule in config["inhibit_rules"]:
+        for matcher in rule["source_matchers"] + rule["target_matchers"]:
+            if matcher.startswith("alertname"):
+                pattern = matcher.split("=", 1)[1].lstrip("~").strip('"')
+                assert {name for name in names if re.fullmatch(pattern, name)}, matcher
+                assert set(pattern.split("|")) <= names, matcher
