@@ -33,13 +33,22 @@ def alerts() -> list[dict[str, Any]]:
     return [rule for path in RULES for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]]
 
 
-def promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    binary = shutil.which("promtool")
+def tool(name: str, package: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``name`` run in monitoring/; skipped where missing unless this run requires it (CI)."""
+    binary = shutil.which(name)
     if binary is None:
         if os.environ.get("SIGNALING_REQUIRE_PROMETHEUS") == "1":
-            pytest.fail("promtool is required here: apt-get install prometheus")
-        pytest.skip("promtool is not installed (CI installs prometheus and sets SIGNALING_REQUIRE_PROMETHEUS=1)")
+            pytest.fail(f"{name} is required here: apt-get install {package}")
+        pytest.skip(f"{name} is not installed (CI installs {package} and sets SIGNALING_REQUIRE_PROMETHEUS=1)")
     return subprocess.run([binary, *args], capture_output=True, text=True, timeout=60, check=False, cwd=MONITORING)
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return tool("promtool", "prometheus", *args)
+
+
+def amtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return tool("amtool", "prometheus-alertmanager", *args)
 
 
 def test_promtool_accepts_the_config_and_rules() -> None:
@@ -169,15 +178,6 @@ def test_dashboard_queries_parse_and_use_exported_metrics(tmp_path: Path) -> Non
     path.write_text(yaml.safe_dump(rules))
     result = promtool("check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def amtool(*args: str) -> subprocess.CompletedProcess[str]:
-    binary = shutil.which("amtool")
-    if binary is None:
-        if os.environ.get("SIGNALING_REQUIRE_PROMETHEUS") == "1":
-            pytest.fail("amtool is required here: apt-get install prometheus-alertmanager")
-        pytest.skip("amtool is not installed (CI installs prometheus-alertmanager)")
-    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=60, check=False, cwd=MONITORING)
 
 
 def test_amtool_accepts_the_alertmanager_config() -> None:
