@@ -612,27 +612,25 @@ class Repository:
 
     async def peer_entry(self, room_id: str, peer_id: str) -> PeerRecord | None:
         """The routing entry of a peer, expired or not, or None."""
+        item = await self._peer_item("peer_entry", room_id, peer_id)
+        return _peer_from(item) if item else None
+
+    async def _peer_item(self, operation: str, room_id: str, peer_id: str) -> dict[str, Any] | None:
+        """A peer's routing-table item as stored (consistent read), or None."""
         response = await self._call(
-            "peer_entry",
+            operation,
             self._client.get_item,
             TableName=self.peers_table,
             Key={"room_id": _s(room_id), "peer_id": _s(peer_id)},
             ConsistentRead=True,
         )
-        item = response.get("Item")
-        return _peer_from(item) if item else None
+        item: dict[str, Any] | None = response.get("Item")
+        return item
 
     async def load_session(self, room_id: str, peer_id: str, *, whole: bool = True) -> SavedSession | None:
         """The session a previous process saved for this peer, or None. ``whole``: with all
         its frames (else None: it cannot be resumed); otherwise the frames found, if any."""
-        response = await self._call(
-            "load_session",
-            self._client.get_item,
-            TableName=self.peers_table,
-            Key={"room_id": _s(room_id), "peer_id": _s(peer_id)},
-            ConsistentRead=True,
-        )
-        item = response.get("Item")
+        item = await self._peer_item("load_session", room_id, peer_id)
         if not item or "saved_session" not in item:
             return None
         state = json.loads(item["saved_session"]["S"])
