@@ -11,29 +11,17 @@ from functools import partial
 from typing import Any
 
 import pytest
-from aiortc import RTCConfiguration, RTCDataChannel, RTCIceCandidate, RTCPeerConnection, RTCSessionDescription
-from aiortc.sdp import SessionDescription, candidate_from_sdp, candidate_to_sdp
+from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc.sdp import SessionDescription
 
 import support
+from signaling_sdk.webrtc import ice_candidate, trickle
 from support import Peer, joined_pair
 
 pytestmark = pytest.mark.e2e
 
-STATES = ("signalingState", "iceGatheringState", "iceConnectionState", "connectionState")
 CANDIDATE_LINES = ("a=candidate:", "a=end-of-candidates")
-
-
-def without_candidates(sdp: str) -> str:
-    """The SDP with its candidate lines removed: the candidates then travel only by trickle."""
-    return "".join(line for line in sdp.splitlines(keepends=True) if not line.startswith(CANDIDATE_LINES))
-
-
-def ice_candidate(init: dict[str, Any]) -> RTCIceCandidate:
-    """The RTCIceCandidate for a relayed RTCIceCandidateInit."""
-    candidate = candidate_from_sdp(init["candidate"].removeprefix("candidate:"))
-    candidate.sdpMid = init["sdpMid"]
-    candidate.sdpMLineIndex = init["sdpMLineIndex"]
-    return candidate
+STATES = ("signalingState", "iceGatheringState", "iceConnectionState", "connectionState")
 
 
 class Endpoint:
@@ -87,15 +75,10 @@ class Endpoint:
     async def send_description(self) -> None:
         """Send the local description without candidates, then each candidate on its own, then the end marker."""
         description = self.pc.localDescription
-        await self._send({"type": description.type, "sdp": without_candidates(description.sdp)})
-        for index, media in enumerate(SessionDescription.parse(description.sdp).media):
-            for candidate in media.ice_candidates:
-                init = {
-                    "candidate": f"candidate:{candidate_to_sdp(candidate)}",
-                    "sdpMid": media.rtp.muxId,
-                    "sdpMLineIndex": index,
-                }
-                await self._send({"type": "candidate", "candidate": init})
+        sdp, candidates = trickle(description.sdp)  # the SDK's encoding, sent here as a seed-style client would
+        await self._send({"type": description.type, "sdp": sdp})
+        for init in candidates:
+            await self._send({"type": "candidate", "candidate": init})
         await self._send({"type": "candidate", "candidate": None})
 
     async def signal(self) -> None:

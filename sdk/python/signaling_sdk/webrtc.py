@@ -186,19 +186,33 @@ async def _until_open(pc: RTCPeerConnection, waiting: asyncio.Future[RTCDataChan
     return await waiting
 
 
+def trickle(sdp: str) -> tuple[str, list[dict[str, Any]]]:
+    """``sdp`` without its candidate lines, and its candidates as RTCIceCandidateInit objects
+    (``candidate``, ``sdpMid``, ``sdpMLineIndex``), to send one by one (trickle ICE)."""
+    bare = "".join(line for line in sdp.splitlines(keepends=True) if not line.startswith(_CANDIDATE_LINES))
+    inits = [
+        {"candidate": f"candidate:{candidate_to_sdp(candidate)}", "sdpMid": media.rtp.muxId, "sdpMLineIndex": index}
+        for index, media in enumerate(SessionDescription.parse(sdp).media)
+        for candidate in media.ice_candidates
+    ]
+    return bare, inits
+
+
+def ice_candidate(init: dict[str, Any]) -> RTCIceCandidate:
+    """The aiortc candidate for a relayed RTCIceCandidateInit."""
+    candidate: RTCIceCandidate = candidate_from_sdp(str(init["candidate"]).removeprefix("candidate:"))
+    candidate.sdpMid = init.get("sdpMid")
+    candidate.sdpMLineIndex = init.get("sdpMLineIndex")
+    return candidate
+
+
 async def _send_description(session: Session, peer_id: str, pc: RTCPeerConnection) -> None:
     """The local description without candidates, then each candidate, then the end marker."""
     description = pc.localDescription
-    sdp = "".join(line for line in description.sdp.splitlines(keepends=True) if not line.startswith(_CANDIDATE_LINES))
+    sdp, candidates = trickle(description.sdp)
     await session.signal(description.type, peer_id, sdp=sdp)
-    for index, media in enumerate(SessionDescription.parse(description.sdp).media):
-        for candidate in media.ice_candidates:
-            init = {
-                "candidate": f"candidate:{candidate_to_sdp(candidate)}",
-                "sdpMid": media.rtp.muxId,
-                "sdpMLineIndex": index,
-            }
-            await session.signal("candidate", peer_id, candidate=init)
+    for init in candidates:
+        await session.signal("candidate", peer_id, candidate=init)
     await session.signal("candidate", peer_id, candidate=None)
 
 
@@ -211,10 +225,7 @@ async def _take_candidates(session: Session, peer_id: str, pc: RTCPeerConnection
             await pc.addIceCandidate(None)
             return
         if isinstance(init, dict) and init.get("candidate"):
-            candidate: RTCIceCandidate = candidate_from_sdp(str(init["candidate"]).removeprefix("candidate:"))
-            candidate.sdpMid = init.get("sdpMid")
-            candidate.sdpMLineIndex = init.get("sdpMLineIndex")
-            await pc.addIceCandidate(candidate)
+            await pc.addIceCandidate(ice_candidate(init))
 
 
 async def _next_from(session: Session, peer_id: str, kind: str) -> dict[str, Any]:
