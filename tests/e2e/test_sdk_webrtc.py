@@ -24,32 +24,40 @@ CHUNK = 16 * 1024
 
 
 @asynccontextmanager
-async def turn_pair(
-    api: str, relay_with: RelayFactory, turn_server: str, **overrides: Any
+async def session_pair(
+    api: str, relay_url: str, *, client_backoff: Backoff | None = None
 ) -> AsyncIterator[tuple[Session, Session]]:
-    """A worker and a client session on a relay whose only ICE server is ``turn_server``."""
-    async with relay_with(turn_urls=[turn_server], stun_urls=[], **overrides) as server, ServiceClient(api) as service:
+    """A worker ("Worker") and a client ("Client") session in a new room; closed at the end."""
+    async with ServiceClient(api) as service:
         worker_id, client_id = await service.sign_in(), await service.sign_in()
         room = await service.create_room(client_id)
-        relay_url = f"ws://127.0.0.1:{server.port}"
-        worker = await Session.open(relay_url, room, worker_id, "Worker")
-        client = await Session.open(relay_url, room, client_id, "Client")
+    worker = await Session.open(relay_url, room, worker_id, "Worker", role="worker")
+    try:
+        client = await Session.open(relay_url, room, client_id, "Client", role="client", backoff=client_backoff)
         try:
             yield worker, client
         finally:
             await client.close()
-            await worker.close()
+    finally:
+        await worker.close()
+
+
+@asynccontextmanager
+async def turn_pair(
+    api: str, relay_with: RelayFactory, turn_server: str, **overrides: Any
+) -> AsyncIterator[tuple[Session, Session]]:
+    """A session pair on a relay whose only ICE server is ``turn_server``."""
+    async with (
+        relay_with(turn_urls=[turn_server], stun_urls=[], **overrides) as server,
+        session_pair(api, f"ws://127.0.0.1:{server.port}") as pair,
+    ):
+        yield pair
 
 
 @pytest.mark.usefixtures("loopback_ice")
 async def test_two_sdk_peers_move_a_file_over_a_data_channel(api: str, relay: str) -> None:
     payload = os.urandom(3 * 1024 * 1024)
-    async with ServiceClient(api) as service:
-        worker_id, client_id = await service.sign_in(), await service.sign_in()
-        room = await service.create_room(client_id)
-    worker = await Session.open(relay, room, worker_id, "Worker", role="worker")
-    client = await Session.open(relay, room, client_id, "Client", role="client")
-    try:
+    async with session_pair(api, relay) as (worker, client):
         async with asyncio.timeout(6 * TIMEOUT):
             # No STUN/TURN here: host candidates on loopback (the TURN path has its own test).
             accepted = asyncio.create_task(accept(worker, ice_servers=[]))
@@ -77,9 +85,6 @@ async def test_two_sdk_peers_move_a_file_over_a_data_channel(api: str, relay: st
             assert await replies.get() == hashlib.sha256(payload).hexdigest()
         await client_link.close()
         await worker_link.close()
-    finally:
-        await client.close()
-        await worker.close()
 
 
 @pytest.mark.usefixtures("loopback_ice")
@@ -90,20 +95,15 @@ async def test_a_signaling_socket_cut_mid_negotiation_resumes_and_completes(
     any candidate did: the session resumes, what the worker sent meanwhile (answer,
     candidates) is replayed, the client's candidates go out after the resume, and the data
     channel opens."""
-    async with ServiceClient(api) as service:
-        worker_id, client_id = await service.sign_in(), await service.sign_in()
-        room = await service.create_room(client_id)
-    worker = await Session.open(relay, room, worker_id, "Worker")
-    client = await Session.open(relay, room, client_id, "Client", backoff=Backoff(initial=0.05, maximum=0.2))
-    send_signal = client.signal
+    async with session_pair(api, relay, client_backoff=Backoff(initial=0.05, maximum=0.2)) as (worker, client):
+        send_signal = client.signal
 
-    async def cut_before_the_first_candidate(kind: str, peer_id: str, **fields: object) -> Ack:
-        if kind == "candidate" and client.state.resumes == 0 and client._ws is not None:
-            client._ws.transport.abort()  # the network fails under the client, its offer delivered
-        return await send_signal(kind, peer_id, **fields)
+        async def cut_before_the_first_candidate(kind: str, peer_id: str, **fields: object) -> Ack:
+            if kind == "candidate" and client.state.resumes == 0 and client._ws is not None:
+                client._ws.transport.abort()  # the network fails under the client, its offer delivered
+            return await send_signal(kind, peer_id, **fields)
 
-    monkeypatch.setattr(client, "signal", cut_before_the_first_candidate)
-    try:
+        monkeypatch.setattr(client, "signal", cut_before_the_first_candidate)
         async with asyncio.timeout(6 * TIMEOUT):
             accepted = asyncio.create_task(accept(worker, ice_servers=[]))
             client_link = await connect(client, "Worker", ice_servers=[])
@@ -116,9 +116,6 @@ async def test_a_signaling_socket_cut_mid_negotiation_resumes_and_completes(
             assert await pong.get() == "echo ping"
         await client_link.close()
         await worker_link.close()
-    finally:
-        await client.close()
-        await worker.close()
 
 
 @pytest.mark.usefixtures("loopback_ice")

@@ -44,38 +44,45 @@ def binary(name: str) -> str:
 
 
 POLL_TIMEOUT = 8 * TIMEOUT  # Prometheus scrapes and evaluates every 5 s
+POLL_INTERVAL = 0.25
 
 
-async def until(check: Callable[[], Awaitable[Any]], what: str) -> Any:
-    """``check()``'s first truthy result. Prometheus is another process: its HTTP API is
-    polled, as its own clients do."""
-    last: Any = None
-    try:
-        async with asyncio.timeout(POLL_TIMEOUT):
-            while not (last := await check()):
-                for log, program in STARTED:
-                    if program.returncode is not None:  # e.g. its port was taken meanwhile
-                        pytest.fail(f"{log.stem} exited ({program.returncode}): {log.read_text()[-2000:]}")
-                await asyncio.sleep(0.25)
-    except TimeoutError:
-        pytest.fail(f"{what}: not within {POLL_TIMEOUT} s (last: {last})")
-    return last
+class Programs:
+    """The programs this test runs (Prometheus, node_exporter): each is stopped at the end,
+    and a wait for Prometheus ends at once, with the log, if one of them exits."""
 
+    def __init__(self) -> None:
+        self.exits: dict[asyncio.Task[int], Path] = {}
 
-STARTED: list[tuple[Path, asyncio.subprocess.Process]] = []  # this test's programs, for `until`
+    @asynccontextmanager
+    async def run(self, directory: Path, name: str, *args: str) -> AsyncIterator[None]:
+        """``name`` running with its output in ``directory/<name>.log``."""
+        log_path = directory / f"{name}.log"
+        with log_path.open("wb") as log:
+            running = await asyncio.create_subprocess_exec(binary(name), *args, stdout=log, stderr=log)
+        exited = asyncio.create_task(running.wait())
+        self.exits[exited] = log_path
+        try:
+            yield
+        finally:
+            del self.exits[exited]
+            await terminate(running)
+            await exited
 
-
-@asynccontextmanager
-async def process(directory: Path, name: str, *args: str) -> AsyncIterator[None]:
-    """A program running with its output in ``directory/<name>.log``; stopped at the end."""
-    log_path = directory / f"{name}.log"
-    with log_path.open("wb") as log:
-        running = await asyncio.create_subprocess_exec(binary(name), *args, stdout=log, stderr=log)
-    STARTED.append((log_path, running))
-    try:
-        yield
-    finally:
-        await terminate(running)
+    async def until(self, check: Callable[[], Awaitable[Any]], what: str) -> Any:
+        """``check()``'s first truthy result. Prometheus pushes nothing: its HTTP API is
+        asked again after each POLL_INTERVAL in which no program exited."""
+        last: Any = None
+        try:
+            async with asyncio.timeout(POLL_TIMEOUT):
+                while not (last := await check()):
+                    exited, _ = await asyncio.wait(self.exits, timeout=POLL_INTERVAL)
+                    for task in exited:  # e.g. its port was taken meanwhile
+                        log = self.exits[task]
+                        pytest.fail(f"{log.stem} exited ({task.result()}): {log.read_text()[-2000:]}")
+        except TimeoutError:
+            pytest.fail(f"{what}: not within {POLL_TIMEOUT} s (last: {last})")
+        return last
 
 
 def targets_file(directory: Path, job: str, address: str | None, metrics_path: str = "/metrics") -> None:
@@ -103,7 +110,7 @@ async def test_prometheus_sees_the_stack_moving_and_a_stopped_relay_alerting(
 ) -> None:
     api = urlsplit(stack.api_url).netloc
     node, web = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    STARTED.clear()
+    programs = Programs()
     async with AsyncExitStack() as running:
         relay_scope = await running.enter_async_context(AsyncExitStack())  # closed early, below
         relay = await relay_scope.enter_async_context(relay_with())
@@ -113,11 +120,11 @@ async def test_prometheus_sees_the_stack_moving_and_a_stopped_relay_alerting(
         targets_file(monitoring_dir, "ws-relay", relay_address)
         targets_file(monitoring_dir, "node", node)
         await running.enter_async_context(
-            process(monitoring_dir, "prometheus-node-exporter", f"--web.listen-address={node}")
+            programs.run(monitoring_dir, "prometheus-node-exporter", f"--web.listen-address={node}")
         )
         config = ["--config.file", str(monitoring_dir / "prometheus.yml"), f"--web.listen-address={web}"]
         storage = ["--storage.tsdb.path", str(monitoring_dir / "data")]
-        await running.enter_async_context(process(monitoring_dir, "prometheus", *config, *storage))
+        await running.enter_async_context(programs.run(monitoring_dir, "prometheus", *config, *storage))
         http = await running.enter_async_context(httpx.AsyncClient(base_url=f"http://{web}", timeout=TIMEOUT))
 
         async def get(path: str, **params: str) -> Any:
@@ -139,7 +146,7 @@ async def test_prometheus_sees_the_stack_moving_and_a_stopped_relay_alerting(
             data = await get("/api/v1/query", query=query)
             return float(data["result"][0]["value"][1]) if data and data["result"] else 0.0
 
-        await until(all_up, "every target up")
+        await programs.until(all_up, "every target up")
 
         # A little signaling traffic through the relay Prometheus watches.
         async with ServiceClient(stack.api_url) as service:
@@ -161,7 +168,7 @@ async def test_prometheus_sees_the_stack_moving_and_a_stopped_relay_alerting(
                 and await value('count(node_cpu_seconds_total{job="node"})') > 0
             )
 
-        await until(moved, "signaling metrics moving in Prometheus")
+        await programs.until(moved, "signaling metrics moving in Prometheus")
 
         # The dashboard's queries run on this Prometheus, and its relay panels get data (a
         # rate needs two samples of a series: one more scrape after the traffic).
@@ -178,7 +185,7 @@ async def test_prometheus_sees_the_stack_moving_and_a_stopped_relay_alerting(
             relay_panels = ("Messages relayed by type", "Registrations by outcome")  # (quantiles are NaN series)
             return series if all(series[title] for title in relay_panels) else None
 
-        await until(dashboard_series, "the dashboard's relay panels showing data")
+        await programs.until(dashboard_series, "the dashboard's relay panels showing data")
 
         await relay_scope.aclose()  # the relay stops; Prometheus keeps watching
 
@@ -192,7 +199,7 @@ async def test_prometheus_sees_the_stack_moving_and_a_stopped_relay_alerting(
                 and alert["state"] == "pending"  # `for: 1m` before it fires
             ]
 
-        (alert,) = await until(relay_down_pending, "SignalingServiceDown pending for the stopped relay")
+        (alert,) = await programs.until(relay_down_pending, "SignalingServiceDown pending for the stopped relay")
         assert alert["labels"] == {
             "alertname": "SignalingServiceDown",
             "job": "ws-relay",
