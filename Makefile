@@ -15,6 +15,7 @@ TF_CHECK := terraform/scripts/check.sh
 .DEFAULT_GOAL := help
 .PHONY: help install dev demo test lint format typecheck unit integration e2e schema lock clean
 .PHONY: terraform-check terraform-fmt terraform-validate terraform-test terraform-checkov monitoring-check
+.PHONY: deploy destroy ansible-check
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-18s %s\n", $$1, $$2}'
@@ -63,6 +64,21 @@ schema: $(STAMP) ## Regenerate docs/protocol.schema.json from the relay's messag
 monitoring-check: ## promtool and amtool: Prometheus and Alertmanager configs, alert rules and their unit tests (make test runs these too)
 	cd monitoring && promtool check config prometheus.yml && promtool check rules rules/*.yml && promtool test rules tests/*.yml
 	amtool check-config monitoring/alertmanager.yml
+
+ENV ?=
+DEPLOY := $(BIN)/python ansible/scripts/deploy.py
+DEPLOY_FLAGS := $(if $(filter 1 yes true,$(AUTO_APPROVE)),--auto-approve,)
+
+deploy: $(STAMP) ## make deploy ENV=local|dev|prod: Terraform, inventory, playbook, smoke test (local: emulator + check mode here)
+	@test -n "$(ENV)" || { echo "make deploy ENV=local|dev|prod [AUTO_APPROVE=1]"; exit 2; }
+	$(DEPLOY) deploy $(ENV) $(DEPLOY_FLAGS)
+
+destroy: $(STAMP) ## make destroy ENV=dev|prod: terraform destroy (asks first unless AUTO_APPROVE=1)
+	@test -n "$(ENV)" || { echo "make destroy ENV=local|dev|prod [AUTO_APPROVE=1]"; exit 2; }
+	$(DEPLOY) destroy $(ENV) $(DEPLOY_FLAGS)
+
+ansible-check: $(STAMP) ## ansible-lint (production), yamllint, syntax check, check mode here, rendered configs checked (make test runs these too)
+	$(BIN)/pytest tests/integration/test_ansible.py
 
 terraform-check: terraform-fmt terraform-validate terraform-test terraform-checkov ## Every static Terraform check (the emulator apply is a pytest integration test)
 

@@ -31,7 +31,7 @@ from support import TIMEOUT, terminate
 pytestmark = pytest.mark.integration
 
 MONITORING = ROOT / "monitoring"
-JOBS = ("auth-api", "rooms-api", "ws-relay", "node", "coturn")
+JOBS = ("auth-api", "rooms-api", "ws-relay", "node", "coturn", "edge-certificate")
 
 
 def binary(name: str) -> str:

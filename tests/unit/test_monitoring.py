@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +18,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from container_checks import ROOT
+from programs import require_program
 from signaling_shared.metrics import ServiceMetrics
 from ws_relay.metrics import RelayMetrics
 
@@ -35,11 +34,7 @@ def alerts() -> list[dict[str, Any]]:
 
 def tool(name: str, package: str, *args: str) -> subprocess.CompletedProcess[str]:
     """``name`` run in monitoring/; skipped where missing unless this run requires it (CI)."""
-    binary = shutil.which(name)
-    if binary is None:
-        if os.environ.get("SIGNALING_REQUIRE_PROMETHEUS") == "1":
-            pytest.fail(f"{name} is required here: apt-get install {package}")
-        pytest.skip(f"{name} is not installed (CI installs {package} and sets SIGNALING_REQUIRE_PROMETHEUS=1)")
+    binary = require_program(name, package, "SIGNALING_REQUIRE_PROMETHEUS")
     return subprocess.run([binary, *args], capture_output=True, text=True, timeout=60, check=False, cwd=MONITORING)
 
 
@@ -112,7 +107,7 @@ def test_the_config_loads_every_rule_file_and_scrapes_every_job() -> None:
     config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     assert config["rule_files"] == ["rules/*.yml"]
     jobs = {job["job_name"] for job in config["scrape_configs"]}
-    assert jobs == {"auth-api", "rooms-api", "ws-relay", "node", "coturn"}
+    assert jobs == {"auth-api", "rooms-api", "ws-relay", "node", "coturn", "edge-certificate"}
 
 
 def load_dashboard_builder() -> ModuleType:

@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,9 +21,10 @@ from pathlib import Path
 
 import httpx
 
+from devstack import background
+
 MAKE_DEV_API = "http://127.0.0.1:8001"
 MAKE_DEV_RELAY = "ws://127.0.0.1:8080"
-READY = re.compile(r"READY api=(?P<api>\S+) relay=(?P<relay>\S+) aws=\S+")
 TIMEOUT = 120.0
 
 
@@ -34,34 +33,6 @@ def answers(api: str) -> bool:
         return httpx.get(f"{api}/healthz", timeout=2).is_success
     except httpx.HTTPError:
         return False
-
-
-def start_stack() -> tuple[subprocess.Popen[str], str, str]:
-    """``python -m devstack`` on free ports; the process and its API and relay URLs."""
-    command = [sys.executable, "-m", "devstack", "--api-port", "0", "--relay-port", "0", "--aws-port", "0"]
-    stack = subprocess.Popen(
-        [*command, "--turn-port", "0", "--table-prefix", "demo-"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,  # its emulator and coturn go with it: see stop_stack
-    )
-    assert stack.stdout is not None
-    for line in stack.stdout:
-        if match := READY.fullmatch(line.strip()):
-            return stack, match["api"], match["relay"]
-    stop_stack(stack)
-    raise SystemExit(f"the dev stack did not start (exit {stack.returncode}): try `make dev` to see why")
-
-
-def stop_stack(stack: subprocess.Popen[str]) -> None:
-    """SIGTERM (devstack stops its servers and coturn), then SIGKILL to the whole group."""
-    stack.terminate()
-    try:
-        stack.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(stack.pid, signal.SIGKILL)
-        stack.communicate()
 
 
 def signaling(*args: str) -> list[str]:
@@ -118,13 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"using the running `make dev` stack at {api}", flush=True)
     else:
         print("starting a dev stack for this demo (free ports; stopped at the end)", flush=True)
-        stack, api, relay = start_stack()
+        stack = background.start("--table-prefix", "demo-")
+        api, relay = stack.api, stack.relay
     try:
         with tempfile.TemporaryDirectory(prefix="signaling-demo-") as work:
             return demo(api, relay, Path(work), args.size_mib * 1024 * 1024, args.relay_only)
     finally:
         if stack is not None:
-            stop_stack(stack)
+            stack.stop()
 
 
 if __name__ == "__main__":

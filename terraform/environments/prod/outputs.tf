@@ -59,3 +59,15 @@ output "signaling_env" {
     SIGNALING_COGNITO_CLIENT_ID    = module.identity.client_id
   }
 }
+
+output "host_network" {
+  description = "What Ansible mirrors on the host: its addresses, the public ports (security group rules) and the networks allowed to reach SSH and the metrics ports."
+  value = {
+    public_ip        = module.host.public_ip
+    private_ip       = module.host.private_ip
+    public_ports     = module.host.public_ports
+    ssh_cidrs        = module.host.admin_access.ssh_cidrs
+    monitoring_cidrs = module.host.admin_access.monitoring_cidrs
+    metrics_ports    = module.host.admin_access.metrics_ports
+  }
+}

@@ -42,3 +42,12 @@ output "public_ports" {
   description = "Inbound rules open to public_ingress_cidrs, by name: protocol and port range."
   value       = { for name, port in local.public_ports : name => { protocol = port.protocol, from = port.from, to = port.to } }
 }
+
+output "admin_access" {
+  description = "Networks allowed to reach SSH (ssh_cidrs) and the metrics ports (monitoring_cidrs, metrics_ports), as the security group opens them."
+  value = {
+    ssh_cidrs        = var.ssh_cidrs
+    monitoring_cidrs = var.monitoring_cidrs
+    metrics_ports    = var.metrics_ports
+  }
+}

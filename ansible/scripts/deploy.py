@@ -1,0 +1,280 @@
+"""``make deploy ENV=local|dev|prod`` and ``make destroy ENV=...``: Terraform, the inventory
+from its outputs, the playbook, then a smoke test against the endpoint.
+
+    deploy local   the local environment on the AWS emulator of a dev stack this script
+                   starts (free ports), the playbook against this machine in check mode
+                   (it says what it would change and changes nothing), the smoke test
+                   against that stack; everything stops at the end
+    deploy dev     terraform plan, apply (after a yes, or with --auto-approve), the playbook
+                   against the host over SSH (to its Elastic IP, or through SSM Session
+                   Manager with DEPLOY_VIA_SSM=1; vault password asked, or from
+                   ANSIBLE_VAULT_PASSWORD_FILE), the smoke test against https://<domain>
+    destroy dev    terraform destroy (after a yes, or with --auto-approve)
+
+Each stage is announced; a failure exits non-zero naming its stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+ANSIBLE = ROOT / "ansible"
+ENVIRONMENTS = ROOT / "terraform" / "environments"
+WORK = ROOT / ".deploy"
+BIN = Path(sys.executable).parent
+ENVS = ("local", "dev", "prod")
+
+
+class StageFailed(RuntimeError):
+    """A stage could not finish; the message says why."""
+
+
+@dataclass
+class Pipeline:
+    """Stages run in order, each announced; the first failure names its stage."""
+
+    stages: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+
+    def add(self, name: str, action: Callable[[], None]) -> None:
+        self.stages.append((name, action))
+
+    def run(self) -> int:
+        for number, (name, action) in enumerate(self.stages, start=1):
+            say(f"==> [{number}/{len(self.stages)}] {name}")
+            try:
+                action()
+            except (StageFailed, subprocess.SubprocessError, OSError, AssertionError) as error:
+                say(f"==> FAILED at stage '{name}': {error}")
+                return 1
+        return 0
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def call(command: Sequence[str], *, env: dict[str, str] | None = None, capture: bool = False) -> str:
+    """Run a command, echoed; its output streams through unless captured. StageFailed on a non-zero exit."""
+    say(f"    $ {' '.join(command)}")
+    result = subprocess.run(  # noqa: S603 - our own tools, arguments built here
+        command, env=env, text=True, stdout=subprocess.PIPE if capture else None, check=False
+    )
+    if result.returncode != 0:
+        raise StageFailed(
+            f"{Path(command[0]).name} {command[1] if len(command) > 1 else ''} exited {result.returncode}"
+        )
+    return result.stdout or ""
+
+
+def confirm(question: str, auto_approve: bool) -> None:
+    if auto_approve:
+        return
+    if not sys.stdin.isatty():
+        raise StageFailed(f"{question}: no terminal to answer on; pass --auto-approve (AUTO_APPROVE=1)")
+    if input(f"    {question} [y/N] ").strip().lower() not in ("y", "yes"):
+        raise StageFailed("not confirmed")
+
+
+class Terraform:
+    """The terraform binary on one environment root. ``local`` keeps its state under
+    .deploy/local and talks to the emulator at ``endpoint``; dev and prod use their S3 backend."""
+
+    def __init__(self, environment: str, endpoint: str | None = None) -> None:
+        binary = shutil.which("terraform")
+        if binary is None:
+            raise StageFailed("terraform is not on PATH (install Terraform >= 1.9)")
+        self.binary = binary
+        self.environment = environment
+        self.root = ENVIRONMENTS / environment
+        self.endpoint = endpoint
+        self.work = WORK / environment
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "TF_IN_AUTOMATION": "1", "TF_INPUT": "0", "CHECKPOINT_DISABLE": "1"}
+        self.env["TF_DATA_DIR"] = str(self.work / ".terraform")
+        if endpoint is not None:  # the emulator: its fixed test credentials, and nothing of the caller's AWS
+            for name in list(self.env):
+                if name.startswith("AWS_"):
+                    del self.env[name]
+            self.env.update(
+                AWS_ACCESS_KEY_ID="test",
+                AWS_SECRET_ACCESS_KEY="test",  # noqa: S106 - the emulator's fixed test credentials
+                AWS_REGION="us-west-1",
+            )
+        config = subprocess.run(  # noqa: S603 - the repository's own script
+            [str(ROOT / "terraform" / "scripts" / "cli-config.sh"), str(self.work / "cli.tfrc")],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        if config:
+            self.env["TF_CLI_CONFIG_FILE"] = config
+
+    def __call__(self, *args: str, capture: bool = False) -> str:
+        return call([self.binary, f"-chdir={self.root}", *args], env=self.env, capture=capture)
+
+    @property
+    def variables(self) -> list[str]:
+        return [f"-var=endpoint_url={self.endpoint}"] if self.endpoint else []
+
+    def init(self) -> None:
+        if self.endpoint is not None:
+            backend = f"-backend-config=path={self.work / 'terraform.tfstate'}"
+        else:
+            backend = "-backend-config=backend.hcl"
+        self("init", "-no-color", "-input=false", "-lockfile=readonly", backend)
+
+    def plan(self, *, destroy: bool = False) -> Path:
+        plan = self.work / ("destroy.tfplan" if destroy else "deploy.tfplan")
+        self("plan", "-no-color", "-input=false", *(["-destroy"] if destroy else []), *self.variables, f"-out={plan}")
+        return plan
+
+    def apply(self, plan: Path) -> None:
+        self("apply", "-no-color", "-input=false", str(plan))
+
+    def outputs(self) -> dict[str, Any]:
+        outputs: dict[str, Any] = json.loads(self("output", "-no-color", "-json", capture=True))
+        return outputs
+
+
+def write_inventory(environment: str, outputs: dict[str, Any]) -> Path:
+    inventory = ANSIBLE / "inventories" / environment / "hosts.yml"
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as handle:
+        json.dump(outputs, handle)
+        handle.flush()
+        command = [sys.executable, str(ANSIBLE / "scripts" / "inventory.py"), environment, handle.name]
+        if os.environ.get("DEPLOY_VIA_SSM") == "1":
+            command.append("--via-ssm")
+        text = call(command, capture=True)
+    inventory.write_text(text)
+    say(f"    wrote {inventory.relative_to(ROOT)}")
+    return inventory
+
+
+def run_playbook(environment: str, inventory: Path) -> None:
+    command = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(ANSIBLE / "site.yml"), "--diff"]
+    if environment == "local":
+        command.append("--check")  # this machine: say what would change, change nothing
+    elif not os.environ.get("ANSIBLE_VAULT_PASSWORD_FILE"):
+        command.append("--ask-vault-pass")
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    call(command, env=env)
+
+
+def public_domain(environment: str) -> str:
+    import yaml
+
+    group_vars = ANSIBLE / "inventories" / environment / "group_vars" / "signaling" / "main.yml"
+    domain = yaml.safe_load(group_vars.read_text()).get("signaling_domain")
+    if not domain:
+        raise StageFailed(f"signaling_domain is not set in {group_vars.relative_to(ROOT)}")
+    return str(domain)
+
+
+def run_smoke(api: str, relay: str) -> None:
+    sys.path.insert(0, str(ANSIBLE / "scripts"))
+    from smoke import smoke
+
+    try:
+        asyncio.run(smoke(api, relay))
+    except Exception as error:  # any failure of the smoke test fails its stage, named
+        raise StageFailed(f"{type(error).__name__}: {error}") from error
+
+
+def deploy(environment: str, auto_approve: bool) -> int:
+    pipeline = Pipeline()
+    state: dict[str, Any] = {}
+    stack: Any = None
+
+    if environment == "local":
+        from devstack import background
+
+        def start_stack() -> None:
+            nonlocal stack
+            stack = background.start("--table-prefix", "deploy-")
+            say(f"    AWS emulator {stack.aws}, APIs {stack.api}, relay {stack.relay}")
+
+        pipeline.add("local stack: the AWS emulator and the services on free ports", start_stack)
+
+    def terraform() -> None:
+        tf = Terraform(environment, endpoint=stack.aws if stack is not None else None)
+        tf.init()
+        plan = tf.plan()
+        confirm(f"Apply this plan to {environment}?", auto_approve or environment == "local")
+        tf.apply(plan)
+        state["outputs"] = tf.outputs()
+
+    def inventory() -> None:
+        state["inventory"] = write_inventory(environment, state["outputs"])
+
+    def playbook() -> None:
+        run_playbook(environment, state["inventory"])
+
+    def smoke() -> None:
+        if stack is not None:
+            run_smoke(stack.api, stack.relay)
+        else:
+            domain = public_domain(environment)
+            run_smoke(f"https://{domain}", f"wss://{domain}")
+
+    pipeline.add(f"terraform: init, plan and apply environments/{environment}", terraform)
+    pipeline.add(f"inventory: ansible/inventories/{environment}/hosts.yml from terraform output", inventory)
+    mode = "check mode against this machine" if environment == "local" else "against the host"
+    pipeline.add(f"playbook: site.yml, {mode}", playbook)
+    pipeline.add("smoke test: health, sign-in, room, a message both ways between two peers", smoke)
+    try:
+        status = pipeline.run()
+    finally:
+        if stack is not None:
+            stack.stop()
+            say("    stopped the local stack")
+    if status == 0:
+        done = " (check mode: nothing on this machine changed)" if environment == "local" else ""
+        say(f"==> deploy {environment}: done{done}")
+    return status
+
+
+def destroy(environment: str, auto_approve: bool) -> int:
+    if environment == "local":
+        shutil.rmtree(WORK / "local", ignore_errors=True)
+        (ANSIBLE / "inventories" / "local" / "hosts.yml").unlink(missing_ok=True)
+        say("==> destroy local: removed .deploy/local and the local inventory (the emulator kept nothing)")
+        return 0
+    pipeline = Pipeline()
+
+    def terraform() -> None:
+        tf = Terraform(environment)
+        tf.init()
+        plan = tf.plan(destroy=True)
+        confirm(f"Destroy everything in {environment}?", auto_approve)
+        tf.apply(plan)
+
+    pipeline.add(f"terraform: plan and apply the destruction of environments/{environment}", terraform)
+    return pipeline.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["deploy", "destroy"])
+    parser.add_argument("environment", choices=ENVS)
+    parser.add_argument("--auto-approve", action="store_true", help="apply or destroy without asking")
+    args = parser.parse_args(argv)
+    if args.action == "deploy":
+        return deploy(args.environment, args.auto_approve)
+    return destroy(args.environment, args.auto_approve)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

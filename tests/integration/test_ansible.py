@@ -1,0 +1,309 @@
+"""ansible/: linted (ansible-lint profile production, yamllint), syntax-checked, run in check
+mode against this machine, and every template rendered and checked by the program that reads
+it (nft, sshd, apt-config, chronyd, turnserver, amtool, the blackbox exporter, systemd,
+the services' settings, the compose specification).
+
+The inventory is the one ``ansible/scripts/inventory.py`` writes from Terraform's outputs
+(tests/ansible/terraform-outputs.json, shaped as ``terraform output -json`` prints them;
+tests/integration/test_deploy.py runs the same path on a real ``terraform apply``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from container_checks import ROOT, SETTINGS
+from programs import require_program
+from signaling_shared.settings import CommonSettings
+
+ANSIBLE = ROOT / "ansible"
+OUTPUTS = ROOT / "tests" / "ansible" / "terraform-outputs.json"
+BIN = Path(sys.executable).parent
+TIMEOUT = 600
+
+
+def run(*command: str, cwd: Path = ANSIBLE, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1", **env}
+    environment["PATH"] = f"{BIN}{os.pathsep}{environment.get('PATH', '')}"
+    return subprocess.run(
+        command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=TIMEOUT, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def inventory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """inventories/local/hosts.yml as make deploy writes it, in a copy of the inventory folder."""
+    folder = tmp_path_factory.mktemp("inventory") / "local"
+    folder.mkdir()
+    (folder / "group_vars").symlink_to(ANSIBLE / "inventories" / "local" / "group_vars")
+    result = run(sys.executable, str(ANSIBLE / "scripts" / "inventory.py"), "local", str(OUTPUTS))
+    assert result.returncode == 0, result.stderr
+    (folder / "hosts.yml").write_text(result.stdout)
+    return folder / "hosts.yml"
+
+
+def test_ansible_lint_production_profile_passes() -> None:
+    result = run(str(BIN / "ansible-lint"), "--profile", "production", "--offline", "--nocolor")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Profile 'production' was required, and it passed" in result.stdout + result.stderr
+
+
+def test_yamllint_passes() -> None:
+    result = run(str(BIN / "yamllint"), "--strict", ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_playbook_passes_its_syntax_check(inventory: Path) -> None:
+    result = run(str(BIN / "ansible-playbook"), "-i", str(inventory), "site.yml", "--syntax-check")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def recap(output: str) -> dict[str, int]:
+    match = re.search(r"localhost\s+:\s+(.*)", output.split("PLAY RECAP")[-1])
+    assert match, output
+    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", match[1])}
+
+
+@pytest.fixture(scope="module")
+def check_run(inventory: Path) -> subprocess.CompletedProcess[str]:
+    return run(str(BIN / "ansible-playbook"), "-i", str(inventory), "site.yml", "--check", "--diff")
+
+
+def test_a_check_mode_run_against_this_machine_succeeds_and_says_what_it_would_change(
+    check_run: subprocess.CompletedProcess[str],
+) -> None:
+    output = check_run.stdout + check_run.stderr
+    assert check_run.returncode == 0, output
+    counts = recap(output)
+    assert counts["failed"] == 0, counts
+    assert counts["unreachable"] == 0, counts
+    assert counts["changed"] > 0, counts  # nothing of this is on the machine: every file would change
+    # Every role ran, and its files show up as diffs.
+    for role in ("base", "docker", "coturn", "signaling", "monitoring"):
+        assert f"TASK [{role} : " in output, f"role {role} did not run"
+    assert 'tcp dport 443 accept comment "https"' in output  # the firewall mirrors the security group
+    assert 'ip saddr 198.51.100.0/24 tcp dport 22 accept comment "ssh"' in output
+    assert "PermitRootLogin no" in output
+
+
+def test_check_mode_never_prints_the_secrets(check_run: subprocess.CompletedProcess[str]) -> None:
+    secrets = yaml.safe_load((ANSIBLE / "inventories" / "local" / "group_vars" / "signaling" / "main.yml").read_text())
+    for secret in secrets["vault_turn_secrets"]:
+        assert secret not in check_run.stdout + check_run.stderr
+
+
+@pytest.fixture(scope="module")
+def rendered(inventory: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every role template rendered with the roles' defaults and the local inventory."""
+    directory = tmp_path_factory.mktemp("rendered")
+    playbook = ROOT / "tests" / "ansible" / "render.yml"
+    result = run(str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook), "-e", f"render_dir={directory}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return directory
+
+
+def templates() -> list[str]:
+    return sorted(
+        f"{path.parent.parent.name}/{path.name.removesuffix('.j2')}" for path in ANSIBLE.glob("roles/*/templates/*.j2")
+    )
+
+
+def checked(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def check_nftables(path: Path) -> None:
+    checked(run(require_program("nft", "nftables"), "--check", "--file", str(path)))
+
+
+def check_sshd(path: Path) -> None:
+    sshd = require_program("sshd", "openssh-server")
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd -t wants its privilege separation folder
+    checked(run(sshd, "-t", "-f", str(path)))
+
+
+def check_apt(path: Path) -> None:
+    dump = checked(run(require_program("apt-config", "apt"), "-c", str(path), "dump"))
+    assert "Unattended-Upgrade" in dump
+
+
+def check_chrony(path: Path) -> None:
+    printed = checked(run(require_program("chronyd", "chrony"), "-p", "-f", str(path)))
+    assert "server 169.254.169.123" in printed
+
+
+def check_docker_sources(path: Path) -> None:
+    """apt parses the deb822 source (without downloading it): it lists the index it would fetch."""
+    parts = path.parent / "sources.list.d"
+    parts.mkdir(exist_ok=True)
+    (parts / "docker.sources").write_text(path.read_text())
+    listed = checked(
+        run(
+            require_program("apt-get", "apt"),
+            "-o",
+            f"Dir::Etc::SourceParts={parts}",
+            "-o",
+            "Dir::Etc::SourceList=/dev/null",
+            "--print-uris",
+            "update",
+        )
+    )
+    assert "download.docker.com" in listed
+
+
+def check_unit(path: Path) -> None:
+    """systemd's own parser; only the absence of Docker on this machine may be reported."""
+    unit = path.parent / path.name  # coturn.service, signaling.service
+    result = run(require_program("systemd-analyze", "systemd"), "verify", str(unit))
+    complaints = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if line.strip() and "docker.service" not in line and "/usr/bin/docker" not in line
+    ]
+    assert complaints == [], complaints
+
+
+def check_turnserver(path: Path) -> None:
+    """Debian's coturn starts with the file (on a free port) and rejects no line of it, but the
+    exporter's, which its build lacks (the role runs the official image, which has it)."""
+    from devstack.coturn import READY_LINE, free_port
+
+    config = path.read_text().replace("listening-port=3478", f"listening-port={free_port()}")
+    config += f"\nlistening-ip=127.0.0.1\npidfile={path.parent}/turnserver.pid\nuserdb={path.parent}/turndb\n"
+    (path.parent / "turnserver-test.conf").write_text(config)
+    process = subprocess.Popen(
+        [require_program("turnserver", "coturn"), "-c", str(path.parent / "turnserver-test.conf")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if READY_LINE in line:
+                break
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+    assert any(READY_LINE in line for line in lines), "".join(lines)
+    rejected = [line for line in lines if "Bad configuration" in line and "prometheus" not in line]
+    assert rejected == [], rejected
+
+
+def check_alertmanager(path: Path) -> None:
+    checked(run(require_program("amtool", "prometheus-alertmanager"), "check-config", str(path)))
+
+
+def check_blackbox(path: Path) -> None:
+    exporter = require_program("prometheus-blackbox-exporter", "prometheus-blackbox-exporter")
+    checked(run(exporter, "--config.check", f"--config.file={path}"))
+
+
+def check_flags(program: str, package: str) -> Any:
+    def check(path: Path) -> None:
+        """A shell file of ARGS whose every flag the program knows."""
+        checked(run("sh", "-n", str(path)))
+        args = re.fullmatch(r'ARGS="(.*)"', path.read_text().splitlines()[-1])
+        assert args, path.read_text()
+        known = checked(run(require_program(program, package), "--help"))
+        for flag in args[1].split():
+            assert f"--{flag.lstrip('-').split('=')[0].removeprefix('no-')}" in known, f"{program} has no {flag}"
+
+    return check
+
+
+def check_env(path: Path) -> None:
+    """Each service loads its settings from the file, TURN lists included."""
+    for settings_class in SETTINGS:
+        settings: CommonSettings = settings_class(_env_file=path)  # type: ignore[call-arg]
+        assert settings.turn_urls == ["turn:localhost:3478?transport=udp"]
+        assert len(settings.turn_secrets) == 1
+        assert settings.cognito_user_pool_id == "us-west-1_Example00"
+
+
+def check_compose_override(path: Path) -> None:
+    """The compose specification's schema (no compose plugin here; the role runs `docker compose config`)."""
+    override = yaml.safe_load(path.read_text())
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    assert set(override["services"]) <= set(compose["services"])
+    checked(run(str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path)))
+
+
+CHECKS = {
+    "base/nftables.conf": check_nftables,
+    "base/sshd-signaling.conf": check_sshd,
+    "base/20auto-upgrades": check_apt,
+    "base/52signaling-unattended-upgrades": check_apt,
+    "base/chrony-signaling.conf": check_chrony,
+    "docker/docker.sources": check_docker_sources,
+    "coturn/turnserver.conf": check_turnserver,
+    "coturn/coturn.service": check_unit,
+    "signaling/signaling.service": check_unit,
+    "signaling/env": check_env,
+    "signaling/compose.override.yaml": check_compose_override,
+    "monitoring/alertmanager.yml": check_alertmanager,
+    "monitoring/blackbox.yml": check_blackbox,
+    "monitoring/prometheus.default": check_flags("prometheus", "prometheus"),
+    "monitoring/alertmanager.default": check_flags("prometheus-alertmanager", "prometheus-alertmanager"),
+    "monitoring/node-exporter.default": check_flags("prometheus-node-exporter", "prometheus-node-exporter"),
+    "monitoring/blackbox.default": check_flags("prometheus-blackbox-exporter", "prometheus-blackbox-exporter"),
+}
+
+
+def test_every_template_has_a_check() -> None:
+    assert sorted(CHECKS) == templates()
+
+
+@pytest.mark.parametrize("template", sorted(CHECKS))
+def test_each_rendered_template_passes_the_program_that_reads_it(rendered: Path, template: str) -> None:
+    path = rendered / template
+    assert path.is_file(), f"{template} was not rendered"
+    assert path.read_text().startswith(("#", "{")) or "Managed by Ansible" in path.read_text()
+    CHECKS[template](path)
+
+
+def test_rendered_files_carry_the_managed_header(rendered: Path) -> None:
+    for template in templates():
+        text = (rendered / template).read_text()
+        assert "Managed by Ansible" in text.split("\n\n")[0] or "Managed by Ansible" in text[:300], template
+
+
+def test_vault_receivers_reach_alertmanager_config(inventory: Path, tmp_path: Path) -> None:
+    """The receivers from the vault are merged into the repository's routes, and amtool accepts them."""
+    receivers = {
+        "page": {"webhook_configs": [{"url": "https://hooks.example.org/page"}]},
+        "notify": {"webhook_configs": [{"url": "https://hooks.example.org/notify"}]},
+    }
+    playbook = ROOT / "tests" / "ansible" / "render.yml"
+    result = run(
+        str(BIN / "ansible-playbook"),
+        "-i",
+        str(inventory),
+        str(playbook),
+        "-e",
+        f"render_dir={tmp_path}",
+        "-e",
+        json.dumps({"vault_alertmanager_receivers": receivers}),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = yaml.safe_load((tmp_path / "monitoring" / "alertmanager.yml").read_text())
+    assert {r["name"]: r["webhook_configs"][0]["url"] for r in config["receivers"]} == {
+        "page": "https://hooks.example.org/page",
+        "notify": "https://hooks.example.org/notify",
+    }
+    repository = yaml.safe_load((ROOT / "monitoring" / "alertmanager.yml").read_text())
+    assert config["route"] == repository["route"]
+    assert config["inhibit_rules"] == repository["inhibit_rules"]
+    check_alertmanager(tmp_path / "monitoring" / "alertmanager.yml")

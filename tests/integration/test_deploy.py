@@ -1,0 +1,77 @@
+"""``make deploy ENV=local`` end to end: a dev stack's emulator, terraform apply of
+environments/local, the inventory from its outputs, the playbook in check mode against this
+machine, the smoke test against the stack. And a failing stage is named, with a non-zero
+exit, and nothing left running."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from container_checks import ROOT
+
+DEPLOY = ROOT / "ansible" / "scripts" / "deploy.py"
+TIMEOUT = 900
+
+
+def deploy(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(DEPLOY), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+        start_new_session=True,
+    )
+
+
+def require_terraform() -> None:
+    if shutil.which("terraform") is None:
+        if os.environ.get("SIGNALING_REQUIRE_TERRAFORM") == "1":
+            pytest.fail("terraform is not on PATH: install Terraform >= 1.9")
+        pytest.skip("terraform is not installed (CI has it and sets SIGNALING_REQUIRE_TERRAFORM=1)")
+
+
+def stages(output: str) -> list[str]:
+    return re.findall(r"^==> \[\d/\d\] (\S+)", output, flags=re.MULTILINE)
+
+
+def test_deploy_local_runs_every_stage_and_says_what_it_would_change() -> None:
+    require_terraform()
+    result = deploy("deploy", "local")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert stages(output) == ["local", "terraform:", "inventory:", "playbook:", "smoke"], output
+    assert "Apply complete!" in output
+    inventory = (ROOT / "ansible" / "inventories" / "local" / "hosts.yml").read_text()
+    assert '"SIGNALING_TABLE_PREFIX": "local-"' in inventory  # Terraform's outputs reached the inventory
+    assert "--check" in output
+    assert "PLAY RECAP" in output
+    assert re.search(r"localhost\s+: ok=\d+\s+changed=[1-9]\d*\s+unreachable=0\s+failed=0", output), output
+    steps = ("anonymous sign-in (worker)", "create a room", "worker receives", "client receives", "delete the room")
+    for step in steps:
+        assert f"ok  {step}" in output
+    assert "==> deploy local: done (check mode: nothing on this machine changed)" in output
+    assert "stopped the local stack" in output
+
+
+def test_a_failing_stage_is_named_and_exits_non_zero(tmp_path: Path) -> None:
+    """Without terraform on PATH, the terraform stage fails; the stack it started is stopped."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin"}
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not (Path(p) / "terraform").exists())
+    result = deploy("deploy", "local", env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "==> FAILED at stage 'terraform: init, plan and apply environments/local'" in output, output
+    assert "terraform is not on PATH" in output
+    assert "stopped the local stack" in output
+    assert "smoke" not in "".join(stages(output)), "stages after the failure ran"
