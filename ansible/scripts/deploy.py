@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -183,6 +184,19 @@ def public_domain(environment: str) -> str:
     return str(domain)
 
 
+def check_dns(domain: str, public_ip: str) -> None:
+    """The first deploy of an environment comes before its DNS record: say so, plainly."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(domain, 443, proto=socket.IPPROTO_TCP)}
+    except socket.gaierror:
+        raise StageFailed(
+            f"{domain} does not resolve: point its DNS record at the Elastic IP {public_ip}, "
+            "then run make deploy again (Caddy gets its certificate once the name resolves)"
+        ) from None
+    if public_ip not in addresses:
+        say(f"    note: {domain} resolves to {', '.join(sorted(addresses))}, not the Elastic IP {public_ip}")
+
+
 def run_smoke(api: str, relay: str) -> None:
     sys.path.insert(0, str(ANSIBLE / "scripts"))
     from smoke import smoke
@@ -227,6 +241,7 @@ def deploy(environment: str, auto_approve: bool) -> int:
             run_smoke(stack.api, stack.relay)
         else:
             domain = public_domain(environment)
+            check_dns(domain, state["outputs"]["host_network"]["value"]["public_ip"])
             run_smoke(f"https://{domain}", f"wss://{domain}")
 
     pipeline.add(f"terraform: init, plan and apply environments/{environment}", terraform)

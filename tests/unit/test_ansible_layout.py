@@ -6,6 +6,8 @@ FQCN modules, and vaults committed only when encrypted."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +77,34 @@ def test_modules_are_named_by_fqcn(role: Path) -> None:
 
 
 def test_vaults_are_committed_only_encrypted() -> None:
-    for path in ANSIBLE.glob("inventories/*/group_vars/*/vault.yml"):
+    """Every vault.yml in git's index (and in the working tree) is ansible-vault ciphertext."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "ansible/inventories"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    vaults = [ROOT / name for name in listed if Path(name).name == "vault.yml"]
+    vaults += [path for path in ANSIBLE.glob("inventories/*/group_vars/*/vault.yml") if path not in vaults]
+    for path in vaults:
         assert path.read_text().startswith("$ANSIBLE_VAULT;"), f"{path} is not encrypted: ansible-vault encrypt it"
+
+
+def test_the_vault_check_refuses_plaintext(tmp_path: Path) -> None:
+    """The header the check above looks for is what ansible-vault writes, and plaintext lacks it."""
+    plaintext = tmp_path / "vault.yml"
+    plaintext.write_text("vault_turn_secrets: [x]\n")
+    encrypted = subprocess.run(
+        [str(Path(sys.executable).with_name("ansible-vault")), "encrypt", "--vault-password-file", "/dev/stdin",
+         "--output", "-", str(plaintext)],
+        input="a-test-password\n",
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout  # fmt: skip
+    assert encrypted.startswith("$ANSIBLE_VAULT;")
+    assert not plaintext.read_text().startswith("$ANSIBLE_VAULT;")
 
 
 def test_every_environment_has_its_group_vars_and_a_vault_example() -> None:
@@ -86,4 +114,9 @@ def test_every_environment_has_its_group_vars_and_a_vault_example() -> None:
         assert settings["signaling_turn_secrets"] == "{{ vault_turn_secrets }}"
         assert settings["coturn_auth_secrets"] == "{{ vault_turn_secrets }}"  # one secret for coturn and services
         example = load(folder / "vault.example.yml")
-        assert set(example) == {"vault_turn_secrets", "vault_alertmanager_receivers"}
+        assert set(example) == {
+            "vault_turn_secrets",
+            "vault_alertmanager_receivers",
+            "vault_registry_username",
+            "vault_registry_password",
+        }
