@@ -105,6 +105,31 @@ PANELS = (
         ),
         "Readiness checks (1 = passing) and failed AWS calls.",
     ),
+    Panel(
+        "TURN probes by outcome",
+        "ops",
+        (
+            (
+                'sum by (url, outcome) (rate(signaling_turn_probe_total{job="ws-relay"}[$__rate_interval]))',
+                "{{url}} {{outcome}}",
+            ),
+        ),
+        "The relay's own TURN allocations: rejected pages (SignalingTurnCredentialsRejected),"
+        " only failures for 10 minutes warns (SignalingTurnUnreachable).",
+    ),
+    Panel(
+        "Public endpoint",
+        "d",
+        (
+            (
+                '(probe_ssl_earliest_cert_expiry{job="edge-certificate"} - time()) / 86400',
+                "certificate days left {{instance}}",
+            ),
+            ('probe_success{job="edge-certificate"}', "probe up {{instance}}"),
+        ),
+        "The blackbox exporter's HTTPS GET of the public endpoint (SignalingEndpointProbeFailing)"
+        " and its certificate's days left (SignalingCertificateExpiring under 14).",
+    ),
 )
 
 

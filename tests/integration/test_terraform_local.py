@@ -248,6 +248,18 @@ def test_only_https_and_turn_are_open_to_the_internet(applied: Applied) -> None:
         ("tcp", 5349, 5349, "0.0.0.0/0"),
         ("udp", 49152, 65535, "0.0.0.0/0"),
     }
+    egress = {
+        (rule["IpProtocol"], rule["FromPort"], rule["ToPort"], rule.get("CidrIpv4"))
+        for rule in rules["SecurityGroupRules"]
+        if rule["IsEgress"]
+    }
+    # HTTPS and package mirrors out, TURN relaying, and the relay's TURN probe to this host only.
+    assert egress == {
+        ("tcp", 443, 443, "0.0.0.0/0"),
+        ("tcp", 80, 80, "0.0.0.0/0"),
+        ("udp", 1, 65535, "0.0.0.0/0"),
+        ("tcp", 3478, 3478, f"{applied.outputs['public_ip']}/32"),
+    }
 
 
 def test_the_applied_role_policy_grants_exactly_the_services_calls(applied: Applied) -> None:

@@ -91,11 +91,17 @@ def exported_names() -> set[str]:
     return names
 
 
+# What the blackbox exporter reports for the edge-certificate job (module https_certificate).
+BLACKBOX = frozenset({"probe_success", "probe_ssl_earliest_cert_expiry"})
+
+
 def test_rules_query_only_metrics_the_services_export() -> None:
     exported = exported_names()
     for rule in alerts():
         used = set(re.findall(r"\bsignaling_[a-z_]+", rule["expr"]))  # (the others use Prometheus' `up`)
         assert used <= exported, f"{rule['alert']} queries {sorted(used - exported)}, which no service exports"
+        probes = set(re.findall(r"\bprobe_[a-z_]+", rule["expr"]))
+        assert probes <= BLACKBOX, f"{rule['alert']} queries {sorted(probes - BLACKBOX)}"
 
 
 def test_the_runbook_has_no_section_without_an_alert() -> None:
@@ -156,8 +162,10 @@ def test_dashboard_queries_parse_and_use_exported_metrics(tmp_path: Path) -> Non
     queries = dashboard_queries()
     for query in queries:
         used = set(re.findall(r"\bsignaling_[a-z_]+", query))
-        assert used, query
+        probes = set(re.findall(r"\bprobe_[a-z_]+", query))
+        assert used or probes, query
         assert used <= exported, f"{query} uses {sorted(used - exported)}, which no service exports"
+        assert probes <= BLACKBOX, f"{query} uses {sorted(probes - BLACKBOX)}, which the blackbox exporter lacks"
     rules = {
         "groups": [
             {

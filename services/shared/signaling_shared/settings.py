@@ -169,6 +169,12 @@ class RelaySettings(CommonSettings):
     max_peers_per_room: int = Field(default=32, ge=2, le=10_000)
     max_metadata_bytes: int = Field(default=4096, ge=2, le=32 * 1024, description="A peer's metadata, as JSON.")
     max_connections: int = Field(default=10_000, ge=1)
+    turn_probe_interval_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="How often the relay allocates on each TURN URL with its own credentials (0: never).",
+    )
+    turn_probe_timeout_seconds: float = Field(default=5.0, gt=0, description="One TURN probe's time limit.")
     messages_per_second: float = Field(default=50.0, gt=0, description="Sustained frames per connection.")
     message_burst: int = Field(default=100, ge=1, description="Frames a connection may send at once.")
     register_timeout_seconds: float = Field(default=10.0, gt=0, description="Close sockets not registered by then.")

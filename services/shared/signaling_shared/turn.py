@@ -21,16 +21,22 @@ def turn_credential(secret: str, username: str) -> str:
     return base64.b64encode(digest).decode()
 
 
+def rest_credentials(settings: CommonSettings, peer: str, now: float) -> tuple[str, str] | None:
+    """TURN username and credential for ``peer``, valid for the configured TTL from ``now``,
+    signed with the first secret; None without TURN URLs and secrets."""
+    if not (settings.turn_urls and settings.turn_secrets):
+        return None
+    username = f"{int(now) + settings.turn_credential_ttl_seconds}:{peer}"
+    return username, turn_credential(settings.turn_secrets[0].get_secret_value(), username)
+
+
 def ice_servers(settings: CommonSettings, peer: str, now: float) -> dict[str, Any]:
     """``{"ice_servers": [...], "ttl": seconds}`` for ``peer``, valid from ``now``."""
-    ttl = settings.turn_credential_ttl_seconds
     servers: list[dict[str, Any]] = []
     if settings.stun_urls:
         servers.append({"urls": list(settings.stun_urls)})
-    if settings.turn_urls and settings.turn_secrets:
-        username = f"{int(now) + ttl}:{peer}"
-        secret = settings.turn_secrets[0].get_secret_value()
-        servers.append(
-            {"urls": list(settings.turn_urls), "username": username, "credential": turn_credential(secret, username)}
-        )
-    return {"ice_servers": servers, "ttl": ttl}
+    credentials = rest_credentials(settings, peer, now)
+    if credentials is not None:
+        username, credential = credentials
+        servers.append({"urls": list(settings.turn_urls), "username": username, "credential": credential})
+    return {"ice_servers": servers, "ttl": settings.turn_credential_ttl_seconds}

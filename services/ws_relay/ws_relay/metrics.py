@@ -43,6 +43,13 @@ class RelayMetrics(ServiceMetrics):
         self.held_pending = Gauge(
             "signaling_held_messages_pending", "Messages held now in the rooms this relay serves.", registry=r
         )
+        self.turn_probes = Counter(
+            "signaling_turn_probe",
+            "TURN allocations the relay makes with its own credentials, by URL and outcome"
+            " ('ok', 'rejected', 'unreachable', 'error').",
+            ["url", "outcome"],
+            registry=r,
+        )
         self.relay_latency = Histogram(
             "signaling_relay_latency_seconds",
             "From a frame's arrival to its delivery to the target's socket.",

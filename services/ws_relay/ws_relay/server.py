@@ -31,6 +31,7 @@ from signaling_shared.settings import RelaySettings
 from ws_relay.close_codes import REASONS, CloseCode
 from ws_relay.metrics import RelayMetrics
 from ws_relay.service import RelayService
+from ws_relay.turnprobe import TurnProbe
 
 log = structlog.stdlib.get_logger("ws_relay.server")
 
@@ -191,6 +192,8 @@ class RelayServer:
         self._trusted = _trusted_networks(settings.forwarded_allow_ips)
         self._server: Server | None = None
         self._lease_task: asyncio.Task[None] | None = None
+        self.turn_probe = TurnProbe(settings, self.metrics.turn_probes)
+        self._probe_task: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -213,6 +216,8 @@ class RelayServer:
             close_timeout=s.close_timeout_seconds,
         )
         self._lease_task = asyncio.create_task(self._refresh_leases_forever())
+        if self.turn_probe.enabled:
+            self._probe_task = asyncio.create_task(self.turn_probe.run_forever())
         log.info("relay_listening", host=s.host, port=self.port, node_id=s.node_id)
         return self.port
 
@@ -224,10 +229,11 @@ class RelayServer:
             return
         log.info("relay_stopping", connections=len(self.service.sessions), drain_seconds=self.settings.drain_seconds)
         self.service.begin_shutdown()
-        if self._lease_task is not None:
-            self._lease_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._lease_task
+        for task in (self._lease_task, self._probe_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.service.drained.wait(), timeout=self.settings.drain_seconds)
         self.metrics.closes.labels(str(int(CloseCode.SERVER_SHUTDOWN))).inc(len(self.service.sessions))

@@ -114,6 +114,21 @@ resource "aws_vpc_security_group_egress_rule" "this" {
   tags = merge(var.tags, { Name = "${var.name}-out-${each.key}" })
 }
 
+# The relay's TURN probe allocates on the public TURN URLs, this host's own Elastic IP: UDP
+# leaves through the turn-relay rule above; TCP 3478 needs this one, to that address only.
+resource "aws_vpc_security_group_egress_rule" "turn_probe" {
+  count = var.enable_turn ? 1 : 0
+
+  security_group_id = aws_security_group.this.id
+  description       = "The relay's TURN probe over TCP to this host's own TURN port (its Elastic IP)"
+  ip_protocol       = "tcp"
+  from_port         = 3478
+  to_port           = 3478
+  cidr_ipv4         = "${aws_eip.this.public_ip}/32"
+
+  tags = merge(var.tags, { Name = "${var.name}-out-turn-probe" })
+}
+
 # Identity --------------------------------------------------------------------------
 
 resource "aws_iam_role" "this" {

@@ -144,6 +144,11 @@ run "egress_is_https_http_and_turn_relay_only" {
     condition     = alltrue([for rule in aws_vpc_security_group_egress_rule.this : rule.ip_protocol != "-1"])
     error_message = "No egress rule allows every protocol."
   }
+
+  assert {
+    condition     = length(aws_vpc_security_group_egress_rule.turn_probe) == 1 && aws_vpc_security_group_egress_rule.turn_probe[0].ip_protocol == "tcp" && aws_vpc_security_group_egress_rule.turn_probe[0].from_port == 3478 && aws_vpc_security_group_egress_rule.turn_probe[0].to_port == 3478
+    error_message = "The relay's TURN probe reaches this host's TCP 3478, and nothing else."
+  }
 }
 
 run "without_turn_only_https_is_public" {
@@ -160,7 +165,7 @@ run "without_turn_only_https_is_public" {
   }
 
   assert {
-    condition     = toset(keys(aws_vpc_security_group_egress_rule.this)) == toset(["https"])
+    condition     = toset(keys(aws_vpc_security_group_egress_rule.this)) == toset(["https"]) && length(aws_vpc_security_group_egress_rule.turn_probe) == 0
     error_message = "Without TURN and HTTP egress only HTTPS goes out."
   }
 }
