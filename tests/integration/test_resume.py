@@ -291,7 +291,9 @@ async def test_confirmed_frames_are_forgotten(api: str, relay_with: RelayFactory
 async def test_a_connected_peer_that_never_confirms_is_closed_as_overflow(api: str, relay_with: RelayFactory) -> None:
     """A connected peer owed more than the resume buffer is closed with 4005 and leaves ('overflow').
     Every message sent to it is then either acked (it confirmed receipt) or failed, exactly once."""
-    async with relay_with(resume_buffer_bytes=4096, outbox_max_messages=10_000) as server:
+    # 400 frames go out as fast as the relay answers: no per-connection rate limit here.
+    unlimited = {"messages_per_second": 100_000, "message_burst": 100_000}
+    async with relay_with(resume_buffer_bytes=4096, outbox_max_messages=10_000, **unlimited) as server:
         _, a, _, b, _ = await room_of_two(api, url(server))
         # b stops reading: its client buffers a few frames, then reads (and answers) no ping.
         acked: list[int] = []

@@ -125,3 +125,13 @@ def test_through_ssm_the_host_is_its_instance_id_behind_a_proxy() -> None:
     _, variables = host(inventory.inventory("prod", OUTPUTS, via_ssm=True))
     assert variables["ansible_host"] == "i-0123456789abcdef0"
     assert "aws ssm start-session --target %h" in variables["ansible_ssh_common_args"]
+
+
+def test_a_domain_without_its_dns_record_stops_the_smoke_stage_with_what_to_do() -> None:
+    with pytest.raises(deploy.StageFailed, match=r"point its DNS record at the Elastic IP 203\.0\.113\.7"):
+        deploy.check_dns("signaling.example.invalid", "203.0.113.7")  # .invalid never resolves (RFC 6761)
+
+
+def test_a_domain_elsewhere_is_said(capsys: pytest.CaptureFixture[str]) -> None:
+    deploy.check_dns("localhost", "203.0.113.7")
+    assert "localhost resolves to" in capsys.readouterr().out

@@ -204,3 +204,22 @@ def test_inhibitions_name_real_alerts() -> None:
                 pattern = matcher.split("=", 1)[1].lstrip("~").strip('"')
                 assert {name for name in names if re.fullmatch(pattern, name)}, matcher
                 assert set(pattern.split("|")) <= names, matcher
+
+
+def test_grafana_provisions_the_dashboard_and_its_datasource() -> None:
+    """The provisioning files name a Prometheus datasource and a read-only file provider; the
+    dashboard picks its datasource through the variable that datasource satisfies."""
+    datasources = yaml.safe_load((MONITORING / "grafana" / "datasources.yml").read_text())
+    providers = yaml.safe_load((MONITORING / "grafana" / "dashboards.yml").read_text())
+    assert datasources["apiVersion"] == providers["apiVersion"] == 1
+    (source,) = datasources["datasources"]
+    assert source["type"] == "prometheus"
+    assert source["url"].endswith(":9090")
+    (provider,) = providers["providers"]
+    assert provider["type"] == "file"
+    assert provider["allowUiUpdates"] is False
+    assert provider["options"]["path"]
+    dashboard = json.loads((MONITORING / "dashboards" / "signaling.json").read_text())
+    (variable,) = dashboard["templating"]["list"]
+    assert (variable["type"], variable["query"]) == ("datasource", source["type"])
+    assert {panel["datasource"]["uid"] for panel in dashboard["panels"]} == {"${datasource}"}
