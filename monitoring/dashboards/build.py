@@ -61,7 +61,8 @@ PANELS = (
                 "{{outcome}}",
             ),
         ),
-        "ok, resumed, abandoned (the socket left), or the error code that refused it (SignalingRegistrationFailures).",
+        "ok, resumed, abandoned (the socket left), redirected (to the node serving the room),"
+        " or the error code that refused it (SignalingRegistrationFailures).",
     ),
     Panel(
         "Relay latency",

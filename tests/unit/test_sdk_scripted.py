@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from signaling_sdk import Ack, Backoff, Identity, RateLimited, Room, Session
+from signaling_sdk import Ack, Backoff, Identity, RateLimited, Room, Session, Unavailable
 from support import TIMEOUT
 
 
@@ -175,3 +175,41 @@ async def test_go_away_and_a_rate_limited_resume_are_waited_out_then_the_session
         assert retried_at - opened_at >= 0.3 - EARLY  # go_away's reconnect_after_ms
         assert resumed_at - retried_at >= 0.25 - EARLY  # the RATE_LIMITED answer's retry_after_ms
         await session.close()
+
+
+async def test_a_redirect_is_followed_and_the_session_stays_at_the_node_it_was_sent_to() -> None:
+    """One node redirects (and closes 4502); the other registers: the session lives there."""
+    registered: list[dict[str, Any]] = []
+
+    async def home(ws: ServerConnection) -> None:
+        registered.append(json.loads(await ws.recv()))
+        await ws.send(json.dumps(_registered(registered[-1], resumed=False, last_seq=0)))
+        await ws.wait_closed()
+
+    async with serve(home, "127.0.0.1", 0) as home_server:
+        home_url = f"ws://127.0.0.1:{home_server.sockets[0].getsockname()[1]}"
+
+        async def elsewhere(ws: ServerConnection) -> None:
+            register = json.loads(await ws.recv())
+            await ws.send(json.dumps({"type": "redirect", "ws_url": home_url, "node_id": "home", "id": register["id"]}))
+            await ws.close(4502, "the room is served by another relay node")
+
+        async with serve(elsewhere, "127.0.0.1", 0) as other_server:
+            session = await open_session(other_server)
+            try:
+                assert session.url == home_url
+                assert [r["peer_id"] for r in registered] == ["A"]
+            finally:
+                await session.close()
+
+
+async def test_redirects_that_never_end_fail_with_a_typed_error() -> None:
+    async def loop(ws: ServerConnection) -> None:
+        await ws.recv()
+        port = ws.local_address[1]
+        await ws.send(json.dumps({"type": "redirect", "ws_url": f"ws://127.0.0.1:{port}", "node_id": "me"}))
+        await ws.close(4502, "elsewhere")
+
+    async with serve(loop, "127.0.0.1", 0) as server:
+        with pytest.raises(Unavailable, match="TOO_MANY_REDIRECTS"):
+            await open_session(server)

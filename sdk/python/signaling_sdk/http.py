@@ -22,11 +22,14 @@ class Identity:
 @dataclass(frozen=True)
 class Room:
     """A room to register in: its id and token (the room's password: give it only to
-    peers that may join). ``expires_at`` (Unix seconds) is known to its creator; 0 if not."""
+    peers that may join). ``expires_at`` (Unix seconds) is known to its creator; 0 if not.
+    ``ws_url``, also known to its creator only, is the relay node that serves the room when
+    the service runs several ("": any relay; peers that dial another node are redirected)."""
 
     room_id: str
     token: str
     expires_at: int = 0
+    ws_url: str = ""
 
 
 class ServiceClient:
@@ -62,7 +65,7 @@ class ServiceClient:
     async def create_room(self, identity: Identity) -> Room:
         """A new room owned by ``identity``; share its id and token with the peers that may join."""
         body = await self._call("POST", "/create-room", identity)
-        return Room(str(body["room_id"]), str(body["token"]), int(body["expires_at"]))
+        return Room(str(body["room_id"]), str(body["token"]), int(body["expires_at"]), str(body.get("ws_url") or ""))
 
     async def room(self, identity: Identity, room_id: str) -> dict[str, Any]:
         """A room's status and peers (its creator only)."""

@@ -29,13 +29,14 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from signaling_sdk.errors import Expired, RateLimited, SessionLost, SignalingError, error_from_frame
+from signaling_sdk.errors import Expired, RateLimited, SessionLost, SignalingError, Unavailable, error_from_frame
 from signaling_sdk.http import Identity, Room
 
 log = logging.getLogger("signaling_sdk")
 
 # Close codes after which resuming cannot work (docs/protocol.md, "Close codes").
 TERMINAL_CLOSES = range(4000, 4500)
+MAX_REDIRECTS = 3  # a room is served by one node: one redirect is the norm, more means churn
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class Session:
     ) -> None:
         """``url``: the relay (``ws://`` or, behind the edge, ``wss://``); ``ssl``: the TLS
         context to verify a ``wss`` URL with (default: the system's CAs; unused for ``ws``)."""
-        self.url = url
+        self.url = room.ws_url or url  # the node that serves the room, when its creator knows it
         self.ssl = ssl
         self.room = room
         self.identity = identity
@@ -243,8 +244,18 @@ class Session:
         self._connected.set()
 
     async def _register(self, *, resume: bool) -> tuple[ClientConnection, dict[str, Any]]:
-        tls: dict[str, Any] = {"ssl": self.ssl} if self.ssl is not None and self.url.startswith("wss:") else {}
-        ws = await connect(self.url, open_timeout=self.open_timeout, max_size=None, **tls)
+        """Connect and register (or resume), following up to ``MAX_REDIRECTS`` redirects to
+        the relay node that serves the room; the socket and ``registered_auth``."""
+        for _ in range(MAX_REDIRECTS + 1):
+            ws, reply = await self._register_at(self.url, resume=resume)
+            if reply.get("type") == "registered_auth":
+                return ws, reply
+            self.url = str(reply["ws_url"])  # a redirect: that node serves the room from now on
+        raise Unavailable("TOO_MANY_REDIRECTS", f"more than {MAX_REDIRECTS} redirects registering in the room")
+
+    async def _register_at(self, url: str, *, resume: bool) -> tuple[ClientConnection, dict[str, Any]]:
+        tls: dict[str, Any] = {"ssl": self.ssl} if self.ssl is not None and url.startswith("wss:") else {}
+        ws = await connect(url, open_timeout=self.open_timeout, max_size=None, **tls)
         message: dict[str, Any] = {
             "type": "register",
             "id": f"{self._prefix}-register-{next(self._ids)}",  # errors then say when to retry
@@ -264,6 +275,9 @@ class Session:
                 if reply.get("type") == "registered_auth":
                     if not resume:
                         self.state.last_seq = 0
+                    return ws, reply
+                if reply.get("type") == "redirect" and isinstance(reply.get("ws_url"), str):
+                    await ws.close()
                     return ws, reply
                 if reply.get("type") == "error" and "seq" not in reply:
                     raise error_from_frame(reply)

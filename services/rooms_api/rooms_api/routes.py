@@ -65,12 +65,18 @@ def rooms_router(
     @router.post(
         "/create-room",
         response_model=CreateRoomResponse,
+        response_model_exclude_none=True,  # no ws_url with a single relay: the seed's body exactly
         summary="Create a room owned by the caller.",
         responses={200: {"links": _CREATED_ROOM_LINKS}, **error_responses(*_ALWAYS, RateLimited)},
     )
     async def create_room(caller: Caller) -> CreateRoomResponse:
         created = await service.create(caller)
-        return CreateRoomResponse(room_id=created.room.room_id, token=created.token, expires_at=created.room.expires_at)
+        return CreateRoomResponse(
+            room_id=created.room.room_id,
+            token=created.token,
+            expires_at=created.room.expires_at,
+            ws_url=created.ws_url,
+        )
 
     @router.post(
         "/delete-peers-and-room",

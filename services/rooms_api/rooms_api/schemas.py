@@ -13,6 +13,11 @@ class CreateRoomResponse(BaseModel):
     room_id: str = Field(description="Room id, shared with peers that should join.")
     token: str = Field(description="Room token (the meeting password). Shown once; only its hash is stored.")
     expires_at: int = Field(description="Unix time at which the room expires.")
+    ws_url: str | None = Field(
+        default=None,
+        description="WebSocket URL of the relay node that serves the room; peers register there."
+        " Absent when relay nodes do not register themselves (one relay, at the URL clients know).",
+    )
 
 
 class DeleteRoomRequest(BaseModel):

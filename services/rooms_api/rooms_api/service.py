@@ -10,7 +10,7 @@ import structlog
 
 from signaling_shared.auth import Identity
 from signaling_shared.cognito import CognitoGateway
-from signaling_shared.dynamo import PeerRecord, Repository, Room
+from signaling_shared.dynamo import PeerRecord, RelayNode, Repository, Room
 from signaling_shared.errors import (
     AuthProviderUnavailable,
     ConditionFailed,
@@ -31,6 +31,7 @@ _CREATE_ATTEMPTS = 3
 class CreatedRoom:
     room: Room
     token: str
+    ws_url: str | None = None  # the relay node serving it, when nodes register themselves
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class RoomsService:
     async def create(self, owner: Identity) -> CreatedRoom:
         self._create_limiter.enforce(owner.sub, "rooms created by this identity")
         now = int(self._clock())
+        node = await self._place(now)
         for _ in range(_CREATE_ATTEMPTS):
             token = new_room_token()
             room = Room(
@@ -67,14 +69,28 @@ class RoomsService:
                 token_hash=hash_room_token(token),
                 created_at=now,
                 expires_at=now + self._ttl,
+                node_id=node.node_id if node else "",
             )
             try:
                 await self._repo.create_room(room)
             except ConditionFailed:
                 continue  # a 64-bit id collided; draw another
-            log.info("room_created", room_id=room.room_id, expires_at=room.expires_at)
-            return CreatedRoom(room, token)
+            log.info("room_created", room_id=room.room_id, expires_at=room.expires_at, node_id=room.node_id)
+            return CreatedRoom(room, token, node.ws_url if node else None)
         raise StorageUnavailable("could not allocate a room id")
+
+    async def _place(self, now: float) -> RelayNode | None:
+        """The least-loaded live relay node, with the room counted against it at once (so rooms
+        created between two heartbeats spread); None when no node registers itself (a single
+        relay that every client already knows)."""
+        live = [node for node in await self._repo.relay_nodes() if node.is_live(now)]
+        for node in sorted(live, key=lambda n: (n.load, n.node_id)):
+            try:
+                await self._repo.count_assignment(node.node_id)
+            except ConditionFailed:
+                continue  # it stopped and removed itself just now
+            return node
+        return None
 
     async def _owned_room(self, caller: Identity, room_id: str) -> Room:
         """The live room, if ``caller`` created it."""

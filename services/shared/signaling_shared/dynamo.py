@@ -63,9 +63,35 @@ class Room:
     token_hash: str
     created_at: int
     expires_at: int
+    node_id: str = ""  # the relay node that serves it ("": any node, as with a single relay)
 
     def is_expired(self, now: float) -> bool:
         return now >= self.expires_at
+
+
+# The relay nodes live in one item of the rooms table (room ids never contain '#'): one
+# consistent read lists them all, and each node writes only its own entry of the map.
+NODES_ITEM = "#relay-nodes"
+
+
+@dataclass(frozen=True, slots=True)
+class RelayNode:
+    """A ws-relay process as rooms-api places rooms on it."""
+
+    node_id: str
+    ws_url: str
+    rooms: int  # rooms with peers at its last heartbeat
+    capacity: int  # its max_connections
+    expires_at: int  # its last heartbeat plus the node TTL
+    assigned: int = 0  # rooms placed on it since that heartbeat
+
+    def is_live(self, now: float) -> bool:
+        return now < self.expires_at
+
+    @property
+    def load(self) -> float:
+        """What placement compares: rooms served and promised, per unit of capacity."""
+        return (self.rooms + self.assigned) / max(self.capacity, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,13 +169,16 @@ def _n(value: int) -> dict[str, str]:
 
 
 def _room_item(room: Room) -> dict[str, Any]:
-    return {
+    item = {
         "room_id": _s(room.room_id),
         "created_by": _s(room.created_by),
         "token_hash": _s(room.token_hash),
         "created_at": _n(room.created_at),
         "expires_at": _n(room.expires_at),
     }
+    if room.node_id:
+        item["node_id"] = _s(room.node_id)
+    return item
 
 
 def _room_from(item: dict[str, Any]) -> Room:
@@ -159,6 +188,31 @@ def _room_from(item: dict[str, Any]) -> Room:
         token_hash=item["token_hash"]["S"],
         created_at=int(item["created_at"]["N"]),
         expires_at=int(item["expires_at"]["N"]),
+        node_id=item.get("node_id", {}).get("S", ""),
+    )
+
+
+def _node_entry(node: RelayNode) -> dict[str, Any]:
+    return {
+        "M": {
+            "ws_url": _s(node.ws_url),
+            "rooms": _n(node.rooms),
+            "capacity": _n(node.capacity),
+            "expires_at": _n(node.expires_at),
+            "assigned": _n(node.assigned),
+        }
+    }
+
+
+def _node_from(node_id: str, entry: dict[str, Any]) -> RelayNode:
+    fields = entry["M"]
+    return RelayNode(
+        node_id=node_id,
+        ws_url=fields["ws_url"]["S"],
+        rooms=int(fields["rooms"]["N"]),
+        capacity=int(fields["capacity"]["N"]),
+        expires_at=int(fields["expires_at"]["N"]),
+        assigned=int(fields.get("assigned", {"N": "0"})["N"]),
     )
 
 
@@ -304,6 +358,83 @@ class Repository:
     async def delete_room(self, room_id: str) -> None:
         await self._call(
             "delete_room", self._client.delete_item, TableName=self.rooms_table, Key={"room_id": _s(room_id)}
+        )
+
+    # Relay nodes -------------------------------------------------------------------
+
+    async def heartbeat_node(self, node: RelayNode) -> None:
+        """Write ``node``'s entry (its load, a fresh expiry, nothing assigned since)."""
+        update = {
+            "TableName": self.rooms_table,
+            "Key": {"room_id": _s(NODES_ITEM)},
+            "UpdateExpression": "SET nodes.#node = :entry",
+            "ExpressionAttributeNames": {"#node": node.node_id},
+            "ExpressionAttributeValues": {":entry": _node_entry(node)},
+            "ConditionExpression": "attribute_exists(nodes)",
+        }
+        try:
+            await self._call("heartbeat_node", self._client.update_item, **update)
+        except ConditionFailed:  # the first node ever: create the map, then write into it
+            with contextlib.suppress(ConditionFailed):
+                await self._call(
+                    "heartbeat_node",
+                    self._client.put_item,
+                    TableName=self.rooms_table,
+                    Item={"room_id": _s(NODES_ITEM), "nodes": {"M": {}}},
+                    ConditionExpression="attribute_not_exists(room_id)",
+                )
+            await self._call("heartbeat_node", self._client.update_item, **update)
+
+    async def remove_node(self, node_id: str) -> None:
+        """Take ``node_id`` out of placement (a node that stops)."""
+        with contextlib.suppress(ConditionFailed):
+            await self._call(
+                "remove_node",
+                self._client.update_item,
+                TableName=self.rooms_table,
+                Key={"room_id": _s(NODES_ITEM)},
+                UpdateExpression="REMOVE nodes.#node",
+                ExpressionAttributeNames={"#node": node_id},
+                ConditionExpression="attribute_exists(nodes)",
+            )
+
+    async def relay_nodes(self) -> list[RelayNode]:
+        """Every node entry, live or not (callers decide), by node id."""
+        response = await self._call(
+            "relay_nodes",
+            self._client.get_item,
+            TableName=self.rooms_table,
+            Key={"room_id": _s(NODES_ITEM)},
+            ConsistentRead=True,
+        )
+        entries = response.get("Item", {}).get("nodes", {}).get("M", {})
+        return sorted((_node_from(node_id, entry) for node_id, entry in entries.items()), key=lambda n: n.node_id)
+
+    async def move_room(self, room_id: str, *, from_node: str, to_node: str) -> None:
+        """Give the room to ``to_node`` if ``from_node`` still has it; ConditionFailed if not
+        (another node took it first: two nodes never both own a room)."""
+        await self._call(
+            "move_room",
+            self._client.update_item,
+            TableName=self.rooms_table,
+            Key={"room_id": _s(room_id)},
+            UpdateExpression="SET node_id = :to",
+            ConditionExpression="attribute_exists(room_id) AND node_id = :from",
+            ExpressionAttributeValues={":to": _s(to_node), ":from": _s(from_node)},
+        )
+
+    async def count_assignment(self, node_id: str) -> None:
+        """One more room promised to ``node_id`` before its next heartbeat; ConditionFailed if
+        its entry is gone."""
+        await self._call(
+            "count_assignment",
+            self._client.update_item,
+            TableName=self.rooms_table,
+            Key={"room_id": _s(NODES_ITEM)},
+            UpdateExpression="SET nodes.#node.assigned = nodes.#node.assigned + :one",
+            ExpressionAttributeNames={"#node": node_id},
+            ExpressionAttributeValues={":one": _n(1)},
+            ConditionExpression="attribute_exists(nodes.#node)",
         )
 
     # Peers -------------------------------------------------------------------------

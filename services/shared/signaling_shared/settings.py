@@ -165,6 +165,16 @@ class RelaySettings(CommonSettings):
 
     port: int = Field(default=8080, ge=0, le=65535)
     node_id: str = Field(default="relay-1", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    public_ws_url: str = Field(
+        default="",
+        pattern=r"^(wss?://\S+)?$",
+        description="The URL peers reach this relay node at. Set, the node registers itself and"
+        " rooms-api places rooms on the least-loaded live node; empty, it serves whatever room comes.",
+    )
+    node_heartbeat_seconds: float = Field(default=10.0, gt=0, description="How often a node renews its entry.")
+    node_ttl_seconds: int = Field(
+        default=30, ge=2, description="A node that missed its heartbeats this long gets no new rooms."
+    )
     max_frame_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     max_peers_per_room: int = Field(default=32, ge=2, le=10_000)
     max_metadata_bytes: int = Field(default=4096, ge=2, le=32 * 1024, description="A peer's metadata, as JSON.")
@@ -226,3 +236,9 @@ class RelaySettings(CommonSettings):
         default=16, ge=1, description="Frames read ahead per connection before TCP backpressure applies."
     )
     compression: bool = Field(default=False, description="permessage-deflate; off saves ~64 KiB per connection.")
+
+    @model_validator(mode="after")
+    def _heartbeat_within_ttl(self) -> RelaySettings:
+        if self.node_ttl_seconds <= self.node_heartbeat_seconds:
+            raise ValueError("node_ttl_seconds must exceed node_heartbeat_seconds")
+        return self

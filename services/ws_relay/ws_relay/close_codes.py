@@ -22,6 +22,7 @@ class CloseCode(IntEnum):
     OVERFLOW = 4005
     SERVER_SHUTDOWN = 4500
     SLOW_CONSUMER = 4501
+    REDIRECTED = 4502
 
     @property
     def retryable(self) -> bool:
@@ -36,4 +37,5 @@ REASONS: dict[CloseCode, str] = {
     CloseCode.OVERFLOW: "too many messages owed to this peer; register again",
     CloseCode.SERVER_SHUTDOWN: "server shutting down, reconnect",
     CloseCode.SLOW_CONSUMER: "too many unread messages, reconnect",
+    CloseCode.REDIRECTED: "the room is served by another relay node: register at redirect's ws_url",
 }

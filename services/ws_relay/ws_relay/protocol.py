@@ -235,6 +235,11 @@ def go_away(reason: str, reconnect_after_ms: int) -> str:
     return encode({"type": "go_away", "reason": reason, "reconnect_after_ms": reconnect_after_ms})
 
 
+def redirect(ws_url: str, node_id: str, correlation_id: str | int | None) -> str:
+    """The room is served by another relay node: register there (this socket closes, 4502)."""
+    return encode(with_id({"type": "redirect", "ws_url": ws_url, "node_id": node_id}, correlation_id))
+
+
 def pong(correlation_id: str | int | None) -> str:
     return encode(with_id({"type": "pong"}, correlation_id))
 

@@ -149,6 +149,16 @@ class GoAway(_Numbered):
     reconnect_after_ms: int = Field(description="Resume (register with resume_token) after this long.")
 
 
+class Redirect(_Server):
+    """v2: the room is served by another relay node; register there. Not numbered: it
+    answers a register, and the socket closes with 4502 after it."""
+
+    type: Literal["redirect"]
+    ws_url: str = Field(description="The WebSocket URL of the node that serves the room.")
+    node_id: str
+    id: CorrelationId | None = Field(default=None, description="The register's id, when it had one.")
+
+
 class Pong(_Numbered):
     type: Literal["pong"]
     id: CorrelationId | None = None
@@ -179,6 +189,7 @@ AnyServerMessage = (
     | Ack
     | Expired
     | GoAway
+    | Redirect
     | Pong
     | Error
 )

@@ -25,7 +25,8 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from signaling_shared.auth import TokenVerifier
-from signaling_shared.dynamo import Repository
+from signaling_shared.dynamo import RelayNode, Repository
+from signaling_shared.errors import RepositoryError
 from signaling_shared.health import HealthBody, Readiness, ReadinessBody
 from signaling_shared.settings import RelaySettings
 from ws_relay.close_codes import REASONS, CloseCode
@@ -194,6 +195,27 @@ class RelayServer:
         self._lease_task: asyncio.Task[None] | None = None
         self.turn_probe = TurnProbe(settings, self.metrics.turn_probes)
         self._probe_task: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+
+    async def _heartbeat(self) -> None:
+        """This node's entry in the placement table: its URL, load and a fresh expiry."""
+        s = self.settings
+        node = RelayNode(
+            node_id=s.node_id,
+            ws_url=s.public_ws_url,
+            rooms=self.service.hub.room_count,
+            capacity=s.max_connections,
+            expires_at=int(time.time()) + s.node_ttl_seconds,
+        )
+        try:
+            await self.repository.heartbeat_node(node)
+        except RepositoryError as exc:  # the entry expires if this keeps failing: no new rooms here
+            log.warning("node_heartbeat_failed", node_id=s.node_id, error=type(exc).__name__)
+
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.node_heartbeat_seconds)
+            await self._heartbeat()
 
     @property
     def port(self) -> int:
@@ -218,6 +240,9 @@ class RelayServer:
         self._lease_task = asyncio.create_task(self._refresh_leases_forever())
         if self.turn_probe.enabled:
             self._probe_task = asyncio.create_task(self.turn_probe.run_forever())
+        if s.public_ws_url:
+            await self._heartbeat()  # placeable before the first room is asked for
+            self._heartbeat_task = asyncio.create_task(self._heartbeat_forever())
         log.info("relay_listening", host=s.host, port=self.port, node_id=s.node_id)
         return self.port
 
@@ -229,6 +254,12 @@ class RelayServer:
             return
         log.info("relay_stopping", connections=len(self.service.sessions), drain_seconds=self.settings.drain_seconds)
         self.service.begin_shutdown()
+        if self._heartbeat_task is not None:  # no new rooms for a node on its way out
+            self._heartbeat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat_task
+            with contextlib.suppress(RepositoryError):
+                await self.repository.remove_node(self.settings.node_id)
         for task in (self._lease_task, self._probe_task):
             if task is not None:
                 task.cancel()

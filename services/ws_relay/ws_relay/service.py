@@ -19,7 +19,7 @@ import structlog
 
 from signaling_shared import turn
 from signaling_shared.auth import TokenVerifier
-from signaling_shared.dynamo import PeerRecord, QueuedMessage, Repository, SavedSession
+from signaling_shared.dynamo import PeerRecord, QueuedMessage, RelayNode, Repository, Room, SavedSession
 from signaling_shared.errors import (
     AlreadyRegistered,
     ConditionFailed,
@@ -518,6 +518,12 @@ class RelayService:
         now = self._clock()
         if room.is_expired(now):
             raise RoomExpired()
+        elsewhere = await self._serving_node(room, now)
+        if elsewhere is not None:
+            session.link.send(protocol.redirect(elsewhere.ws_url, elsewhere.node_id, message.id))
+            self._close(session.link, CloseCode.REDIRECTED)
+            log.info("peer_redirected", room_id=room.room_id, node_id=elsewhere.node_id)
+            return "redirected"
 
         if self.hub.get(message.room_id, message.peer_id) is None:
             # A session a previous process saved for this peer id (ours, or lapsed) ends now.
@@ -602,6 +608,28 @@ class RelayService:
             self._push(other, joined)
         await self._open_inbox(member)
         return "ok"
+
+    async def _serving_node(self, room: Room, now: float) -> RelayNode | None:
+        """The live node other than this one that serves ``room``, if any. A room whose node
+        stopped heartbeating moves here (a conditional write: of two nodes that try, one wins
+        and the other redirects to it); a room of no node (one relay) stays as it is."""
+        me = self.settings.node_id
+        for _ in range(2):
+            if not room.node_id or room.node_id == me:
+                return None
+            owner = next((node for node in await self.repository.relay_nodes() if node.node_id == room.node_id), None)
+            if owner is not None and owner.is_live(now) and owner.ws_url:
+                return owner
+            if not self.settings.public_ws_url:
+                return None  # a node peers cannot be sent to keeps serving without taking the room
+            try:
+                await self.repository.move_room(room.room_id, from_node=room.node_id, to_node=me)
+            except ConditionFailed:
+                room = await self.repository.get_room(room.room_id)  # someone moved it first: look again
+                continue
+            log.info("room_taken_over", room_id=room.room_id, from_node=room.node_id)
+            return None
+        return None
 
     async def _resume(self, session: Session, message: protocol.Register, sub: str) -> str:
         """Reattach a detached (or half-open) member: no leave or join for the room, and

@@ -1,0 +1,123 @@
+"""Several relay nodes on the shared tables: each registers itself, rooms-api places every new
+room on the least-loaded live node and says where, a peer that dials another node is sent
+there (redirect, close 4502) and the SDK follows, and the room of a node that stopped moves
+to the node its next peer dials, by a conditional write only one node can win."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import httpx
+import pytest
+
+from conftest import RelayFactory
+from devstack.coturn import free_port
+from devstack.stack import StackInfo
+from signaling_sdk import Identity, Room, Session
+from signaling_shared.dynamo import Repository
+from signaling_shared.errors import ConditionFailed
+from support import TIMEOUT, Peer, RoomGrant, User, sign_in
+from ws_relay.server import RelayServer
+
+pytestmark = pytest.mark.integration
+
+NODES = ("node-a", "node-b", "node-c")
+
+
+@asynccontextmanager
+async def nodes(relay_with: RelayFactory, names: tuple[str, ...] = NODES) -> AsyncIterator[dict[str, RelayServer]]:
+    """Relay nodes on fixed free ports (their public URL must be known before they listen),
+    heartbeating rarely so the test alone moves the placement counters."""
+    async with AsyncExitStack() as stack:
+        servers: dict[str, RelayServer] = {}
+        for name in names:
+            port = free_port()
+            servers[name] = await stack.enter_async_context(
+                relay_with(
+                    node_id=name,
+                    port=port,
+                    public_ws_url=f"ws://127.0.0.1:{port}",
+                    node_heartbeat_seconds=300,
+                    node_ttl_seconds=600,
+                )
+            )
+        yield servers
+
+
+async def create_room(api: str, user: User) -> dict[str, str]:
+    async with httpx.AsyncClient(base_url=api, timeout=TIMEOUT) as client:
+        response = await client.post("/create-room", headers=user.bearer)
+    assert response.status_code == 200, response.text
+    body: dict[str, str] = response.json()
+    return body
+
+
+def url_of(server: RelayServer) -> str:
+    return f"ws://127.0.0.1:{server.port}"
+
+
+async def test_rooms_spread_over_the_live_nodes(api: str, relay_with: RelayFactory) -> None:
+    async with nodes(relay_with) as servers:
+        user = await sign_in(api)
+        placed = Counter([(await create_room(api, user))["ws_url"] for _ in range(30)])
+        assert placed == {url_of(server): 10 for server in servers.values()}  # least loaded first, in turn
+    after = await create_room(api, user)
+    assert after.get("ws_url") is None  # stopped nodes leave placement at once
+
+
+async def test_a_peer_that_dials_another_node_is_redirected_and_the_sdk_follows(
+    api: str, relay_with: RelayFactory
+) -> None:
+    async with nodes(relay_with) as servers:
+        user = await sign_in(api)
+        body = await create_room(api, user)
+        home = next(name for name, server in servers.items() if url_of(server) == body["ws_url"])
+        other = next(name for name in servers if name != home)
+        peer = await Peer.connect(url_of(servers[other]))
+        await peer.send(
+            {
+                "type": "register",
+                "id": "r1",
+                "peer_id": "P",
+                "room_id": body["room_id"],
+                "token": body["token"],
+                "id_token": user.id_token,
+            }
+        )
+        assert await peer.recv() == {"type": "redirect", "ws_url": body["ws_url"], "node_id": home, "id": "r1"}
+        assert await peer.closed() == (4502, "the room is served by another relay node: register at redirect's ws_url")
+        assert servers[other].service.hub.member_count == 0
+
+        # A joining peer knows only the room id and token, and a relay URL: the SDK follows.
+        room = Room(body["room_id"], body["token"])
+        async with await Session.open(url_of(servers[other]), room, Identity(user.id_token, user.username), "Q") as q:
+            assert q.url == body["ws_url"]
+            assert servers[home].service.hub.member_count == 1
+
+
+async def test_the_room_of_a_stopped_node_moves_to_the_node_its_next_peer_dials(
+    api: str, relay_with: RelayFactory, stack: StackInfo
+) -> None:
+    user = await sign_in(api)
+    async with nodes(relay_with, ("node-a",)) as first:
+        body = await create_room(api, user)
+        assert body["ws_url"] == url_of(first["node-a"])
+    async with nodes(relay_with, ("node-b",)) as second:  # node-a is gone
+        peer = await Peer.connect(url_of(second["node-b"]))
+        await peer.register("P", RoomGrant(body["room_id"], body["token"], 0), user)
+        assert (await Repository.from_settings(stack.common).get_room(body["room_id"])).node_id == "node-b"
+        await peer.close()
+
+
+async def test_two_nodes_never_both_take_a_room(api: str, relay_with: RelayFactory, stack: StackInfo) -> None:
+    """move_room is conditional on the previous owner: of two takeovers, the second fails."""
+    user = await sign_in(api)
+    async with nodes(relay_with, ("node-a",)):
+        body = await create_room(api, user)
+    repository = Repository.from_settings(stack.common)
+    await repository.move_room(body["room_id"], from_node="node-a", to_node="node-x")
+    with pytest.raises(ConditionFailed):
+        await repository.move_room(body["room_id"], from_node="node-a", to_node="node-y")
+    assert (await repository.get_room(body["room_id"])).node_id == "node-x"
