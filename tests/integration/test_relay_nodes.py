@@ -121,3 +121,42 @@ async def test_two_nodes_never_both_take_a_room(api: str, relay_with: RelayFacto
     with pytest.raises(ConditionFailed):
         await repository.move_room(body["room_id"], from_node="node-a", to_node="node-y")
     assert (await repository.get_room(body["room_id"])).node_id == "node-x"
+
+
+async def test_a_wrong_token_on_another_node_gets_the_error_not_the_node(api: str, relay_with: RelayFactory) -> None:
+    """The room token is checked before a redirect: without it nobody learns where a room lives."""
+    async with nodes(relay_with, ("node-a", "node-b")) as servers:
+        user = await sign_in(api)
+        body = await create_room(api, user)
+        other = next(server for server in servers.values() if url_of(server) != body["ws_url"])
+        peer = await Peer.connect(url_of(other))
+        await peer.register_expecting_error(
+            "P", RoomGrant(body["room_id"], "not-the-token", 0), user, "INVALID_ROOM_TOKEN"
+        )
+        await peer.close()
+
+
+async def test_a_room_of_no_node_is_taken_by_the_first_node_a_peer_dials(
+    api: str, relay_with: RelayFactory, stack: StackInfo
+) -> None:
+    """Rooms created before any node registered (ws_url absent) get a home all the same."""
+    user = await sign_in(api)
+    body = await create_room(api, user)
+    assert "ws_url" not in body
+    async with nodes(relay_with, ("node-a", "node-b")) as servers:
+        first = await Peer.connect(url_of(servers["node-b"]))
+        await first.register("P", RoomGrant(body["room_id"], body["token"], 0), user)
+        assert (await Repository.from_settings(stack.common).get_room(body["room_id"])).node_id == "node-b"
+        second = await Peer.connect(url_of(servers["node-a"]))
+        await second.send(
+            {
+                "type": "register",
+                "peer_id": "Q",
+                "room_id": body["room_id"],
+                "token": body["token"],
+                "id_token": user.id_token,
+            }
+        )
+        assert (await second.recv())["type"] == "redirect"
+        for peer in (first, second):
+            await peer.close()

@@ -4,6 +4,7 @@ nothing listens; and a running relay probes by itself and exports what it saw.""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
@@ -62,13 +63,17 @@ async def test_a_relay_probes_by_itself_and_exports_each_outcome(
     dead = f"turn:127.0.0.1:{free_port()}?transport=udp"
     overrides = {"turn_urls": [good, dead], "turn_probe_interval_seconds": 0.2, "turn_probe_timeout_seconds": 2.0}
     async with relay_with(**overrides, turn_secrets=[SECRET]) as server:
-        assert await server.turn_probe.wait_for_rounds(2) == {good: Outcome.OK, dead: Outcome.UNREACHABLE}
+        async with asyncio.timeout(4 * TIMEOUT):
+            outcomes = await server.turn_probe.wait_for_rounds(2)
+        assert outcomes == {good: Outcome.OK, dead: Outcome.UNREACHABLE}
         async with httpx.AsyncClient(timeout=TIMEOUT) as client:
             metrics = (await client.get(f"http://127.0.0.1:{server.port}/metrics")).text
     assert f'signaling_turn_probe_total{{outcome="ok",url="{good}"}}' in metrics
     assert f'signaling_turn_probe_total{{outcome="unreachable",url="{dead}"}}' in metrics
     async with relay_with(**overrides, turn_secrets=[OTHER]) as server:
-        assert (await server.turn_probe.wait_for_rounds(1))[good] is Outcome.REJECTED
+        async with asyncio.timeout(4 * TIMEOUT):
+            outcomes = await server.turn_probe.wait_for_rounds(1)
+        assert outcomes[good] is Outcome.REJECTED
         async with httpx.AsyncClient(timeout=TIMEOUT) as client:
             metrics = (await client.get(f"http://127.0.0.1:{server.port}/metrics")).text
     assert f'signaling_turn_probe_total{{outcome="rejected",url="{good}"}}' in metrics

@@ -213,3 +213,36 @@ async def test_redirects_that_never_end_fail_with_a_typed_error() -> None:
     async with serve(loop, "127.0.0.1", 0) as server:
         with pytest.raises(Unavailable, match="TOO_MANY_REDIRECTS"):
             await open_session(server)
+
+
+async def test_when_the_node_it_was_sent_to_is_gone_the_session_starts_again_from_its_url() -> None:
+    """A creator's room names a node (ws_url) that no longer listens: the entry URL answers."""
+    from devstack.coturn import free_port
+
+    async def entry(ws: ServerConnection) -> None:
+        register = json.loads(await ws.recv())
+        await ws.send(json.dumps(_registered(register, resumed=False, last_seq=0)))
+        await ws.wait_closed()
+
+    async with serve(entry, "127.0.0.1", 0) as server:
+        entry_url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        gone = Room("room-1", "room-token", ws_url=f"ws://127.0.0.1:{free_port()}")
+        session = await Session.open(entry_url, gone, Identity("id-token", "user"), "A")
+        try:
+            assert session.url == entry_url
+        finally:
+            await session.close()
+
+
+async def test_a_redirect_from_wss_to_plain_ws_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tokens never leave TLS: the session refuses before dialling the plain URL."""
+    dialled: list[str] = []
+
+    async def register_at(self: Session, url: str, *, resume: bool) -> tuple[Any, dict[str, Any]]:
+        dialled.append(url)
+        return None, {"type": "redirect", "ws_url": "ws://attacker.example:8080", "node_id": "x"}
+
+    monkeypatch.setattr(Session, "_register_at", register_at)
+    with pytest.raises(Unavailable, match="INSECURE_REDIRECT"):
+        await Session.open("wss://signaling.example.org", Room("r", "t"), Identity("i", "u"), "A")
+    assert dialled == ["wss://signaling.example.org"]

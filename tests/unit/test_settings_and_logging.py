@@ -85,3 +85,15 @@ def test_log_events_are_json_and_secret_fields_are_redacted() -> None:
     assert lines[1]["event"] == "plain message"
     assert lines[1]["level"] == "warning"
     assert "room-secret" not in buffer.getvalue()
+
+
+def test_a_relay_with_a_public_url_needs_its_own_node_id() -> None:
+    """Two nodes with the default id would share one placement entry and each other's rooms."""
+    from pydantic import ValidationError
+
+    from signaling_shared.settings import Environment, RelaySettings
+
+    with pytest.raises(ValidationError, match="needs its own node_id"):
+        RelaySettings(environment=Environment.DEVELOPMENT, public_ws_url="ws://relay-2.example.org")
+    named = RelaySettings(environment=Environment.DEVELOPMENT, public_ws_url="ws://r2.example.org", node_id="relay-2")
+    assert named.node_id == "relay-2"

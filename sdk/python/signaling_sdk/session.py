@@ -98,8 +98,11 @@ class Session:
         open_timeout: float = 10.0,
         ssl: SSLContext | None = None,
     ) -> None:
-        """``url``: the relay (``ws://`` or, behind the edge, ``wss://``); ``ssl``: the TLS
-        context to verify a ``wss`` URL with (default: the system's CAs; unused for ``ws``)."""
+        """``url``: the relay (``ws://`` or, behind the edge, ``wss://``); with several relay
+        nodes, any of them (a redirect leads to the room's node, and ``url`` is dialled again
+        when that node is gone). ``ssl``: the TLS context to verify a ``wss`` URL with
+        (default: the system's CAs; unused for ``ws``)."""
+        self.entry_url = url  # where to start again when the node serving the room is gone
         self.url = room.ws_url or url  # the node that serves the room, when its creator knows it
         self.ssl = ssl
         self.room = room
@@ -247,10 +250,20 @@ class Session:
         """Connect and register (or resume), following up to ``MAX_REDIRECTS`` redirects to
         the relay node that serves the room; the socket and ``registered_auth``."""
         for _ in range(MAX_REDIRECTS + 1):
-            ws, reply = await self._register_at(self.url, resume=resume)
+            try:
+                ws, reply = await self._register_at(self.url, resume=resume)
+            except OSError:
+                if self.url == self.entry_url:
+                    raise
+                self.url = self.entry_url  # the node it was sent to is gone: the entry knows the new one
+                continue
             if reply.get("type") == "registered_auth":
                 return ws, reply
-            self.url = str(reply["ws_url"])  # a redirect: that node serves the room from now on
+            target = str(reply["ws_url"])
+            if self.url.startswith("wss:") and not target.startswith("wss:"):
+                # Tokens never leave TLS: a redirect from wss to anything else is refused.
+                raise Unavailable("INSECURE_REDIRECT", f"refused a redirect from a wss URL to {target!r}")
+            self.url = target  # that node serves the room from now on
         raise Unavailable("TOO_MANY_REDIRECTS", f"more than {MAX_REDIRECTS} redirects registering in the room")
 
     async def _register_at(self, url: str, *, resume: bool) -> tuple[ClientConnection, dict[str, Any]]:

@@ -411,16 +411,22 @@ class Repository:
         return sorted((_node_from(node_id, entry) for node_id, entry in entries.items()), key=lambda n: n.node_id)
 
     async def move_room(self, room_id: str, *, from_node: str, to_node: str) -> None:
-        """Give the room to ``to_node`` if ``from_node`` still has it; ConditionFailed if not
-        (another node took it first: two nodes never both own a room)."""
+        """Give the room to ``to_node`` if ``from_node`` ("": no node) still has it;
+        ConditionFailed if not (another node took it first, or the room is gone)."""
+        values = {":to": _s(to_node)}
+        if from_node:
+            condition = "attribute_exists(room_id) AND node_id = :from"
+            values[":from"] = _s(from_node)
+        else:
+            condition = "attribute_exists(room_id) AND attribute_not_exists(node_id)"
         await self._call(
             "move_room",
             self._client.update_item,
             TableName=self.rooms_table,
             Key={"room_id": _s(room_id)},
             UpdateExpression="SET node_id = :to",
-            ConditionExpression="attribute_exists(room_id) AND node_id = :from",
-            ExpressionAttributeValues={":to": _s(to_node), ":from": _s(from_node)},
+            ConditionExpression=condition,
+            ExpressionAttributeValues=values,
         )
 
     async def count_assignment(self, node_id: str) -> None:

@@ -241,4 +241,7 @@ class RelaySettings(CommonSettings):
     def _heartbeat_within_ttl(self) -> RelaySettings:
         if self.node_ttl_seconds <= self.node_heartbeat_seconds:
             raise ValueError("node_ttl_seconds must exceed node_heartbeat_seconds")
+        if self.public_ws_url and "node_id" not in self.model_fields_set:
+            # Two nodes with the default id would overwrite each other's entry and rooms.
+            raise ValueError("a relay with public_ws_url needs its own node_id (SIGNALING_NODE_ID)")
         return self

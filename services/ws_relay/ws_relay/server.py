@@ -196,6 +196,7 @@ class RelayServer:
         self.turn_probe = TurnProbe(settings, self.metrics.turn_probes)
         self._probe_task: asyncio.Task[None] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._beat: asyncio.Future[None] | None = None
 
     async def _heartbeat(self) -> None:
         """This node's entry in the placement table: its URL, load and a fresh expiry."""
@@ -209,13 +210,16 @@ class RelayServer:
         )
         try:
             await self.repository.heartbeat_node(node)
-        except RepositoryError as exc:  # the entry expires if this keeps failing: no new rooms here
+        except Exception as exc:  # noqa: BLE001 - the entry lapses if this keeps failing: no new rooms here
             log.warning("node_heartbeat_failed", node_id=s.node_id, error=type(exc).__name__)
 
     async def _heartbeat_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.node_heartbeat_seconds)
-            await self._heartbeat()
+            # Shielded: a write runs on in its thread after a cancel, so stop() awaits it
+            # before removing the entry (else a late write would put this node back).
+            self._beat = asyncio.ensure_future(self._heartbeat())
+            await asyncio.shield(self._beat)
 
     @property
     def port(self) -> int:
@@ -258,12 +262,15 @@ class RelayServer:
             self._heartbeat_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat_task
+            if self._beat is not None:
+                await self._beat  # _heartbeat never raises
             with contextlib.suppress(RepositoryError):
                 await self.repository.remove_node(self.settings.node_id)
         for task in (self._lease_task, self._probe_task):
             if task is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                # A background task's own failure must not stop the drain and the session save.
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.service.drained.wait(), timeout=self.settings.drain_seconds)

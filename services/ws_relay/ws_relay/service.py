@@ -610,26 +610,32 @@ class RelayService:
         return "ok"
 
     async def _serving_node(self, room: Room, now: float) -> RelayNode | None:
-        """The live node other than this one that serves ``room``, if any. A room whose node
-        stopped heartbeating moves here (a conditional write: of two nodes that try, one wins
-        and the other redirects to it); a room of no node (one relay) stays as it is."""
+        """The live node other than this one that serves ``room``, if any. A node with a public
+        URL takes a room of no node, or of a node that stopped heartbeating, by a write
+        conditional on the previous owner: of two nodes that try, one wins and the other
+        redirects to it. A node peers cannot be sent to serves such rooms without taking them."""
         me = self.settings.node_id
-        for _ in range(2):
-            if not room.node_id or room.node_id == me:
+        for _ in range(3):
+            if room.node_id == me:
                 return None
-            owner = next((node for node in await self.repository.relay_nodes() if node.node_id == room.node_id), None)
-            if owner is not None and owner.is_live(now) and owner.ws_url:
-                return owner
+            if room.node_id:
+                nodes = await self.repository.relay_nodes()
+                owner = next((node for node in nodes if node.node_id == room.node_id), None)
+                if owner is not None and owner.is_live(now) and owner.ws_url:
+                    return owner
             if not self.settings.public_ws_url:
-                return None  # a node peers cannot be sent to keeps serving without taking the room
+                return None
             try:
                 await self.repository.move_room(room.room_id, from_node=room.node_id, to_node=me)
-            except ConditionFailed:
-                room = await self.repository.get_room(room.room_id)  # someone moved it first: look again
+            except ConditionFailed:  # another node moved it first (or the room is gone): look again
+                try:
+                    room = await self.repository.get_room(room.room_id)
+                except NotFound:
+                    raise RoomNotFound("room was deleted") from None
                 continue
-            log.info("room_taken_over", room_id=room.room_id, from_node=room.node_id)
+            log.info("room_taken_over", room_id=room.room_id, from_node=room.node_id or None)
             return None
-        return None
+        raise ServerBusy("the room is changing relay nodes; retry")
 
     async def _resume(self, session: Session, message: protocol.Register, sub: str) -> str:
         """Reattach a detached (or half-open) member: no leave or join for the room, and

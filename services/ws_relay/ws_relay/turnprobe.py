@@ -161,7 +161,13 @@ class TurnProbe:
 
     async def run_forever(self) -> None:
         while True:
-            self.last = await self.probe_once()
+            try:
+                self.last = await self.probe_once()
+            except Exception as exc:  # a bug in one round must not end the probing
+                log.exception("turn_probe_crashed", error=type(exc).__name__)
+                self.last = {server.url: Outcome.ERROR for server in self.servers}
+                for url in self.last:
+                    self.counter.labels(url=url, outcome=Outcome.ERROR.value).inc()
             async with self._progress:
                 self.rounds += 1
                 self._progress.notify_all()
