@@ -1,10 +1,12 @@
 """Several relay nodes on the shared tables: each registers itself, rooms-api places every new
 room on the least-loaded live node and says where, a peer that dials another node is sent
-there (redirect, close 4502) and the SDK follows, and the room of a node that stopped moves
-to the node its next peer dials, by a conditional write only one node can win."""
+there (redirect, close 4502; resumes too) and the SDK follows. A stopping node gets no new
+rooms but keeps its own until its entry lapses; then they move to the node their next peer
+dials, by a conditional write only one node can win. Long-silent entries are pruned."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -16,7 +18,7 @@ from conftest import RelayFactory
 from devstack.coturn import free_port
 from devstack.stack import StackInfo
 from signaling_sdk import Identity, Room, Session
-from signaling_shared.dynamo import Repository
+from signaling_shared.dynamo import RelayNode, Repository
 from signaling_shared.errors import ConditionFailed
 from support import TIMEOUT, Peer, RoomGrant, User, sign_in
 from ws_relay.server import RelayServer
@@ -64,7 +66,7 @@ async def test_rooms_spread_over_the_live_nodes(api: str, relay_with: RelayFacto
         placed = Counter([(await create_room(api, user))["ws_url"] for _ in range(30)])
         assert placed == {url_of(server): 10 for server in servers.values()}  # least loaded first, in turn
     after = await create_room(api, user)
-    assert after.get("ws_url") is None  # stopped nodes leave placement at once
+    assert after.get("ws_url") is None  # stopping nodes (draining) get no new rooms at once
 
 
 async def test_a_peer_that_dials_another_node_is_redirected_and_the_sdk_follows(
@@ -97,18 +99,77 @@ async def test_a_peer_that_dials_another_node_is_redirected_and_the_sdk_follows(
             assert servers[home].service.hub.member_count == 1
 
 
-async def test_the_room_of_a_stopped_node_moves_to_the_node_its_next_peer_dials(
+async def lapse(stack: StackInfo, name: str, url: str) -> None:
+    """What a node that died looks like once its TTL passed: an entry that expired."""
+    await Repository.from_settings(stack.common).heartbeat_node(
+        RelayNode(name, url, rooms=0, capacity=1, expires_at=int(time.time()) - 1, draining=True)
+    )
+
+
+async def test_a_stopping_node_keeps_its_rooms_until_its_entry_lapses_then_they_move(
     api: str, relay_with: RelayFactory, stack: StackInfo
 ) -> None:
     user = await sign_in(api)
     async with nodes(relay_with, ("node-a",)) as first:
         body = await create_room(api, user)
-        assert body["ws_url"] == url_of(first["node-a"])
-    async with nodes(relay_with, ("node-b",)) as second:  # node-a is gone
+        gone_url = url_of(first["node-a"])
+        assert body["ws_url"] == gone_url
+        grant = RoomGrant(body["room_id"], body["token"], 0)
+    async with nodes(relay_with, ("node-b",)) as second:  # node-a stopped: draining, not lapsed
         peer = await Peer.connect(url_of(second["node-b"]))
-        await peer.register("P", RoomGrant(body["room_id"], body["token"], 0), user)
-        assert (await Repository.from_settings(stack.common).get_room(body["room_id"])).node_id == "node-b"
+        await peer.send(
+            {
+                "type": "register",
+                "peer_id": "P",
+                "room_id": grant.room_id,
+                "token": grant.token,
+                "id_token": user.id_token,
+            }
+        )
+        assert await peer.recv() == {"type": "redirect", "ws_url": gone_url, "node_id": "node-a"}
+        await lapse(stack, "node-a", gone_url)
+        peer = await Peer.connect(url_of(second["node-b"]))
+        await peer.register("P", grant, user)
+        assert (await Repository.from_settings(stack.common).get_room(grant.room_id)).node_id == "node-b"
         await peer.close()
+
+
+async def test_a_resume_on_another_node_is_redirected_to_the_room_s_node(api: str, relay_with: RelayFactory) -> None:
+    async with nodes(relay_with, ("node-a", "node-b")) as servers:
+        user = await sign_in(api)
+        body = await create_room(api, user)
+        home = next(server for server in servers.values() if url_of(server) == body["ws_url"])
+        other = next(server for server in servers.values() if server is not home)
+        grant = RoomGrant(body["room_id"], body["token"], 0)
+        peer = await Peer.connect(url_of(home))
+        registered = await peer.register("P", grant, user)
+        stray = await Peer.connect(url_of(other))
+        resume = {
+            "type": "register",
+            "id": 7,
+            "peer_id": "P",
+            "room_id": grant.room_id,
+            "token": grant.token,
+            "id_token": user.id_token,
+            "resume_token": registered["resume_token"],
+            "last_seq": 0,
+        }
+        await stray.send(resume)
+        assert (await stray.recv())["ws_url"] == body["ws_url"]
+        wrong = await Peer.connect(url_of(other))
+        await wrong.send(resume | {"token": "not-the-token"})
+        await wrong.expect_error_with_id("INVALID_ROOM_TOKEN", 7)
+        for each in (peer, wrong):
+            await each.close()
+
+
+async def test_entries_silent_for_ten_ttls_are_pruned(relay_with: RelayFactory, stack: StackInfo) -> None:
+    repository = Repository.from_settings(stack.common)
+    await repository.heartbeat_node(RelayNode("node-crashed", "ws://gone", 0, 1, expires_at=int(time.time()) - 100_000))
+    async with nodes(relay_with, ("node-a",)):
+        names = [node.node_id for node in await repository.relay_nodes()]
+    assert "node-crashed" not in names
+    assert "node-a" in names
 
 
 async def test_two_nodes_never_both_take_a_room(api: str, relay_with: RelayFactory, stack: StackInfo) -> None:

@@ -83,7 +83,7 @@ class RoomsService:
         """The least-loaded live relay node, with the room counted against it at once (so rooms
         created between two heartbeats spread); None when no node registers itself (a single
         relay that every client already knows)."""
-        live = [node for node in await self._repo.relay_nodes() if node.is_live(now)]
+        live = [node for node in await self._repo.relay_nodes() if node.is_live(now) and not node.draining]
         for node in sorted(live, key=lambda n: (n.load, n.node_id)):
             try:
                 await self._repo.count_assignment(node.node_id)

@@ -84,6 +84,7 @@ class RelayNode:
     capacity: int  # its max_connections
     expires_at: int  # its last heartbeat plus the node TTL
     assigned: int = 0  # rooms placed on it since that heartbeat
+    draining: bool = False  # stopping: no new rooms, but it keeps its rooms until it expires
 
     def is_live(self, now: float) -> bool:
         return now < self.expires_at
@@ -200,6 +201,7 @@ def _node_entry(node: RelayNode) -> dict[str, Any]:
             "capacity": _n(node.capacity),
             "expires_at": _n(node.expires_at),
             "assigned": _n(node.assigned),
+            "draining": {"BOOL": node.draining},
         }
     }
 
@@ -213,6 +215,7 @@ def _node_from(node_id: str, entry: dict[str, Any]) -> RelayNode:
         capacity=int(fields["capacity"]["N"]),
         expires_at=int(fields["expires_at"]["N"]),
         assigned=int(fields.get("assigned", {"N": "0"})["N"]),
+        draining=bool(fields.get("draining", {"BOOL": False})["BOOL"]),
     )
 
 
@@ -385,18 +388,26 @@ class Repository:
                 )
             await self._call("heartbeat_node", self._client.update_item, **update)
 
-    async def remove_node(self, node_id: str) -> None:
-        """Take ``node_id`` out of placement (a node that stops)."""
-        with contextlib.suppress(ConditionFailed):
-            await self._call(
-                "remove_node",
-                self._client.update_item,
-                TableName=self.rooms_table,
-                Key={"room_id": _s(NODES_ITEM)},
-                UpdateExpression="REMOVE nodes.#node",
-                ExpressionAttributeNames={"#node": node_id},
-                ConditionExpression="attribute_exists(nodes)",
-            )
+    async def prune_nodes(self, *, expired_before: int) -> list[str]:
+        """Remove the entries of nodes silent since before ``expired_before`` (crashed, scaled
+        in: their rooms have moved on long ago), each only if it is still that old."""
+        pruned = []
+        for node in await self.relay_nodes():
+            if node.expires_at >= expired_before:
+                continue
+            with contextlib.suppress(ConditionFailed):
+                await self._call(
+                    "prune_nodes",
+                    self._client.update_item,
+                    TableName=self.rooms_table,
+                    Key={"room_id": _s(NODES_ITEM)},
+                    UpdateExpression="REMOVE nodes.#node",
+                    ExpressionAttributeNames={"#node": node.node_id},
+                    ExpressionAttributeValues={":cutoff": _n(expired_before)},
+                    ConditionExpression="nodes.#node.expires_at < :cutoff",
+                )
+                pruned.append(node.node_id)
+        return pruned
 
     async def relay_nodes(self) -> list[RelayNode]:
         """Every node entry, live or not (callers decide), by node id."""

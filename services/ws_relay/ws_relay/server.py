@@ -26,7 +26,6 @@ from websockets.protocol import State
 
 from signaling_shared.auth import TokenVerifier
 from signaling_shared.dynamo import RelayNode, Repository
-from signaling_shared.errors import RepositoryError
 from signaling_shared.health import HealthBody, Readiness, ReadinessBody
 from signaling_shared.settings import RelaySettings
 from ws_relay.close_codes import REASONS, CloseCode
@@ -198,20 +197,27 @@ class RelayServer:
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._beat: asyncio.Future[None] | None = None
 
-    async def _heartbeat(self) -> None:
-        """This node's entry in the placement table: its URL, load and a fresh expiry."""
+    async def _heartbeat(self, *, draining: bool = False) -> None:
+        """This node's entry in the placement table: its URL, load and a fresh expiry; and
+        the entries of nodes silent for ten TTLs go (crashed or scaled in)."""
         s = self.settings
+        now = int(time.time())
         node = RelayNode(
             node_id=s.node_id,
             ws_url=s.public_ws_url,
             rooms=self.service.hub.room_count,
             capacity=s.max_connections,
-            expires_at=int(time.time()) + s.node_ttl_seconds,
+            expires_at=now + s.node_ttl_seconds,
+            draining=draining,
         )
         try:
             await self.repository.heartbeat_node(node)
+            pruned = await self.repository.prune_nodes(expired_before=now - 10 * s.node_ttl_seconds)
         except Exception as exc:  # noqa: BLE001 - the entry lapses if this keeps failing: no new rooms here
             log.warning("node_heartbeat_failed", node_id=s.node_id, error=type(exc).__name__)
+            return
+        if pruned:
+            log.info("nodes_pruned", node_ids=pruned)
 
     async def _heartbeat_forever(self) -> None:
         while True:
@@ -258,14 +264,16 @@ class RelayServer:
             return
         log.info("relay_stopping", connections=len(self.service.sessions), drain_seconds=self.settings.drain_seconds)
         self.service.begin_shutdown()
-        if self._heartbeat_task is not None:  # no new rooms for a node on its way out
+        if self._heartbeat_task is not None:
+            # No new rooms for a node on its way out, but it keeps its rooms (others redirect
+            # here) for one TTL: the same node back by then resumes its peers; a node that
+            # stays away has its rooms taken by the nodes their peers dial after that.
             self._heartbeat_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat_task
             if self._beat is not None:
                 await self._beat  # _heartbeat never raises
-            with contextlib.suppress(RepositoryError):
-                await self.repository.remove_node(self.settings.node_id)
+            await self._heartbeat(draining=True)
         for task in (self._lease_task, self._probe_task):
             if task is not None:
                 task.cancel()

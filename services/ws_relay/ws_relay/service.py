@@ -520,10 +520,7 @@ class RelayService:
             raise RoomExpired()
         elsewhere = await self._serving_node(room, now)
         if elsewhere is not None:
-            session.link.send(protocol.redirect(elsewhere.ws_url, elsewhere.node_id, message.id))
-            self._close(session.link, CloseCode.REDIRECTED)
-            log.info("peer_redirected", room_id=room.room_id, node_id=elsewhere.node_id)
-            return "redirected"
+            return self._redirect(session, elsewhere, room.room_id, message.id)
 
         if self.hub.get(message.room_id, message.peer_id) is None:
             # A session a previous process saved for this peer id (ours, or lapsed) ends now.
@@ -608,6 +605,12 @@ class RelayService:
             self._push(other, joined)
         await self._open_inbox(member)
         return "ok"
+
+    def _redirect(self, session: Session, node: RelayNode, room_id: str, correlation_id: str | int | None) -> str:
+        session.link.send(protocol.redirect(node.ws_url, node.node_id, correlation_id))
+        self._close(session.link, CloseCode.REDIRECTED)
+        log.info("peer_redirected", room_id=room_id, node_id=node.node_id)
+        return "redirected"
 
     async def _serving_node(self, room: Room, now: float) -> RelayNode | None:
         """The live node other than this one that serves ``room``, if any. A node with a public
@@ -700,6 +703,16 @@ class RelayService:
         """Resume a session a previous relay process saved when it shut down: the peer comes
         back with its seq, the frames it had not confirmed and what they settle."""
         token = message.resume_token or ""
+        try:
+            room = await self.repository.get_room(message.room_id)
+        except NotFound:
+            raise ResumeFailed("the session's room is gone: register again") from None
+        if not room_token_matches(message.token, room.token_hash):
+            raise InvalidRoomToken()
+        # The session lives (or was saved) where the room is served: resume there.
+        elsewhere = await self._serving_node(room, self._clock())
+        if elsewhere is not None:
+            return self._redirect(session, elsewhere, room.room_id, message.id)
         saved = await self.repository.load_session(message.room_id, message.peer_id)
         now = self._clock()
         if (
@@ -712,10 +725,6 @@ class RelayService:
         oldest = saved.frames[0][0] if saved.frames else saved.seq + 1
         if message.last_seq > saved.seq or message.last_seq + 1 < oldest:
             raise ResumeFailed(f"frames after seq {message.last_seq} are no longer kept: register again")
-        try:
-            room = await self.repository.get_room(message.room_id)
-        except NotFound:
-            raise ResumeFailed("the session's room is gone: register again") from None
         if not session.link.is_open():
             return "abandoned"
         resume_token = new_room_token()
