@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from container_checks import ROOT
+from programs import require_program
 
 DEPLOY = ROOT / "ansible" / "scripts" / "deploy.py"
 TIMEOUT = 900
@@ -33,10 +31,7 @@ def deploy(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 
 
 def require_terraform() -> None:
-    if shutil.which("terraform") is None:
-        if os.environ.get("SIGNALING_REQUIRE_TERRAFORM") == "1":
-            pytest.fail("terraform is not on PATH: install Terraform >= 1.9")
-        pytest.skip("terraform is not installed (CI has it and sets SIGNALING_REQUIRE_TERRAFORM=1)")
+    require_program("terraform", "terraform (>= 1.9)", "SIGNALING_REQUIRE_TERRAFORM")
 
 
 def stages(output: str) -> list[str]:
