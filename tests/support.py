@@ -91,8 +91,9 @@ class Peer:
         self.resume_token: str | None = None
 
     @classmethod
-    async def connect(cls, url: str) -> Peer:
-        return cls(await connect(url, open_timeout=TIMEOUT, max_size=None))
+    async def connect(cls, url: str, **options: Any) -> Peer:
+        """A client socket; ``options`` go to websockets' ``connect`` (e.g. ``ping_interval``)."""
+        return cls(await connect(url, open_timeout=TIMEOUT, max_size=None, **options))
 
     async def send(self, message: dict[str, Any]) -> None:
         await self.ws.send(json.dumps(message))
