@@ -110,25 +110,50 @@ async def test_a_message_that_expires_while_its_sender_moves_is_reported_after_i
             await peer.close()
 
 
-async def test_a_killed_relay_saves_nothing_so_resume_fails_and_registering_again_works(
+async def test_a_killed_relay_saved_nothing_yet_the_next_process_recovers_its_sessions(
     api: str, stack: StackInfo
 ) -> None:
-    """After SIGKILL there is no saved session: a resume is refused with RESUME_FAILED (the
-    client then registers again, as the same identity, and gets its place back)."""
-    user = await sign_in(api)
-    room = await create_room(api, user)
+    """After SIGKILL nothing was saved, but the routing entries remain: a resume on the next
+    process recovers the session (resumed, recovered, numbering on after the client's
+    last_seq, nothing replayed), announces it to the peers already back, and what was held
+    for it is delivered. Another identity cannot recover it; a peer that left cannot."""
+    a_user, b_user, thief = await sign_in(api), await sign_in(api), await sign_in(api)
+    room = await create_room(api, a_user)
     async with relay_process(stack) as first:
-        peer = await Peer.connect(first.url)
-        await peer.register("A", room, user)
+        a, b = await Peer.connect(first.url), await Peer.connect(first.url)
+        await a.register("A", room, a_user)
+        await b.register("B", room, b_user)
+        await a.expect("peer_joined")
         first.process.kill()
         await first.wait()
-        await peer.closed()
+        await a.closed()
+        await b.closed()
     async with relay_process(stack) as second:
-        retry = await Peer.connect(second.url)
-        await retry.send(resume_message(peer, room, user))
-        await retry.expect_error("RESUME_FAILED")
-        await retry.register("A", room, user)
-        await retry.close()
+        stolen = await Peer.connect(second.url)
+        await stolen.send(resume_message(a, room, thief))
+        await stolen.expect_error("RESUME_FAILED")
+
+        b2, registered = await resume(b, second.url, room, b_user)
+        assert (registered["resumed"], registered.get("recovered"), registered["peers"]) == (True, True, [])
+        assert registered["last_seq"] == b.last_seq == 0
+        await b2.send({"type": "peer_message", "to_peer_id": "A", "payload": "while away", "id": "w"})
+        assert await b2.expect("ack") == {"type": "ack", "id": "w", "queued": True}  # A is not back yet
+
+        a2, registered = await resume(a, second.url, room, a_user)
+        assert (registered["resumed"], registered.get("recovered")) == (True, True)
+        assert registered["last_seq"] == a.last_seq == 1  # its peer_joined: numbering goes on from there
+        assert [p["peer_id"] for p in registered["peers"]] == ["B"]
+        held = await a2.expect("peer_message")
+        assert (held["payload"], held["message_id"], a2.last_seq) == ("while away", "w", 2)
+        assert (await b2.expect("peer_joined"))["peer_id"] == "A"
+
+        await b2.close()  # a clean close: B leaves the room
+        assert (await a2.expect("peer_left"))["peer_id"] == "B"
+        again = await Peer.connect(second.url)
+        await again.send(resume_message(b, room, b_user))
+        await again.expect_error("RESUME_FAILED")
+        for peer in (a2, stolen, again):
+            await peer.close()
 
 
 async def _drained_with_three_owed_to_b(api: str, stack: StackInfo, **overrides: Any) -> DrainedRoom:

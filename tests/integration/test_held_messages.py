@@ -51,19 +51,33 @@ async def test_messages_for_a_peer_not_yet_here_arrive_in_order_when_it_register
         worker = await Peer.connect(url(server))
         registered = await worker.register("Worker", room, worker_user)
         assert [p["peer_id"] for p in registered["peers"]] == ["Client"]
-        assert await worker.recv() == {"type": "offer", "target": "Worker", "sdp": "v=0 offer", "sender": "Client"}
+        assert await worker.recv() == {
+            "type": "offer",
+            "target": "Worker",
+            "sdp": "v=0 offer",
+            "sender": "Client",
+            "message_id": "o1",
+        }
         assert await worker.recv() == {
             "type": "candidate",
             "target": "Worker",
             "candidate": {"candidate": "c1", "sdpMid": "0"},
             "sender": "Client",
+            "message_id": "c1",
         }
-        assert await worker.recv() == {"type": "candidate", "target": "Worker", "candidate": None, "sender": "Client"}
+        assert await worker.recv() == {
+            "type": "candidate",
+            "target": "Worker",
+            "candidate": None,
+            "sender": "Client",
+            "message_id": "c2",
+        }
         assert await worker.recv() == {
             "type": "peer_message",
             "from_peer_id": "Client",
             "to_peer_id": "Worker",
             "payload": {"job": 1},
+            "message_id": 4,
         }
         assert (await client.expect("peer_joined"))["peer_id"] == "Worker"
 

@@ -125,6 +125,7 @@ async def test_peer_messages_and_broadcasts(api: str, relay: str) -> None:
         "from_peer_id": "A",
         "to_peer_id": "B",
         "payload": payload,
+        "message_id": "m1",  # the sender's id: a message delivered twice is known by it
     }
 
     # Far is not in this room: held for a peer of that id registering here, never sent to Far.
@@ -219,7 +220,7 @@ async def test_v1_and_v2_clients_share_a_room(api: str, relay: str) -> None:
     await modern.send({"type": "answer", "target": seed_id, "sdp": "v=0 modern", "id": 1})
     await modern.expect("ack")
     answer = await seed.expect("answer")
-    assert answer == {"type": "answer", "target": seed_id, "sdp": "v=0 modern", "sender": modern_id}
+    assert answer == {"type": "answer", "target": seed_id, "sdp": "v=0 modern", "sender": modern_id, "message_id": 1}
     await seed.send({"type": "candidate", "sender": seed_id, "target": modern_id, "candidate": None})
     assert (await modern.expect("candidate"))["candidate"] is None
     await modern.send({"type": "peer_message", "to_peer_id": seed_id, "payload": {"hi": 1}})

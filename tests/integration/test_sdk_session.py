@@ -40,6 +40,7 @@ async def test_two_sdk_peers_talk_with_acks_discovery_and_typed_errors(api: str,
                 "from_peer_id": "Client",
                 "to_peer_id": "Worker",
                 "payload": {"job": 1},
+                "message_id": ack.id,
             }
             assert (await client.send_to("NotYet", "hi")).queued is True
             with pytest.raises(InvalidRequest) as invalid:
@@ -98,12 +99,13 @@ async def test_the_sdk_follows_go_away_to_the_next_relay_process(api: str, stack
                 second = RelayServer(settings.model_copy(update={"port": port}))
                 await second.start()
                 # Acked either way: received by B, or (B's resume still on its way) held for B.
-                await a.send_to("B", "after the restart")
+                ack = await a.send_to("B", "after the restart")
                 assert await b.recv() == {
                     "type": "peer_message",
                     "from_peer_id": "A",
                     "to_peer_id": "B",
                     "payload": "after the restart",
+                    "message_id": ack.id,
                 }
                 assert (a.state.resumes, b.state.resumes) == (1, 1)
             assert a._inbox.empty()  # no peer_left, no peer_joined

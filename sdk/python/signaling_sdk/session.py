@@ -9,7 +9,10 @@ target received it (``Ack``), it is held for a peer not in the room yet (``Ack.q
 or a typed ``SignalingError``. When the connection drops, or the relay sends ``go_away``
 before a restart, the session reconnects with jittered backoff and resumes (resume token
 and the last ``seq`` seen): nothing sent to it is lost, and every message still without an
-outcome is sent again with its id, which the relay never delivers twice.
+outcome is sent again with its id, which the relay never delivers twice. When the relay node
+that serves the room dies, the session resumes on the node that takes the room over; what
+the dead node had not confirmed is sent again, and a message that arrives twice (same
+sender and ``message_id``) is dropped.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import logging
 import random
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ssl import SSLContext
@@ -37,6 +41,9 @@ log = logging.getLogger("signaling_sdk")
 # Close codes after which resuming cannot work (docs/protocol.md, "Close codes").
 TERMINAL_CLOSES = range(4000, 4500)
 MAX_REDIRECTS = 3  # a room is served by one node: one redirect is the norm, more means churn
+# Relayed messages remembered by (sender, message_id): one sent again after a relay node
+# failed (its ack never came) may arrive twice; the second is dropped.
+SEEN_MESSAGES = 4096
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,7 @@ class Session:
         self._ids = itertools.count(1)
         self._prefix = uuid.uuid4().hex[:12]
         self._pending: dict[str, _Pending] = {}  # by id, in the order sent
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()  # the last SEEN_MESSAGES received
         self._inbox: asyncio.Queue[dict[str, Any] | SignalingError] = asyncio.Queue()
         # offer, answer and candidate: for ``connect``/``accept`` (or ``next_signal``).
         self._signals: asyncio.Queue[dict[str, Any] | SignalingError] = asyncio.Queue()
@@ -333,7 +341,9 @@ class Session:
             except (OSError, TimeoutError, InvalidHandshake, InvalidStatus, ConnectionClosed):
                 continue  # the relay is not back yet
             except SignalingError as exc:
-                if exc.code in ("SERVER_BUSY", "STORAGE_UNAVAILABLE", "RATE_LIMITED"):
+                # TOO_MANY_REDIRECTS: sent back and forth to a node that died and has not
+                # lapsed yet; once it has, a live node takes its rooms over.
+                if exc.code in ("SERVER_BUSY", "STORAGE_UNAVAILABLE", "RATE_LIMITED", "TOO_MANY_REDIRECTS"):
                     if exc.retry_after is not None:
                         hint = self.backoff.delay(attempt, at_least=exc.retry_after)
                     continue
@@ -358,6 +368,8 @@ class Session:
             if seq <= self.state.last_seq:
                 return  # seen before the drop
             self.state.last_seq = seq
+        if "message_id" in message and self._seen_before(message):
+            return
         kind = message.get("type")
         correlation_id = message.get("id")
         answer = kind in ("ack", "error", "peer_list", "pong") and isinstance(correlation_id, str)
@@ -386,6 +398,18 @@ class Session:
             elif kind == "peer_left":
                 self.state.peers.pop(message.get("peer_id", ""), None)
             self._inbox.put_nowait(message)
+
+    def _seen_before(self, message: dict[str, Any]) -> bool:
+        """Whether this relayed message arrived already (sent again after a relay node failed)."""
+        sender = message.get("from_peer_id", message.get("sender"))
+        key = (str(sender), json.dumps(message["message_id"]))
+        if key in self._seen:
+            log.info("dropped a message that arrived twice (from %s)", sender)
+            return True
+        self._seen[key] = None
+        if len(self._seen) > SEEN_MESSAGES:
+            self._seen.popitem(last=False)
+        return False
 
     def _end(self, error: SignalingError) -> None:
         self._closing = True

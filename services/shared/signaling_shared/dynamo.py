@@ -110,6 +110,9 @@ class PeerRecord:
     role: str = "peer"
     metadata: dict[str, Any] = field(default_factory=dict)
     saved: bool = False  # a previous process saved this peer's session for a resume
+    # The registration it belongs to (kept over resumes): a node that takes over the room of
+    # a node that died recovers the session under it, so what was owed to it still is.
+    session_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +234,7 @@ def _peer_item(peer: PeerRecord) -> dict[str, Any]:
         "expires_at": _n(peer.expires_at),
         "role": _s(peer.role),
         "metadata": _s(json.dumps(peer.metadata, separators=(",", ":"))),
+        **({"session_id": _s(peer.session_id)} if peer.session_id else {}),
     }
 
 
@@ -247,6 +251,7 @@ def _peer_from(item: dict[str, Any]) -> PeerRecord:
         role=item.get("role", {}).get("S", "peer"),
         metadata=_json_object(item.get("metadata", {}).get("S", "{}")),
         saved="saved_session" in item,
+        session_id=item.get("session_id", {}).get("S", ""),
     )
 
 
@@ -479,6 +484,18 @@ class Repository:
             now=now,
             condition="attribute_not_exists(peer_id) OR owner_sub = :sub OR expires_at <= :now",
             values={":sub": _s(peer.owner_sub), ":now": _n(now)},
+        )
+
+    async def recover_peer(self, peer: PeerRecord, *, from_connection: str, now: int) -> None:
+        """Write ``peer`` over the entry a relay process that died left for it, if that entry is
+        still the one of ``from_connection`` and unsaved. NotFound: the room is gone or expired;
+        ConditionFailed: the entry changed (taken, resumed, released) since it was read."""
+        await self._put_peer_in_live_room(
+            "recover_peer",
+            peer,
+            now=now,
+            condition="connection_id = :c AND owner_sub = :sub AND attribute_not_exists(saved_session)",
+            values={":c": _s(from_connection), ":sub": _s(peer.owner_sub)},
         )
 
     async def _put_peer_in_live_room(

@@ -195,21 +195,30 @@ def _encode_relayed(message: dict[str, Any]) -> str:
 
 
 # Keys the server owns in what a target receives: a sender cannot set them.
-SERVER_KEYS = frozenset({"id", "seq", "sender", "ttl_seconds"})
+SERVER_KEYS = frozenset({"id", "seq", "sender", "ttl_seconds", "message_id"})
 
 
-def relayed_frame(data: dict[str, Any], sender: str) -> str:
-    """The frame the target receives: the sender's message, ``sender`` stamped, ``id``,
-    ``ttl_seconds`` and ``seq`` dropped (the target's ``seq`` is added when the frame is numbered).
+def _message_id(correlation_id: str | int | None) -> dict[str, Any]:
+    # The sender's id, as ``message_id``: after a relay node fails, a message may reach its
+    # target twice (sent again because its ack never came); the target drops the second.
+    return {} if correlation_id is None else {"message_id": correlation_id}
+
+
+def relayed_frame(data: dict[str, Any], sender: str, correlation_id: str | int | None = None) -> str:
+    """The frame the target receives: the sender's message, ``sender`` stamped, its id
+    (``correlation_id``) as ``message_id``, ``ttl_seconds`` and ``seq`` dropped (the target's ``seq`` is added when
+    the frame is numbered).
 
     Always re-encoded, so a frame with duplicate keys cannot show one sender to us
     and another to a client whose parser keeps the first key.
     """
-    return _encode_relayed({**{k: v for k, v in data.items() if k not in SERVER_KEYS}, "sender": sender})
+    kept = {k: v for k, v in data.items() if k not in SERVER_KEYS}
+    return _encode_relayed({**kept, "sender": sender, **_message_id(correlation_id)})
 
 
-def peer_message(sender: str, target: str, payload: Any) -> str:
-    return _encode_relayed({"type": "peer_message", "from_peer_id": sender, "to_peer_id": target, "payload": payload})
+def peer_message(sender: str, target: str, payload: Any, correlation_id: str | int | None = None) -> str:
+    message = {"type": "peer_message", "from_peer_id": sender, "to_peer_id": target, "payload": payload}
+    return _encode_relayed({**message, **_message_id(correlation_id)})
 
 
 def broadcast(sender: str, payload: Any) -> str:
@@ -267,9 +276,11 @@ def registered_auth(
     correlation_id: str | int | None,
     resumed: bool = False,
     last_seq: int = 0,
+    recovered: bool = False,
 ) -> str:
     """The seed's confirmation, plus (v2) the peers already in the room, the ICE servers and
-    what a resume needs. Not numbered: numbering starts with the frame after it."""
+    what a resume needs. Not numbered: numbering starts with the frame after it. ``recovered``:
+    a resume of a session whose relay node died (nothing to replay; see docs/protocol.md)."""
     message = {
         "type": "registered_auth",
         "room_id": room_id,
@@ -280,6 +291,7 @@ def registered_auth(
         "resume_token": resume_token,
         "resumed": resumed,
         "last_seq": last_seq,
+        **({"recovered": True} if recovered else {}),
     }
     return encode(with_id(message, correlation_id))
 

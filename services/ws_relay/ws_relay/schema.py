@@ -59,6 +59,11 @@ class RegisteredAuth(_Server):
     resume_token: str = Field(description="v2: present it with last_seq to resume after a dropped connection.")
     resumed: bool = Field(description="v2: true when this answers a resume.")
     last_seq: int = Field(description="v2: the seq of the last frame sent before this one (0 when new).")
+    recovered: bool = Field(
+        default=False,
+        description="v2, present only when true: the resume of a session whose relay node died; nothing "
+        "was replayed, numbering goes on after last_seq, and a message may arrive twice (same message_id).",
+    )
     id: CorrelationId | None = None
 
 
@@ -96,6 +101,11 @@ class PeerMessageDelivered(_Numbered):
     from_peer_id: str
     to_peer_id: str
     payload: Any
+    message_id: CorrelationId | None = Field(
+        default=None,
+        description="v2: the sender's id for the message, when it gave one. The same message_id from "
+        "the same sender twice is one message delivered again after a relay node failed: drop it.",
+    )
 
 
 class BroadcastDelivered(_Numbered):
@@ -112,6 +122,11 @@ class _RelayedDelivered(BaseModel):
     seq: int | None = None
     sender: str
     target: str
+    message_id: CorrelationId | None = Field(
+        default=None,
+        description="v2: the sender's id for the message, when it gave one. The same message_id from "
+        "the same sender twice is one message delivered again after a relay node failed: drop it.",
+    )
 
 
 class OfferDelivered(_RelayedDelivered):

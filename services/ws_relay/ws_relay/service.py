@@ -361,12 +361,12 @@ class RelayService:
         receipt; and if the target is not in the room yet, it is held for it instead."""
         if isinstance(message, protocol.PeerMessage):
             to_peer_id = message.to_peer_id
-            frame = protocol.peer_message(member.peer_id, to_peer_id, message.payload)
+            frame = protocol.peer_message(member.peer_id, to_peer_id, message.payload, message.id)
         else:
             if message.sender is not None and message.sender != member.peer_id:
                 raise SenderMismatch(f"sender must be {member.peer_id!r}, the peer registered on this connection")
             to_peer_id = message.target
-            frame = protocol.relayed_frame(data, member.peer_id)
+            frame = protocol.relayed_frame(data, member.peer_id, message.id)
         if message.ttl_seconds is not None and message.ttl_seconds > self.settings.queue_ttl_max_seconds:
             raise InvalidMessage(f"ttl_seconds: at most {self.settings.queue_ttl_max_seconds}")
         if message.id is not None and message.id in member.in_flight:
@@ -714,10 +714,11 @@ class RelayService:
         if elsewhere is not None:
             return self._redirect(session, elsewhere, room.room_id, message.id)
         saved = await self.repository.load_session(message.room_id, message.peer_id)
+        if saved is None:
+            return await self._recover(session, message, sub, room)
         now = self._clock()
         if (
-            saved is None
-            or saved.peer.owner_sub != sub
+            saved.peer.owner_sub != sub
             or saved.peer.expires_at <= now
             or not any(room_token_matches(token, known) for known in saved.resume_hashes)
         ):
@@ -790,6 +791,97 @@ class RelayService:
         structlog.contextvars.bind_contextvars(room_id=member.room_id, peer_id=member.peer_id)
         log.info("peer_resumed", replayed=len(missed), saved=True)
         self._send_resumed(session, member, message, resume_token, missed, now)
+        await self._open_inbox(member)
+        return "resumed"
+
+    async def _recover(self, session: Session, message: protocol.Register, sub: str, room: Room) -> str:
+        """Resume a session whose relay process died without saving it (SIGKILL, a lost host):
+        its routing entry is still there, of this identity, left by a process that is gone
+        (this node's previous one, or a node whose heartbeat lapsed and whose room this node
+        took over). Nothing can be replayed: numbering goes on after the client's ``last_seq``;
+        what the dead process had not confirmed is sent again by its senders (whose acks never
+        came) or is still held in the table; a message that arrives twice carries the same
+        ``message_id`` and the client drops the second. Without the resume token, which only
+        the dead process knew, the identity vouches: as it would for registering the peer id
+        afresh."""
+        now = self._clock()
+        entry = await self.repository.peer_entry(message.room_id, message.peer_id)
+        if entry is None or entry.saved or entry.owner_sub != sub or entry.expires_at <= now:
+            raise ResumeFailed("no session to resume here: register without resume_token")
+        if entry.node_id != self.settings.node_id:
+            nodes = await self.repository.relay_nodes()
+            holder = next((node for node in nodes if node.node_id == entry.node_id), None)
+            if holder is not None and holder.is_live(now):  # it still holds (or saves) the session
+                raise ResumeFailed("the session is held by another relay node: register without resume_token")
+        if not session.link.is_open():
+            return "abandoned"
+        resume_token = new_room_token()
+        member = Member(
+            room_id=message.room_id,
+            peer_id=message.peer_id,
+            owner_sub=sub,
+            owner_username=entry.owner_username,
+            link=session.link,
+            connection_id=session.link.connection_id,
+            connected_at=entry.connected_at,
+            room_expires_at=room.expires_at,
+            role=entry.role,
+            metadata=entry.metadata,
+            resume_hashes=(hash_room_token(resume_token),),
+            seq=message.last_seq,
+            waiting=[],  # live frames for it wait behind what is held for it
+        )
+        if entry.session_id:
+            member.session_id = entry.session_id
+        reservation = self.hub.reserve(message.room_id, message.peer_id, sub)
+        if self.hub.get(message.room_id, message.peer_id) is not None:  # registered meanwhile
+            self.hub.cancel(reservation)
+            raise ResumeFailed("the peer registered again meanwhile: register without resume_token")
+        try:
+            await self.repository.recover_peer(
+                self._record(member, now), from_connection=entry.connection_id, now=int(now)
+            )
+        except (ConditionFailed, NotFound) as exc:
+            self.hub.cancel(reservation)
+            raise ResumeFailed("the session changed meanwhile or its room is gone: register again") from exc
+        except Exception:
+            self.hub.cancel(reservation)
+            await self._release_quietly(member.room_id, member.peer_id, member.connection_id)  # may have landed
+            raise
+        except BaseException:
+            self.hub.cancel(reservation)
+            raise
+        if not session.link.is_open():
+            self.hub.cancel(reservation)
+            await self._release_quietly(member.room_id, member.peer_id, member.connection_id)
+            return "abandoned"
+        self.hub.commit(reservation, member)
+        self._watch(member.room_id)
+        self._attach(session, member)
+        member.timers["room_expiry"] = asyncio.get_running_loop().call_later(
+            max(0.0, room.expires_at - now), self._room_expired, member
+        )
+        structlog.contextvars.bind_contextvars(room_id=member.room_id, peer_id=member.peer_id)
+        log.info("peer_recovered", from_node=entry.node_id)
+        others = self.hub.others(member)
+        session.link.send(
+            protocol.registered_auth(
+                member.room_id,
+                message.token,
+                member.peer_id,
+                peers=[self._view(other) for other in others],
+                ice=self._ice(member, now),
+                resume_token=resume_token,
+                correlation_id=message.id,
+                resumed=True,
+                last_seq=member.seq,
+                recovered=True,
+            )
+        )
+        # The peers already here lost it with the dead node (their lists came from this one).
+        joined = protocol.peer_joined(self._view(member))
+        for other in others:
+            self._push(other, joined)
         await self._open_inbox(member)
         return "resumed"
 
