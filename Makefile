@@ -15,7 +15,7 @@ TF_CHECK := terraform/scripts/check.sh
 .DEFAULT_GOAL := help
 .PHONY: help install dev demo test lint format typecheck unit integration e2e schema lock clean
 .PHONY: terraform-check terraform-fmt terraform-validate terraform-test terraform-checkov monitoring-check
-.PHONY: deploy destroy ansible-check
+.PHONY: deploy destroy ansible-check bench bench-quick
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-18s %s\n", $$1, $$2}'
@@ -64,6 +64,25 @@ schema: $(STAMP) ## Regenerate docs/protocol.schema.json from the relay's messag
 monitoring-check: ## promtool and amtool: Prometheus and Alertmanager configs, alert rules and their unit tests (make test runs these too)
 	cd monitoring && promtool check config prometheus.yml && promtool check rules rules/*.yml && promtool test rules tests/*.yml
 	amtool check-config monitoring/alertmanager.yml
+
+# make bench: matplotlib and py-spy in the venv, PeerJS server from npm (the lock), then the run.
+BENCH_STAMP := $(VENV)/.bench-$(shell cksum < requirements/bench.txt | cut -d' ' -f1)
+PEERJS_STAMP := bench/peerjs/node_modules/.installed
+
+$(BENCH_STAMP): requirements/bench.txt $(STAMP)
+	rm -f $(VENV)/.bench-*
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements/bench.txt
+	touch $@
+
+$(PEERJS_STAMP): bench/peerjs/package.json bench/peerjs/package-lock.json
+	cd bench/peerjs && npm ci --no-audit --no-fund
+	touch $@
+
+bench: $(BENCH_STAMP) $(PEERJS_STAMP) ## Benchmarks (minutes; not in make test): ws-relay vs PeerJS vs a null relay -> bench/results, docs/benchmarks.md
+	$(BIN)/python -m bench.run
+
+bench-quick: $(BENCH_STAMP) $(PEERJS_STAMP) ## Every benchmark scenario at tiny sizes (a minute or two) -> bench/results/quick/
+	$(BIN)/python -m bench.run --quick
 
 ENV ?=
 DEPLOY := $(BIN)/python ansible/scripts/deploy.py

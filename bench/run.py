@@ -1,0 +1,506 @@
+"""``make bench``: every scenario against the three systems, one after another, on loopback.
+
+    python -m bench.run [--quick] [--systems relay,peerjs,null] [--no-report]
+
+Writes bench/results/<YYYY-MM-DD>.json (quick runs: <date>-quick.json), then docs/benchmarks.md
+and the plot from it (bench.report). Each system runs alone on the machine while measured:
+
+- relay: the stack as ``make dev`` starts it (devstack: the AWS emulator and both APIs) plus
+  ws-relay in its own process (``python -m ws_relay.main``, as in production), so its RSS and
+  CPU are the relay's alone. Its limits are raised for the load (SIGNALING_* below);
+- peerjs: PeerJS server (bench/peerjs, installed by ``npm ci``), path /bench;
+- null: bench.nullrelay, websockets forwarding frames unread.
+
+The load generator (bench.loadgen) is a separate process for every scenario.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from bench.nullrelay import raise_fd_limit
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PEERJS = ROOT / "bench" / "peerjs"
+PEERJS_BIN = PEERJS / "node_modules" / "peer" / "dist" / "bin" / "peerjs.js"
+HOST = "127.0.0.1"
+
+# The relay's limits, raised for a load that comes from one address and pushes thousands of
+# messages per second through a few connections; everything else keeps its default.
+RELAY_BENCH_ENV = {
+    "SIGNALING_MAX_CONNECTIONS": "30000",
+    "SIGNALING_REGISTER_RATE_PER_MINUTE_PER_IP": "100000000",
+    "SIGNALING_REGISTER_BURST_PER_IP": "1000000",
+    "SIGNALING_MESSAGES_PER_SECOND": "100000000",
+    "SIGNALING_MESSAGE_BURST": "1000000",
+    "SIGNALING_TURN_PROBE_INTERVAL_SECONDS": "0",
+}
+# The APIs' per-IP and per-identity limits, for the rooms and identities the generator makes.
+STACK_BENCH_ENV = {
+    "SIGNALING_SIGNIN_RATE_PER_MINUTE": "1000000",
+    "SIGNALING_SIGNIN_BURST": "100000",
+    "SIGNALING_ROOM_CREATE_RATE_PER_MINUTE": "1000000",
+    "SIGNALING_ROOM_CREATE_BURST": "100000",
+}
+# PeerJS caps a process at 5,000 connections by default: raised like ours for the memory scenario.
+PEERJS_CONCURRENT_LIMIT = "30000"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    register: dict[str, Any]
+    churn: dict[str, Any]
+    latency: dict[str, Any]
+    ladder: dict[str, Any]
+    memory: tuple[int, ...]
+    datachannel: dict[str, Any]
+    profile_seconds: float
+    profile_rate: float
+
+
+FULL = Sizes(
+    register={"count": 500, "concurrency": 1},
+    churn={"duration": 10, "concurrency": 16},
+    latency={"pairs": 20, "duration": 10, "rates": [500, 2000, 5000]},
+    ladder={
+        "pairs": 20,
+        "duration": 5,
+        "rates": [1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000, 15000, 20000, 25000, 30000, 40000],
+        "stop_on_fail": True,
+    },
+    memory=(1000, 10000),
+    datachannel={"repeat": 5},
+    profile_seconds=10,
+    profile_rate=2000,
+)
+QUICK = Sizes(
+    register={"count": 20, "concurrency": 1},
+    churn={"duration": 2, "concurrency": 4},
+    latency={"pairs": 4, "duration": 1, "rates": [500, 2000, 5000]},
+    ladder={"pairs": 4, "duration": 1, "rates": [1000, 4000, 16000], "stop_on_fail": True},
+    memory=(100, 300),
+    datachannel={"repeat": 1},
+    profile_seconds=2,
+    profile_rate=1000,
+)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` from /proc/PID/status, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def wait_until(check: Any, what: str, timeout: float = 60.0) -> None:
+    """Poll ``check()`` until true (a server's readiness; this is a benchmark, not a test)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not become ready within {timeout:.0f} s")
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 30.0) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def machine() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    models = Counter(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name"))
+    meminfo = Path("/proc/meminfo").read_text().split("\n", 1)[0]
+    node = shutil.which("node")
+    node_version = None
+    if node:
+        done = subprocess.run([node, "--version"], capture_output=True, text=True, check=True)  # noqa: S603
+        node_version = done.stdout.strip()
+
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": ", ".join(models) or platform.processor() or "unknown",
+        "ram_gib": round(int(meminfo.split()[1]) / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "node": node_version,
+        "websockets": importlib.metadata.version("websockets"),
+        "peerjs": json.loads((PEERJS / "package.json").read_text())["dependencies"]["peer"],
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+# Systems ------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A system under test: its pid (for RSS and CPU) and where the generator connects."""
+
+    name: str
+    pid: int
+    url: str
+    api: str | None = None
+
+
+@contextlib.contextmanager
+def null_relay() -> Iterator[Server]:
+    process = subprocess.Popen(  # noqa: S603 - this interpreter, our module
+        [sys.executable, "-m", "bench.nullrelay", "--host", HOST, "--port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().split()
+        if not line or line[0] != "READY":
+            raise RuntimeError("the null relay did not start")
+        yield Server("null", process.pid, f"ws://{HOST}:{line[1]}")
+    finally:
+        stop_process(process)
+
+
+@contextlib.contextmanager
+def peerjs() -> Iterator[Server]:
+    if not PEERJS_BIN.exists():
+        raise SystemExit(f"{PEERJS_BIN} is missing: run `npm ci` in {PEERJS} (make bench does)")
+    port = free_port()
+    command = ["node", str(PEERJS_BIN), "--host", HOST, "--port", str(port), "--path", "/bench"]
+    process = subprocess.Popen(  # noqa: S603 - node and the pinned PeerJS server
+        [*command, "--concurrent_limit", PEERJS_CONCURRENT_LIMIT],
+        cwd=PEERJS,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: httpx.get(f"http://{HOST}:{port}/bench/", timeout=2).is_success, "PeerJS server")
+        yield Server("peerjs", process.pid, f"ws://{HOST}:{port}/bench")
+    finally:
+        stop_process(process)
+
+
+@contextlib.contextmanager
+def relay(logs: IO[str]) -> Iterator[Server]:
+    """The dev stack (emulator, APIs) and ws-relay as its own process on the stack's tables."""
+    from devstack import background
+    from devstack.stack import EMULATOR_CREDENTIALS
+    from signaling_shared.bootstrap import bootstrap
+    from signaling_shared.settings import CommonSettings, Environment
+
+    os.environ.update(STACK_BENCH_ENV)
+    for key, value in EMULATOR_CREDENTIALS.items():  # moto takes any; boto3 signs with some
+        os.environ.setdefault(key, value)
+    prefix = "bench-"
+    stack = background.start("--table-prefix", prefix, "--no-turn", "--log-level", "WARNING")
+    process: subprocess.Popen[Any] | None = None
+    try:
+        common = CommonSettings(environment=Environment.DEVELOPMENT, aws_endpoint_url=stack.aws, table_prefix=prefix)
+        resources = bootstrap(common)  # idempotent: the stack made them; this reads their ids
+        port = free_port()
+        env = {
+            **os.environ,
+            "SIGNALING_ENVIRONMENT": "development",
+            "SIGNALING_HOST": HOST,
+            "SIGNALING_PORT": str(port),
+            "SIGNALING_AWS_ENDPOINT_URL": stack.aws,
+            "SIGNALING_TABLE_PREFIX": prefix,
+            "SIGNALING_COGNITO_USER_POOL_ID": resources.user_pool_id,
+            "SIGNALING_COGNITO_CLIENT_ID": resources.client_id,
+            "SIGNALING_NODE_ID": "bench-relay",
+            **RELAY_BENCH_ENV,
+        }
+        process = subprocess.Popen(  # this interpreter, the relay's own entry point
+            [sys.executable, "-m", "ws_relay.main"], cwd=ROOT, env=env, stdout=logs, stderr=logs
+        )
+        wait_until(lambda: httpx.get(f"http://{HOST}:{port}/healthz", timeout=2).is_success, "ws-relay")
+        yield Server("relay", process.pid, f"ws://{HOST}:{port}", api=stack.api)
+    finally:
+        if process is not None:
+            stop_process(process)
+        stack.stop()
+
+
+# Scenarios ------------------------------------------------------------------------------
+
+
+def loadgen(server: Server, scenario: str, params: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
+    job = {
+        "system": server.name,
+        "url": server.url,
+        "api": server.api,
+        "server_pid": server.pid,
+        "scenario": scenario,
+        "params": params,
+    }
+    done = subprocess.run(  # noqa: S603 - this interpreter, our module
+        [sys.executable, "-m", "bench.loadgen", json.dumps(job)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"loadgen {scenario} on {server.name} failed: {done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def memory(server: Server, count: int) -> dict[str, Any]:
+    """RSS of the server before and with ``count`` idle registered connections."""
+    job = {
+        "system": server.name,
+        "url": server.url,
+        "api": server.api,
+        "server_pid": server.pid,
+        "scenario": "hold",
+        "params": {"count": count, "concurrency": 50},
+    }
+    before = rss_kib(server.pid)
+    process = subprocess.Popen(  # noqa: S603 - this interpreter, our module
+        [sys.executable, "-m", "bench.loadgen", json.dumps(job)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdin is not None
+    assert process.stdout is not None
+    try:
+        line = process.stdout.readline()
+        if not line.startswith("HELD "):
+            raise RuntimeError(f"hold on {server.name} failed")
+        held = json.loads(line[5:])
+        time.sleep(2)  # let the last frames and timers settle before reading RSS
+        during = rss_kib(server.pid)
+        process.stdin.write("\n")
+        process.stdin.flush()
+        final = json.loads(process.stdout.readline())
+        process.wait(120)
+    finally:
+        stop_process(process)
+    registered = max(int(held["registered"]), 1)
+    return {
+        "connections": count,
+        "registered": held["registered"],
+        "still_open_at_release": final.get("still_open_at_release"),
+        "register_seconds": held["seconds"],
+        "rss_before_kib": before,
+        "rss_held_kib": during,
+        "kib_per_connection": round((during - before) / registered, 2),
+        "errors": held["errors"],
+    }
+
+
+# Raw collapsed stacks; --nonblocking: the relay is not paused while sampled.
+SPY_OPTIONS = ("--rate", "250", "--format", "raw", "--nonblocking")
+
+
+def profile(server: Server, sizes: Sizes, out: Path) -> dict[str, Any]:
+    """py-spy samples the relay while the generator holds it at ``profile_rate`` messages/s
+    (from the moment its pairs are registered: the relaying steady state only)."""
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if py_spy is None:
+        return {"error": "py-spy is not installed (requirements/bench.txt)"}
+    params = {"pairs": 10, "duration": sizes.profile_seconds + 1, "rates": [sizes.profile_rate], "announce": True}
+    job = {"system": server.name, "url": server.url, "api": server.api, "server_pid": server.pid}
+    generator = subprocess.Popen(  # noqa: S603 - this interpreter, our module
+        [sys.executable, "-m", "bench.loadgen", json.dumps({**job, "scenario": "latency", "params": params})],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert generator.stdout is not None
+    try:
+        if generator.stdout.readline().strip() != "PAIRED":
+            raise RuntimeError("the profiled load did not start")
+        spy = subprocess.run(  # noqa: S603 - the pinned py-spy, our server's pid
+            [
+                py_spy,
+                "record",
+                "--pid",
+                str(server.pid),
+                "--duration",
+                str(int(sizes.profile_seconds)),
+                "--output",
+                str(out),
+                *SPY_OPTIONS,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        load = json.loads(generator.stdout.readline())
+        generator.wait(60)
+    finally:
+        stop_process(generator)
+    if spy.returncode != 0 or not out.exists():
+        return {"error": f"py-spy failed: {spy.stderr[-500:]}"}
+    return {"rate": sizes.profile_rate, "seconds": sizes.profile_seconds, "load": load["steps"][0], **summarise(out)}
+
+
+# Leaves where a thread waits: the event loop in epoll, the AWS I/O threads for work.
+IDLE_LEAVES = ("EpollSelector.select (selectors.py)", "_worker (thread.py)", "Condition.wait (threading.py)")
+
+
+def frame_name(frame: str) -> str:
+    """'function (path/file.py:line)' -> 'function (file.py)'."""
+    name, _, where = frame.partition(" (")
+    return f"{name} ({where.rstrip(')').rsplit('/', 1)[-1].split(':', 1)[0]})" if where else name
+
+
+def summarise(collapsed: Path, top: int = 25) -> dict[str, Any]:
+    """Self and inclusive shares of the busy samples, per function, from py-spy's raw stacks."""
+    busy = idle = 0
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    for line in collapsed.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [frame_name(frame) for frame in stack.split(";")]
+        if frames[-1] in IDLE_LEAVES:
+            idle += count
+            continue
+        busy += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+
+    def shares(counter: Counter[str]) -> list[list[Any]]:
+        return [[name, round(100 * n / max(busy, 1), 1)] for name, n in counter.most_common(top)]
+
+    return {
+        "samples": busy + idle,
+        "busy_samples": busy,
+        "idle_percent": round(100 * idle / max(busy + idle, 1), 1),
+        "self": shares(own),
+        "inclusive": shares(inclusive),
+    }
+
+
+def measure(server: Server, sizes: Sizes, results: dict[str, Any], date: str, quick: bool) -> None:
+    name = server.name
+    log(f"{name}: registration latency")
+    results["registration"][name] = loadgen(server, "register", dict(sizes.register))
+    log(f"{name}: churn")
+    results["churn"][name] = loadgen(server, "churn", dict(sizes.churn))
+    log(f"{name}: latency at fixed rates")
+    results["latency"][name] = loadgen(server, "latency", dict(sizes.latency))
+    log(f"{name}: highest sustained rate")
+    ladder = loadgen(server, "latency", dict(sizes.ladder))
+    passed = [step["achieved_rate"] for step in ladder["steps"] if step["sustained"]]
+    ladder["max_sustained_rate"] = max(passed) if passed else 0
+    ladder["first_failed"] = next((step["rate"] for step in ladder["steps"] if not step["sustained"]), None)
+    results["sustained"][name] = ladder
+    if name == "relay":
+        log("relay: profile under load (py-spy)")
+        suffix = "-quick" if quick else ""
+        results["profile"] = profile(server, sizes, RESULTS / f"{date}{suffix}-relay.collapsed")
+        log("relay: sign-in to open data channel (aiortc)")
+        results["datachannel"] = loadgen(server, "datachannel", dict(sizes.datachannel))
+    results["memory"][name] = []
+    for count in sizes.memory:
+        log(f"{name}: memory with {count} idle registered connections")
+        results["memory"][name].append(memory(server, count))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="every scenario at tiny sizes (a minute or two)")
+    parser.add_argument("--systems", default="null,peerjs,relay", help="comma-separated (default: %(default)s)")
+    parser.add_argument("--no-report", action="store_true", help="write the JSON only")
+    parser.add_argument("--output", type=Path, help="the JSON's path (default: bench/results/<date>[-quick].json)")
+    args = parser.parse_args(argv)
+    raise_fd_limit()
+    sizes = QUICK if args.quick else FULL
+    date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    output = args.output or RESULTS / f"{date}{'-quick' if args.quick else ''}.json"
+    results: dict[str, Any] = {
+        "date": date,
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "machine": machine(),
+        "settings": {
+            "relay": RELAY_BENCH_ENV,
+            "stack": STACK_BENCH_ENV,
+            "peerjs_concurrent_limit": PEERJS_CONCURRENT_LIMIT,
+        },
+        "sizes": sizes.__dict__,
+        "registration": {},
+        "churn": {},
+        "latency": {},
+        "sustained": {},
+        "memory": {},
+    }
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-") as work:
+        for name in args.systems.split(","):
+            log(f"starting {name}")
+            if name == "null":
+                system = null_relay()
+            elif name == "peerjs":
+                system = peerjs()
+            elif name == "relay":
+                system = relay((Path(work) / "relay.log").open("w"))
+            else:
+                raise SystemExit(f"unknown system {name!r}")
+            with system as server:
+                measure(server, sizes, results, date, args.quick)
+    results["duration_seconds"] = round(time.monotonic() - started, 1)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    log(f"wrote {output.relative_to(ROOT) if output.is_relative_to(ROOT) else output}")
+    if not args.no_report:
+        from bench import report
+
+        quick = [
+            "--doc",
+            str(RESULTS / "quick" / "benchmarks.md"),
+            "--plot",
+            str(RESULTS / "quick" / "latency-vs-rate.png"),
+        ]
+        report.main([str(output), *(quick if args.quick else [])])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
