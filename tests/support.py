@@ -422,7 +422,7 @@ async def service_process(stack: StackInfo, service: str, **overrides: Any) -> A
         sys.executable,
         "-m",
         module,
-        env=process_env(stack.common, port=0, **overrides),
+        env=process_env(stack.common, **{"port": 0, **overrides}),
         stdout=asyncio.subprocess.PIPE,
     )
     running = ServiceProcess(process, listening, scheme)

@@ -246,3 +246,78 @@ async def test_a_redirect_from_wss_to_plain_ws_is_refused(monkeypatch: pytest.Mo
     with pytest.raises(Unavailable, match="INSECURE_REDIRECT"):
         await Session.open("wss://signaling.example.org", Room("r", "t"), Identity("i", "u"), "A")
     assert dialled == ["wss://signaling.example.org"]
+
+
+def _peer_message(seq: int, sender: str, payload: str, message_id: str | None) -> dict[str, Any]:
+    message = {"seq": seq, "type": "peer_message", "from_peer_id": sender, "to_peer_id": "A", "payload": payload}
+    return message if message_id is None else {**message, "message_id": message_id}
+
+
+async def test_a_message_that_arrives_twice_is_received_once() -> None:
+    """After a relay node fails, a message its sender sent again may arrive twice: the same
+    sender and message_id is one message. Another sender's same id, and messages without an
+    id (v1 senders), are never dropped."""
+
+    async def relay(ws: ServerConnection) -> None:
+        await ws.send(json.dumps(_registered(json.loads(await ws.recv()), resumed=False, last_seq=0)))
+        frames = [
+            _peer_message(1, "B", "first", "m1"),
+            _peer_message(2, "B", "first, again", "m1"),
+            _peer_message(3, "C", "C's own m1", "m1"),
+            _peer_message(4, "B", "no id", None),
+            _peer_message(5, "B", "no id", None),
+            {"seq": 6, "type": "offer", "target": "A", "sdp": "v=0", "sender": "B", "message_id": 7},
+            {"seq": 7, "type": "offer", "target": "A", "sdp": "v=0", "sender": "B", "message_id": 7},
+            _peer_message(8, "B", "last", "m2"),
+        ]
+        for frame in frames:
+            await ws.send(json.dumps(frame))
+        await ws.wait_closed()
+
+    async with serve(relay, "127.0.0.1", 0) as server:
+        session = await open_session(server)
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                received = [(await session.recv())["payload"] for _ in range(5)]
+                offer = await session.next_signal()
+        finally:
+            await session.close()
+    assert received == ["first", "C's own m1", "no id", "no id", "last"]
+    assert offer["message_id"] == 7
+    assert session.state.last_seq == 8
+
+
+async def test_redirects_to_a_node_that_died_are_retried_until_a_live_node_takes_the_room() -> None:
+    """The room's node died and its entry has not lapsed yet: the entry keeps redirecting to
+    it (TOO_MANY_REDIRECTS on each attempt); the session waits that out, then resumes."""
+    from devstack.coturn import free_port
+
+    dead = f"ws://127.0.0.1:{free_port()}"
+    redirects = 0
+
+    async def entry(ws: ServerConnection) -> None:
+        nonlocal redirects
+        register = json.loads(await ws.recv())
+        if "resume_token" not in register:
+            await ws.send(json.dumps(_registered(register, resumed=False, last_seq=0)))
+            ws.transport.abort()  # the node serving the session dies
+        elif redirects < 6:  # more than one attempt's worth of redirects
+            redirects += 1
+            await ws.send(json.dumps({"type": "redirect", "ws_url": dead, "node_id": "dead"}))
+            await ws.close(4502, "elsewhere")
+        else:
+            await ws.send(json.dumps({**_registered(register, resumed=True, last_seq=0), "recovered": True}))
+            async for frame in ws:
+                await ws.send(json.dumps({"seq": 1, "type": "ack", "id": json.loads(frame)["id"], "queued": False}))
+
+    async with serve(entry, "127.0.0.1", 0) as server:
+        session = await open_session(server)
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                ack = await session.send_to("B", "after the failover")  # waits for the resume
+        finally:
+            await session.close()
+    assert ack.queued is False
+    assert session.state.resumes == 1
+    assert redirects == 6
+    assert session.url == session.entry_url

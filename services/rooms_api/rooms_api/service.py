@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,7 +85,9 @@ class RoomsService:
         created between two heartbeats spread); None when no node registers itself (a single
         relay that every client already knows)."""
         live = [node for node in await self._repo.relay_nodes() if node.is_live(now) and not node.draining]
-        for node in sorted(live, key=lambda n: (n.load, n.node_id)):
+        # Ties (after every heartbeat, rooms not yet used count for nothing) are broken at
+        # random: in name order, the first node would get the odd rooms of every interval.
+        for node in sorted(live, key=lambda n: (n.load, secrets.randbelow(1 << 30))):
             try:
                 await self._repo.count_assignment(node.node_id)
             except ConditionFailed:
