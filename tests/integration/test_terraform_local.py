@@ -148,7 +148,7 @@ def applied(terraform: Terraform) -> Iterator[Applied]:
 
 
 def test_outputs_give_ansible_and_the_services_what_they_need(applied: Applied) -> None:
-    """Region, Elastic IP, DNS name, table names, pool and client ids come out, and are the real ones."""
+    """Region, Elastic IP, DNS name, table names, pool and client ids and the relay node count are the real ones."""
     outputs = applied.outputs
     assert outputs["region"] == REGION
     assert outputs["environment"] == "local"
@@ -160,6 +160,7 @@ def test_outputs_give_ansible_and_the_services_what_they_need(applied: Applied) 
     assert address["InstanceId"] == outputs["instance_id"]
     pool = applied.client("cognito-idp").describe_user_pool(UserPoolId=outputs["user_pool_id"])["UserPool"]
     assert pool["Name"] == "local-signaling-users"
+    assert outputs["host_network"]["relay_nodes"] == 3  # local runs the several-node shape (terraform.tfvars)
     assert outputs["signaling_env"] == {
         "SIGNALING_AWS_REGION": REGION,
         "SIGNALING_TABLE_PREFIX": "local-",

@@ -10,5 +10,6 @@ network = {
 
 host = {
   instance_type = "t3.small"
+  relay_nodes   = 1 # one relay process, as the seed ran (prod shows the several-node shape)
   # enable_seed_ports = true would open the seed's plain-HTTP 8001/8080 for old clients.
 }

@@ -68,5 +68,6 @@ module "host" {
   metrics_ports          = var.host.metrics_ports
   allow_http_egress      = var.host.allow_http_egress
   log_retention_days     = var.host.log_retention_days
+  relay_nodes            = var.host.relay_nodes
   tags                   = local.tags
 }

@@ -10,4 +10,6 @@ host = {
   ami_ssm_parameter = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
   # moto does not implement MonitorInstances.
   detailed_monitoring = false
+  # Three relay nodes: the emulator apply and make deploy ENV=local exercise the several-node shape.
+  relay_nodes = 3
 }

@@ -77,6 +77,7 @@ variable "host" {
     metrics_ports      = optional(list(number))
     allow_http_egress  = optional(bool)
     log_retention_days = optional(number)
+    relay_nodes        = optional(number)
   })
   default  = {}
   nullable = false

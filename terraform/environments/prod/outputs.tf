@@ -61,7 +61,7 @@ output "signaling_env" {
 }
 
 output "host_network" {
-  description = "What Ansible mirrors on the host: its addresses, the public ports (security group rules) and the networks allowed to reach SSH and the metrics ports."
+  description = "What Ansible mirrors on the host: its addresses, the public ports (security group rules), the networks allowed to reach SSH and the metrics ports, and how many relay nodes it runs."
   value = {
     public_ip        = module.host.public_ip
     private_ip       = module.host.private_ip
@@ -69,5 +69,6 @@ output "host_network" {
     ssh_cidrs        = module.host.admin_access.ssh_cidrs
     monitoring_cidrs = module.host.admin_access.monitoring_cidrs
     metrics_ports    = module.host.admin_access.metrics_ports
+    relay_nodes      = module.host.relay_nodes
   }
 }

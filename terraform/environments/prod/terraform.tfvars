@@ -18,6 +18,8 @@ host = {
   root_volume_size_gb = 30
   detailed_monitoring = true
   log_retention_days  = 365
+  # One relay process per vCPU (t3.medium has 2): relay-1 and relay-2 behind the one edge.
+  relay_nodes = 2
   # Prometheus scrapes the node exporter from the monitoring network only; SSH stays closed.
   monitoring_cidrs = []
 }

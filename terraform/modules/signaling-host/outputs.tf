@@ -51,3 +51,8 @@ output "admin_access" {
     metrics_ports    = var.metrics_ports
   }
 }
+
+output "relay_nodes" {
+  description = "Relay nodes the host runs (relay_nodes): Ansible starts one ws-relay container per node, relay-1 to relay-<n>."
+  value       = var.relay_nodes
+}

@@ -105,6 +105,18 @@ variable "key_name" {
   default     = null
 }
 
+variable "relay_nodes" {
+  description = "Relay nodes on the host: one ws-relay container per node (about one per vCPU: a relay process uses one core), each with its own URL through the edge (wss://<domain>/nodes/relay-<k>) on the one Elastic IP. 1 runs the single relay exactly as before."
+  type        = number
+  default     = 1
+  nullable    = false
+
+  validation {
+    condition     = var.relay_nodes >= 1 && var.relay_nodes <= 16 && floor(var.relay_nodes) == var.relay_nodes
+    error_message = "relay_nodes must be a whole number between 1 and 16 (one relay per vCPU; more hosts need their own domain name and Elastic IP, see docs/deploy.md)."
+  }
+}
+
 variable "public_ingress_cidrs" {
   description = "Who may reach the public ports (HTTPS 443 and TURN): the whole internet by default."
   type        = list(string)

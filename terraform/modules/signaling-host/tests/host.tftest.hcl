@@ -327,6 +327,35 @@ run "without_indexes_there_is_no_index_statement" {
   }
 }
 
+# Relay nodes: one by default, N on request, the same one address either way ----------
+
+run "one_relay_node_by_default" {
+  command = plan
+
+  assert {
+    condition     = output.relay_nodes == 1
+    error_message = "The host runs one relay node unless relay_nodes says otherwise (the seed's shape)."
+  }
+}
+
+run "three_relay_nodes_share_the_host_s_one_elastic_ip_and_ports" {
+  command = plan
+
+  variables {
+    relay_nodes = 3
+  }
+
+  assert {
+    condition     = output.relay_nodes == 3
+    error_message = "relay_nodes must reach the output Ansible reads."
+  }
+
+  assert {
+    condition     = aws_eip.this.domain == "vpc" && length(aws_vpc_security_group_ingress_rule.this) == 6
+    error_message = "More relay nodes add no address and no port: they are reached through the edge on 443."
+  }
+}
+
 # Each validation rejects bad input ----------------------------------------------------
 
 run "rejects_a_bad_name" {
@@ -495,4 +524,28 @@ run "rejects_an_unsupported_log_retention" {
     log_retention_days = 10
   }
   expect_failures = [var.log_retention_days]
+}
+
+run "rejects_no_relay_node" {
+  command = plan
+  variables {
+    relay_nodes = 0
+  }
+  expect_failures = [var.relay_nodes]
+}
+
+run "rejects_more_relay_nodes_than_a_host_has_cores_for" {
+  command = plan
+  variables {
+    relay_nodes = 17
+  }
+  expect_failures = [var.relay_nodes]
+}
+
+run "rejects_a_fraction_of_a_relay_node" {
+  command = plan
+  variables {
+    relay_nodes = 1.5
+  }
+  expect_failures = [var.relay_nodes]
 }
