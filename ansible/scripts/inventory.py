@@ -46,6 +46,8 @@ SSM_PROXY = (
 def host_vars(environment: str, outputs: dict[str, Any], *, via_ssm: bool = False) -> dict[str, Any]:
     network = _value(outputs, "host_network")
     public_ports = network["public_ports"]
+    if "relay_nodes" not in network:
+        raise OutputsError("terraform output 'host_network' has no relay_nodes: apply the environment again")
     relay = public_ports.get("turn-relay")
     variables: dict[str, Any] = {
         "signaling_environment_name": environment,
@@ -54,6 +56,7 @@ def host_vars(environment: str, outputs: dict[str, Any], *, via_ssm: bool = Fals
         "signaling_settings": dict(_value(outputs, "signaling_env")),
         "signaling_turn_enabled": relay is not None,
         "signaling_seed_ports": "seed-api" in public_ports,
+        "signaling_relay_nodes": int(network["relay_nodes"]),
         "base_firewall_rules": firewall_rules(public_ports),
         "base_firewall_ssh_sources": list(network["ssh_cidrs"]),
         "base_firewall_metrics_ports": [int(port) for port in network["metrics_ports"]],

@@ -78,6 +78,16 @@ def test_without_turn_ports_coturn_is_off() -> None:
     assert "coturn_min_port" not in variables
 
 
+def test_the_relay_node_count_comes_from_terraform() -> None:
+    """host_network's relay_nodes becomes signaling_relay_nodes; an output without it is refused, not taken as 1."""
+    _, variables = host(inventory.inventory("dev", OUTPUTS))
+    assert variables["signaling_relay_nodes"] == 3
+    outputs = json.loads(json.dumps(OUTPUTS))
+    del outputs["host_network"]["value"]["relay_nodes"]
+    with pytest.raises(inventory.OutputsError, match="relay_nodes"):
+        inventory.inventory("dev", outputs)
+
+
 def test_missing_outputs_are_a_clear_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     outputs = {name: value for name, value in OUTPUTS.items() if name != "signaling_env"}
     (tmp_path / "outputs.json").write_text(json.dumps(outputs))
