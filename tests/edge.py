@@ -44,12 +44,24 @@ def caddy_binary() -> str:
 
 
 @asynccontextmanager
-async def caddy_edge(directory: Path, *, auth_api: str, rooms_api: str, ws_relay: str) -> AsyncIterator[Edge]:
+async def caddy_edge(
+    directory: Path,
+    *,
+    auth_api: str,
+    rooms_api: str,
+    ws_relay: str,
+    https_port: int | None = None,
+    relay_nodes_dir: Path | None = None,
+) -> AsyncIterator[Edge]:
     """Caddy with services/edge/Caddyfile as a deployment runs it (EDGE_TLS=internal: a
     certificate for localhost from Caddy's local CA), in front of these upstreams
-    (host:port), on free ports, its state in ``directory``."""
+    (host:port; ``ws_relay`` may list several relay nodes, space-separated), on free ports
+    (or ``https_port``, when the relay nodes' public URLs must name it before the edge
+    starts), its state in ``directory``; the relay node routes from ``relay_nodes_dir``
+    (none by default)."""
     binary = caddy_binary()
-    https_port, http_port, health_port = free_port(), free_port(), free_port()
+    https_port = https_port or free_port()
+    http_port, health_port = free_port(), free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("EDGE_", "XDG_"))}
     env.update(
         HOME=str(directory),
@@ -64,6 +76,7 @@ async def caddy_edge(directory: Path, *, auth_api: str, rooms_api: str, ws_relay
         EDGE_AUTH_API=auth_api,
         EDGE_ROOMS_API=rooms_api,
         EDGE_WS_RELAY=ws_relay,
+        EDGE_RELAY_NODES_DIR=str(relay_nodes_dir or directory / "no-relay-nodes"),
     )
     process = await asyncio.create_subprocess_exec(
         binary,

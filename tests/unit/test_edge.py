@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
@@ -225,6 +226,42 @@ def test_caddy_adapts_and_routes(env: dict[str, str], listeners: list[str], api_
         for issuer in policy.get("issuers", [])
     ]
     assert ("internal" in issuers) == (env.get("EDGE_TLS") == "internal")
+
+
+def public_proxies(env: dict[str, str]) -> list[dict[str, Any]]:
+    """The reverse_proxy handlers of the public site Caddy adapts, in route order."""
+    result = caddy_adapt(env)
+    assert result.returncode == 0, result.stderr
+    servers = json.loads(result.stdout)["apps"]["http"]["servers"].values()
+    (site,) = [s for s in servers if s["listen"] != ["127.0.0.1:8081"]]
+    found: list[dict[str, Any]] = []
+
+    def walk(routes: list[dict[str, Any]]) -> None:
+        for route in routes:
+            for handler in route.get("handle", []):
+                if handler["handler"] == "subroute":
+                    walk(handler["routes"])
+                elif handler["handler"] == "reverse_proxy":
+                    found.append(handler)
+
+    walk(site["routes"])
+    return found
+
+
+@needs_caddy
+def test_the_relay_entry_retries_a_refusing_node_and_balances_several(tmp_path: Path) -> None:
+    """One relay: the same single upstream as before, dialled again for up to 5 s while it
+    restarts; several (EDGE_WS_RELAY space-separated): the entry spreads over all of them.
+    Without relay node routes (EDGE_RELAY_NODES_DIR empty) nothing else changes."""
+    empty = {"EDGE_RELAY_NODES_DIR": str(tmp_path)}
+    *_, entry = public_proxies(empty)
+    assert entry["upstreams"] == [{"dial": RELAY.upstream}]
+    assert entry["load_balancing"] == {"try_duration": 5_000_000_000}
+    assert "health_checks" not in entry  # a lone relay is never kept out after it came back
+    assert len(public_proxies(empty)) == 3  # auth-api, rooms-api, the relay: no node route
+    nodes = "127.0.0.1:9001 127.0.0.1:9002 127.0.0.1:9003"
+    *_, entry = public_proxies({**empty, "EDGE_WS_RELAY": nodes})
+    assert [upstream["dial"] for upstream in entry["upstreams"]] == nodes.split()
 
 
 @needs_caddy
