@@ -241,11 +241,63 @@ def check_env(path: Path) -> None:
 
 
 def check_compose_override(path: Path) -> None:
-    """The compose specification's schema (no compose plugin here; the role runs `docker compose config`)."""
+    """The compose specification's schema (no compose plugin here; the role runs `docker compose config`);
+    with the inventory's three relay nodes, ws-relay-2 and -3 are ws-relay again (extends) with
+    their own node id, public URL through the edge and loopback port."""
     override = yaml.safe_load(path.read_text())
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
-    assert set(override["services"]) <= set(compose["services"])
+    services = override["services"]
+    added = {name: service["extends"] for name, service in services.items() if name not in compose["services"]}
+    assert added == {name: {"file": "compose.yaml", "service": "ws-relay"} for name in ("ws-relay-2", "ws-relay-3")}
+    relays = [services[name] for name in ("ws-relay", "ws-relay-2", "ws-relay-3")]
+    assert [(r["environment"]["SIGNALING_NODE_ID"], r["environment"]["SIGNALING_PUBLIC_WS_URL"]) for r in relays] == [
+        (f"relay-{k}", f"wss://localhost/nodes/relay-{k}") for k in (1, 2, 3)
+    ]
+    ports = [port for service in services.values() for port in service.get("ports", [])]
+    assert [port for port in ports if port.endswith(":8080")] == [f"127.0.0.1:{18080 + k}:8080" for k in (0, 1, 2)]
+    assert len(set(ports)) == len(ports)
+    assert services["edge"]["environment"] == {"EDGE_WS_RELAY": "ws-relay:8080 ws-relay-2:8080 ws-relay-3:8080"}
+    assert set(services["edge"]["depends_on"]) == {"ws-relay-2", "ws-relay-3"}
     checked(run(str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path)))
+
+
+def caddy_routes(config: dict[str, Any]) -> list[tuple[list[str], list[dict[str, Any]]]]:
+    """The public site's routes, subroutes flattened: (path matchers, handlers) in order."""
+    (site,) = [s for s in config["apps"]["http"]["servers"].values() if s["listen"] != ["127.0.0.1:8081"]]
+    flat: list[tuple[list[str], list[dict[str, Any]]]] = []
+
+    def walk(routes: list[dict[str, Any]], paths: list[str]) -> None:
+        for route in routes:
+            matched = [p for m in route.get("match", []) for p in m.get("path", [])] or paths
+            for handler in route.get("handle", []):
+                if handler["handler"] == "subroute":
+                    walk(handler["routes"], matched)
+                else:
+                    flat.append((matched, [handler]))
+
+    walk(site["routes"], [])
+    return flat
+
+
+def check_relay_routes(path: Path) -> None:
+    """Caddy adapts services/edge/Caddyfile with these routes imported (and EDGE_WS_RELAY as the
+    rendered compose override sets it): /nodes/relay-<k> reaches node k alone at "/", and the
+    entry is balanced over the three nodes."""
+    caddy = require_program("caddy", "caddy")
+    override = yaml.safe_load((path.parent / "compose.override.yaml").read_text())
+    env = {"EDGE_RELAY_NODES_DIR": str(path.parent), **override["services"]["edge"]["environment"]}
+    caddyfile = ROOT / "services" / "edge" / "Caddyfile"
+    result = run(caddy, "adapt", "--config", str(caddyfile), "--adapter", "caddyfile", **env)
+    checked(result)
+    routes = caddy_routes(json.loads(result.stdout))
+    for k, upstream in ((1, "ws-relay:8080"), (2, "ws-relay-2:8080"), (3, "ws-relay-3:8080")):
+        handlers = [handler for paths, (handler,) in routes if paths == [f"/nodes/relay-{k}"]]
+        assert [h["handler"] for h in handlers] == ["rewrite", "reverse_proxy"], handlers
+        assert handlers[0]["uri"] == "/"
+        assert handlers[1]["upstreams"] == [{"dial": upstream}]
+    (entry,) = [handler for paths, (handler,) in routes if not paths and handler["handler"] == "reverse_proxy"]
+    assert entry["upstreams"] == [{"dial": f"ws-relay{suffix}:8080"} for suffix in ("", "-2", "-3")]
+    assert entry["load_balancing"]["try_duration"] == 5_000_000_000
 
 
 CHECKS = {
@@ -261,6 +313,7 @@ CHECKS = {
     "signaling/signaling.service": check_unit,
     "signaling/env": check_env,
     "signaling/compose.override.yaml": check_compose_override,
+    "signaling/relay-nodes.caddy": check_relay_routes,
     "monitoring/alertmanager.yml": check_alertmanager,
     "monitoring/blackbox.yml": check_blackbox,
     "monitoring/prometheus.default": check_flags("prometheus", "prometheus"),
@@ -314,3 +367,65 @@ def test_vault_receivers_reach_alertmanager_config(inventory: Path, tmp_path: Pa
     assert config["route"] == repository["route"]
     assert config["inhibit_rules"] == repository["inhibit_rules"]
     check_alertmanager(tmp_path / "monitoring" / "alertmanager.yml")
+
+
+def test_the_scrape_targets_list_every_relay_node_and_promtool_accepts_them(rendered: Path) -> None:
+    """With three relay nodes, Prometheus scrapes three ws-relay targets (alerts and the dashboard
+    tell them apart by instance); promtool reads prometheus.yml with every target file there."""
+    folder = rendered / "prometheus"
+    (folder / "prometheus.yml").write_text((ROOT / "monitoring" / "prometheus.yml").read_text())
+    output = checked(run(require_program("promtool", "prometheus"), "check", "config", str(folder / "prometheus.yml")))
+    assert "SUCCESS" in output
+    assert "WARNING" not in output, output  # every job's target file was written
+    relays = json.loads((folder / "targets" / "ws-relay.json").read_text())
+    assert relays == [{"targets": ["127.0.0.1:18080", "127.0.0.1:18081", "127.0.0.1:18082"]}]
+
+
+def render(inventory: Path, directory: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    playbook = ROOT / "tests" / "ansible" / "render.yml"
+    return run(
+        str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook), "-e", f"render_dir={directory}", *extra
+    )
+
+
+def test_one_relay_node_renders_the_single_relay_as_before(inventory: Path, tmp_path: Path) -> None:
+    """relay_nodes = 1 (dev): the loopback ports and nothing else, no node id or public URL (the
+    seed-compatible relay), the edge as compose.yaml has it, one ws-relay target."""
+    result = render(inventory, tmp_path, "-e", "signaling_relay_nodes=1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    override = yaml.safe_load((tmp_path / "signaling" / "compose.override.yaml").read_text())
+    assert override == {
+        "services": {
+            "auth-api": {"ports": ["127.0.0.1:18001:8001"]},
+            "rooms-api": {"ports": ["127.0.0.1:18002:8002"]},
+            "ws-relay": {"ports": ["127.0.0.1:18080:8080"]},
+        }
+    }
+    env = (tmp_path / "signaling" / "env").read_text()
+    assert "SIGNALING_NODE_ID" not in env
+    assert "SIGNALING_PUBLIC_WS_URL" not in env
+    relays = json.loads((tmp_path / "prometheus" / "targets" / "ws-relay.json").read_text())
+    assert relays == [{"targets": ["127.0.0.1:18080"]}]
+
+
+@pytest.mark.parametrize(
+    ("variables", "reason"),
+    [
+        ({"signaling_relay_nodes": 0}, "no relay"),
+        ({"signaling_relay_nodes": 17}, "more than Terraform allows"),
+        (
+            {
+                "signaling_relay_nodes": 3,
+                "signaling_loopback_ports": {"auth-api": 18001, "rooms-api": 18082, "ws-relay": 18080},
+            },
+            "relay-3's loopback port is rooms-api's",
+        ),
+    ],
+    ids=["zero", "seventeen", "port-clash"],
+)
+def test_the_preflight_refuses_a_bad_relay_node_count(
+    inventory: Path, tmp_path: Path, variables: dict[str, Any], reason: str
+) -> None:
+    result = render(inventory, tmp_path, "-e", json.dumps(variables))
+    assert result.returncode != 0, reason
+    assert "signaling_relay_nodes must be a whole number from 1 to 16" in result.stdout + result.stderr, reason
