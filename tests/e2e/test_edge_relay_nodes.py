@@ -1,0 +1,186 @@
+"""Three relay nodes on one host, as the signaling role deploys them (relay_nodes = 3): three
+relay processes configured from the rendered compose override (node id and public URL), and
+the real Caddy edge with the rendered relay node routes and entry. A peer knows the edge's
+one entry URL: it reaches the room's node through that node's own URL, /nodes/relay-<k>."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from container_checks import ROOT
+from devstack.coturn import free_port
+from devstack.stack import StackInfo
+from edge import Edge, caddy_edge
+from signaling_sdk import Identity, Room, Session
+from support import TIMEOUT, Peer, ServiceProcess, User, relay_process, sign_in
+
+pytestmark = pytest.mark.e2e
+
+NODES = ("relay-1", "relay-2", "relay-3")
+TEMPLATES = ROOT / "ansible" / "roles" / "signaling" / "templates"
+
+
+async def render(template: str, destination: Path, variables: dict[str, Any]) -> None:
+    """The signaling role's template, rendered by Ansible's own template module."""
+    (destination.parent / "vars.json").write_text(json.dumps(variables))
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("ansible")),
+        "localhost",
+        "-i",
+        "localhost,",
+        "-c",
+        "local",
+        "-m",
+        "ansible.builtin.template",
+        "-a",
+        f"src={TEMPLATES / template} dest={destination} mode=0644",
+        "-e",
+        f"@{destination.parent / 'vars.json'}",
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 12 * TIMEOUT)
+    assert process.returncode == 0, output.decode()
+
+
+@dataclass(frozen=True)
+class Host:
+    edge: Edge
+    nodes: dict[str, ServiceProcess]  # by node id
+    public_urls: dict[str, str]  # by node id
+
+    def node_of(self, ws_url: str) -> str:
+        return next(node for node, url in self.public_urls.items() if url == ws_url)
+
+
+@pytest.fixture
+async def host(stack: StackInfo, tmp_path: Path) -> AsyncIterator[Host]:
+    """The rendered override's three relays and the edge in front of them (the APIs are the stack's)."""
+    https_port = free_port()
+    ports = {node: free_port() for node in NODES}  # the public URLs must be known before anything listens
+    rendered = tmp_path / "rendered"
+    (rendered / "relay-nodes").mkdir(parents=True)
+    variables = {
+        "signaling_relay_nodes": len(NODES),
+        "signaling_domain": f"localhost:{https_port}",
+        "signaling_relay_upstreams": {node: f"127.0.0.1:{port}" for node, port in ports.items()},
+        "signaling_loopback_ports": {"auth-api": 18001, "rooms-api": 18002, "ws-relay": 18080},
+        "ansible_managed": "Managed by Ansible (rendered for a test).",
+        "ansible_python_interpreter": sys.executable,
+    }
+    await asyncio.gather(
+        render("compose.override.yaml.j2", rendered / "compose.override.yaml", variables),
+        render("relay-nodes.caddy.j2", rendered / "relay-nodes" / "routes.caddy", variables),
+    )
+    services = yaml.safe_load((rendered / "compose.override.yaml").read_text())["services"]
+    environments = {
+        service["environment"]["SIGNALING_NODE_ID"]: service["environment"]
+        for name, service in services.items()
+        if name.startswith("ws-relay")
+    }
+    assert sorted(environments) == list(NODES)
+    async with AsyncExitStack() as running:
+        nodes = {
+            node: await running.enter_async_context(
+                relay_process(
+                    stack,
+                    port=ports[node],
+                    node_id=node,
+                    public_ws_url=env["SIGNALING_PUBLIC_WS_URL"],
+                    node_heartbeat_seconds=300,  # the placement counters move with this test's rooms only
+                    node_ttl_seconds=600,
+                    stun_urls=[],
+                    turn_urls=[],
+                )
+            )
+            for node, env in sorted(environments.items())
+        }
+        edge = await running.enter_async_context(
+            caddy_edge(
+                tmp_path / "caddy",
+                auth_api="127.0.0.1:9",  # not used: the stack's APIs are reached directly
+                rooms_api="127.0.0.1:9",
+                ws_relay=services["edge"]["environment"]["EDGE_WS_RELAY"],
+                https_port=https_port,
+                relay_nodes_dir=rendered / "relay-nodes",
+            )
+        )
+        urls = {node: env["SIGNALING_PUBLIC_WS_URL"] for node, env in environments.items()}
+        yield Host(edge, nodes, urls)
+
+
+def trusting(edge: Edge) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=edge.ca_file)
+
+
+async def create_room(api: str, user: User) -> dict[str, str]:
+    async with httpx.AsyncClient(base_url=api, timeout=TIMEOUT) as client:
+        response = await client.post("/create-room", headers=user.bearer)
+    assert response.status_code == 200, response.text
+    body: dict[str, str] = response.json()
+    return body
+
+
+def register(room: dict[str, str], user: User, peer_id: str) -> dict[str, Any]:
+    return {
+        "type": "register",
+        "peer_id": peer_id,
+        "room_id": room["room_id"],
+        "token": room["token"],
+        "id_token": user.id_token,
+    }
+
+
+async def test_each_node_s_own_url_reaches_that_node_and_the_entry_leads_there(host: Host, api: str) -> None:
+    """Rooms go to the three nodes, each at its /nodes/<node id> URL through the edge; dialled
+    there a peer registers at once, dialled at another node's URL it is redirected, and a
+    session opened at the entry URL ends on the room's node."""
+    tls = trusting(host.edge)
+    user = await sign_in(api)
+    rooms = [await create_room(api, user) for _ in NODES]
+    assert sorted(host.node_of(room["ws_url"]) for room in rooms) == list(NODES)  # least loaded first
+    assert {room["ws_url"] for room in rooms} == {f"{host.edge.ws_url}/nodes/{node}" for node in NODES}
+    for room in rooms:
+        home = host.node_of(room["ws_url"])
+        peer = await Peer.connect(room["ws_url"], ssl=tls)
+        await peer.send(register(room, user, "Direct"))
+        assert (await peer.expect("registered_auth"))["room_id"] == room["room_id"]
+        assert (await host.nodes[home].logged("peer_registered"))["room_id"] == room["room_id"]
+        await peer.close()
+        other = next(node for node in NODES if node != home)
+        stray = await Peer.connect(host.public_urls[other], ssl=tls)
+        await stray.send(register(room, user, "Stray"))
+        assert await stray.recv() == {"type": "redirect", "ws_url": room["ws_url"], "node_id": home}
+        assert (await stray.closed())[0] == 4502
+        # The SDK, given only the entry URL, follows the redirect to the room's node.
+        identity = Identity(user.id_token, user.username)
+        room_grant = Room(room["room_id"], room["token"])
+        async with await Session.open(host.edge.ws_url, room_grant, identity, "ViaEntry", ssl=tls) as session:
+            assert session.url == room["ws_url"]
+
+
+async def test_the_entry_skips_a_dead_node(host: Host) -> None:
+    """relay-2 killed: every WebSocket dialled at the entry URL still opens, on a live node
+    (the edge dials again elsewhere instead of answering 502)."""
+    host.nodes["relay-2"].process.kill()
+    await host.nodes["relay-2"].wait()
+    tls = trusting(host.edge)
+    for _ in range(12):  # the entry picks at random: without the retry, a third of these fail
+        peer = await Peer.connect(host.edge.ws_url, ssl=tls)
+        await peer.send({"type": "ping"})
+        await peer.expect("pong")
+        await peer.close()
