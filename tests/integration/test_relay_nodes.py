@@ -24,7 +24,7 @@ from devstack.stack import StackInfo
 from signaling_sdk import Identity, Room, Session
 from signaling_sdk.session import Backoff
 from signaling_shared.dynamo import RelayNode, Repository
-from signaling_shared.errors import ConditionFailed
+from signaling_shared.errors import ConditionFailed, Unavailable
 from support import TIMEOUT, Peer, RoomGrant, ServiceProcess, User, relay_process, sign_in
 from ws_relay.server import RelayServer
 
@@ -34,21 +34,18 @@ NODES = ("node-a", "node-b", "node-c")
 
 
 @asynccontextmanager
-async def nodes(relay_with: RelayFactory, names: tuple[str, ...] = NODES) -> AsyncIterator[dict[str, RelayServer]]:
+async def nodes(
+    relay_with: RelayFactory, names: tuple[str, ...] = NODES, **overrides: Any
+) -> AsyncIterator[dict[str, RelayServer]]:
     """Relay nodes on fixed free ports (their public URL must be known before they listen),
-    heartbeating rarely so the test alone moves the placement counters."""
+    by default heartbeating rarely so the test alone moves the placement counters."""
     async with AsyncExitStack() as stack:
         servers: dict[str, RelayServer] = {}
         for name in names:
             port = free_port()
+            settings = {"node_heartbeat_seconds": 300, "node_ttl_seconds": 600, **overrides}
             servers[name] = await stack.enter_async_context(
-                relay_with(
-                    node_id=name,
-                    port=port,
-                    public_ws_url=f"ws://127.0.0.1:{port}",
-                    node_heartbeat_seconds=300,
-                    node_ttl_seconds=600,
-                )
+                relay_with(node_id=name, port=port, public_ws_url=f"ws://127.0.0.1:{port}", **settings)
             )
         yield servers
 
@@ -447,3 +444,49 @@ async def test_a_rolling_restart_of_every_node_under_load_loses_no_message(api: 
             for pair in pairs:
                 await pair.worker.close()
                 await pair.client.close()
+
+
+async def test_a_node_that_cannot_renew_its_entry_fences_itself_before_it_lapses(
+    api: str, relay_with: RelayFactory, stack: StackInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """node-a's heartbeats fail (its table access is cut, say) while it serves two peers: it is
+    fenced before its entry lapses and stops as for a SIGTERM (main then exits 1), so its
+    peers move on with the room to node-b instead of staying on a node that lost it."""
+    user = await sign_in(api)
+    identity = Identity(user.id_token, user.username)
+    async with nodes(relay_with, ("node-a", "node-b"), **FAST_NODES) as servers:
+        a, b = servers["node-a"], servers["node-b"]
+        body = await create_room(api, user)
+        while body["ws_url"] != url_of(a):
+            body = await create_room(api, user)
+        room = Room(body["room_id"], body["token"])
+        p = await Session.open(url_of(b), room, identity, "P", backoff=PATIENT)
+        q = await Session.open(url_of(b), room, identity, "Q", backoff=PATIENT)
+        try:
+            assert p.url == q.url == url_of(a)
+
+            async def cut_off(node: RelayNode) -> None:
+                raise Unavailable("the table cannot be reached", operation="heartbeat_node")
+
+            monkeypatch.setattr(a.repository, "heartbeat_node", cut_off)
+            async with asyncio.timeout(4 * TIMEOUT):
+                await a.fenced.wait()
+            entry = next(node for node in await a.repository.relay_nodes() if node.node_id == "node-a")
+            assert time.time() < entry.expires_at  # fenced before its entry lapsed
+            await a.stop()  # what main does once fenced
+
+            async with asyncio.timeout(6 * TIMEOUT):
+                ack = await p.send_to("Q", "on node-b")
+                assert await q.recv() == {
+                    "type": "peer_message",
+                    "from_peer_id": "P",
+                    "to_peer_id": "Q",
+                    "payload": "on node-b",
+                    "message_id": ack.id,
+                }
+            assert p.url == q.url == url_of(b)
+            assert (p.state.resumes, q.state.resumes) == (1, 1)
+            assert (await Repository.from_settings(stack.common).get_room(room.room_id)).node_id == "node-b"
+        finally:
+            await p.close()
+            await q.close()

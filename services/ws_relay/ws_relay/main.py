@@ -1,9 +1,11 @@
-"""ws-relay entry point: serve until SIGINT/SIGTERM, then shut down gracefully."""
+"""ws-relay entry point: serve until SIGINT/SIGTERM, then shut down gracefully. A relay
+node fenced for failing to renew its entry shuts down the same way and exits 1."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 
 from signaling_shared.aws import use_io_threads
 from signaling_shared.logging import configure_logging
@@ -11,15 +13,20 @@ from signaling_shared.settings import RelaySettings
 from ws_relay.server import RelayServer
 
 
-async def run(server: RelayServer) -> None:
+async def run(server: RelayServer) -> bool:
+    """Serve until a signal or until fenced; whether it was fenced."""
     loop = asyncio.get_running_loop()
     use_io_threads(loop, server.settings)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
-    await stop.wait()
+    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(server.fenced.wait())]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
     await server.stop()
+    return server.fenced.is_set()
 
 
 def main() -> None:
@@ -27,7 +34,8 @@ def main() -> None:
     configure_logging(settings.log_level)
     # Built before the loop starts: creating AWS clients reads files and may ask IMDS.
     server = RelayServer(settings)
-    asyncio.run(run(server))
+    if asyncio.run(run(server)):
+        sys.exit(1)  # fenced: its supervisor starts it again
 
 
 if __name__ == "__main__":

@@ -196,6 +196,10 @@ class RelayServer:
         self._probe_task: asyncio.Task[None] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._beat: asyncio.Future[None] | None = None
+        # When this node's entry was last renewed; set once it may have lapsed without it
+        # knowing (see _heartbeat_forever): main stops the process then.
+        self._renewed_at = 0.0
+        self.fenced = asyncio.Event()
 
     async def _heartbeat(self, *, draining: bool = False) -> None:
         """This node's entry in the placement table: its URL, load and a fresh expiry; and
@@ -212,20 +216,37 @@ class RelayServer:
         )
         try:
             await self.repository.heartbeat_node(node)
-            pruned = await self.repository.prune_nodes(expired_before=now - 10 * s.node_ttl_seconds)
-        except Exception as exc:  # noqa: BLE001 - the entry lapses if this keeps failing: no new rooms here
+        except Exception as exc:  # noqa: BLE001 - the entry lapses if this keeps failing: see _heartbeat_forever
             log.warning("node_heartbeat_failed", node_id=s.node_id, error=type(exc).__name__)
+            return
+        self._renewed_at = now
+        try:
+            pruned = await self.repository.prune_nodes(expired_before=now - 10 * s.node_ttl_seconds)
+        except Exception as exc:  # noqa: BLE001 - the next heartbeat prunes
+            log.warning("node_prune_failed", node_id=s.node_id, error=type(exc).__name__)
             return
         if pruned:
             log.info("nodes_pruned", node_ids=pruned)
 
     async def _heartbeat_forever(self) -> None:
+        """Renew the entry; and fence this node before an entry it failed to renew can lapse.
+        Once it lapses, the room's next peer moves the room to another node while the peers
+        here would stay: the room served twice, its peers split. So when the next renewal
+        could come too late, the node is fenced (``fenced`` set): main stops it as for a
+        SIGTERM (go_away; sessions saved if the table lets it, else recovered from their
+        entries) and exits 1 for its supervisor to start it again."""
+        s = self.settings
         while True:
-            await asyncio.sleep(self.settings.node_heartbeat_seconds)
+            await asyncio.sleep(s.node_heartbeat_seconds)
             # Shielded: a write runs on in its thread after a cancel, so stop() awaits it
             # before removing the entry (else a late write would put this node back).
             self._beat = asyncio.ensure_future(self._heartbeat())
-            await asyncio.shield(self._beat)
+            # A write that hangs must not keep this node serving past its entry's lapse.
+            await asyncio.wait({self._beat}, timeout=max(0.0, self._renewed_at + s.node_ttl_seconds - time.time()))
+            if time.time() + s.node_heartbeat_seconds >= self._renewed_at + s.node_ttl_seconds:
+                log.error("node_fenced", node_id=s.node_id, renewed_at=self._renewed_at)
+                self.fenced.set()
+                return
 
     @property
     def port(self) -> int:
