@@ -162,29 +162,32 @@ class CpuClock:
 
     TICK = os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, server_pid: int | None) -> None:
+    def __init__(self, server_pid: int | None, stack_pid: int | None = None) -> None:
         self.server_pid = server_pid
+        self.stack_pid = stack_pid  # ws-relay's storage: the dev stack's process (the AWS emulator)
         self._start = self._read()
 
-    def _server(self) -> float:
-        if self.server_pid is None:
+    def _cpu(self, pid: int | None) -> float:
+        if pid is None:
             return 0.0
-        with open(f"/proc/{self.server_pid}/stat") as f:
+        with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / self.TICK  # utime, stime
 
-    def _read(self) -> tuple[float, float, float]:
+    def _read(self) -> tuple[float, float, float, float]:
         own = resource.getrusage(resource.RUSAGE_SELF)
-        return time.monotonic(), self._server(), own.ru_utime + own.ru_stime
+        return time.monotonic(), self._cpu(self.server_pid), own.ru_utime + own.ru_stime, self._cpu(self.stack_pid)
 
     def lap(self) -> dict[str, float]:
-        """Each side's CPU use since the last lap, as a fraction of one core."""
+        """Each process's CPU use since the last lap, as a fraction of one core."""
         now = self._read()
         wall = max(now[0] - self._start[0], 1e-9)
         result = {
             "server_cpu": round((now[1] - self._start[1]) / wall, 3),
             "generator_cpu": round((now[2] - self._start[2]) / wall, 3),
         }
+        if self.stack_pid is not None:
+            result["stack_cpu"] = round((now[3] - self._start[3]) / wall, 3)
         self._start = now
         return result
 
@@ -536,7 +539,7 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
         needed = rooms_needed(scenario, params, system.peers_per_room)
         system.identity, system.rooms = await relay_setup(str(job["api"]), needed)
         params["setup_seconds"] = round(time.monotonic() - started, 2)
-    clock = CpuClock(job.get("server_pid"))
+    clock = CpuClock(job.get("server_pid"), job.get("stack_pid"))
     scenarios = {
         "register": register_scenario,
         "churn": churn_scenario,

@@ -261,6 +261,7 @@ def registration_section(results: dict[str, Any]) -> list[str]:
                 entry["cycle"].get("p99_ms"),
                 sum(entry["errors"].values()),
                 entry["server_cpu"],
+                entry.get("stack_cpu"),
                 ratio(relay_churn, entry["cycles_per_second"]) if name != "relay" else "1.00x",
             ]
         )
@@ -272,7 +273,8 @@ def registration_section(results: dict[str, Any]) -> list[str]:
         *table(["System", "Peers", "p50 (ms)", "p99 (ms)", "max (ms)", "Errors", "ws-relay p50 ÷ this"], rows),
         "### Connection churn",
         "",
-        "connect → registered → close, again and again, from several concurrent workers.",
+        "connect → registered → close, again and again, from several concurrent workers. Emulator CPU:"
+        " the dev stack's process (moto, serving ws-relay's DynamoDB calls), as a fraction of one core.",
         "",
         *table(
             [
@@ -283,6 +285,7 @@ def registration_section(results: dict[str, Any]) -> list[str]:
                 "Cycle p99 (ms)",
                 "Errors",
                 "Server CPU",
+                "Emulator CPU",
                 "ws-relay ÷ this",
             ],
             churn_rows,

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -38,6 +40,7 @@ from typing import IO, Any
 import httpx
 
 from bench.nullrelay import raise_fd_limit
+from devstack.background import READY, BackgroundStack
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -178,6 +181,7 @@ class Server:
     pid: int
     url: str
     api: str | None = None
+    stack_pid: int | None = None  # ws-relay: the dev stack (emulator and APIs) it depends on
 
 
 @contextlib.contextmanager
@@ -216,10 +220,28 @@ def peerjs() -> Iterator[Server]:
         stop_process(process)
 
 
+def start_stack(*options: str) -> BackgroundStack:
+    """devstack.background.start(), through bench.emulator (moto's transactions made O(1))."""
+    command = [sys.executable, "-m", "bench.emulator", "--api-port", "0", "--relay-port", "0", "--aws-port", "0"]
+    process = subprocess.Popen(  # noqa: S603 - this interpreter, our module
+        [*command, "--turn-port", "0", *options],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if match := READY.fullmatch(line.strip()):
+            return BackgroundStack(process, match["api"], match["relay"], match["aws"])
+    BackgroundStack(process, "", "", "").stop()
+    raise RuntimeError(f"the dev stack did not start (exit {process.returncode})")
+
+
 @contextlib.contextmanager
 def relay(logs: IO[str]) -> Iterator[Server]:
     """The dev stack (emulator, APIs) and ws-relay as its own process on the stack's tables."""
-    from devstack import background
     from devstack.stack import EMULATOR_CREDENTIALS
     from signaling_shared.bootstrap import bootstrap
     from signaling_shared.settings import CommonSettings, Environment
@@ -228,7 +250,7 @@ def relay(logs: IO[str]) -> Iterator[Server]:
     for key, value in EMULATOR_CREDENTIALS.items():  # moto takes any; boto3 signs with some
         os.environ.setdefault(key, value)
     prefix = "bench-"
-    stack = background.start("--table-prefix", prefix, "--no-turn", "--log-level", "WARNING")
+    stack = start_stack("--table-prefix", prefix, "--no-turn", "--log-level", "WARNING")
     process: subprocess.Popen[Any] | None = None
     try:
         common = CommonSettings(environment=Environment.DEVELOPMENT, aws_endpoint_url=stack.aws, table_prefix=prefix)
@@ -250,7 +272,7 @@ def relay(logs: IO[str]) -> Iterator[Server]:
             [sys.executable, "-m", "ws_relay.main"], cwd=ROOT, env=env, stdout=logs, stderr=logs
         )
         wait_until(lambda: httpx.get(f"http://{HOST}:{port}/healthz", timeout=2).is_success, "ws-relay")
-        yield Server("relay", process.pid, f"ws://{HOST}:{port}", api=stack.api)
+        yield Server("relay", process.pid, f"ws://{HOST}:{port}", api=stack.api, stack_pid=stack.process.pid)
     finally:
         if process is not None:
             stop_process(process)
@@ -266,6 +288,7 @@ def loadgen(server: Server, scenario: str, params: dict[str, Any], timeout: floa
         "url": server.url,
         "api": server.api,
         "server_pid": server.pid,
+        "stack_pid": server.stack_pid,
         "scenario": scenario,
         "params": params,
     }
@@ -290,6 +313,7 @@ def memory(server: Server, count: int) -> dict[str, Any]:
         "url": server.url,
         "api": server.api,
         "server_pid": server.pid,
+        "stack_pid": server.stack_pid,
         "scenario": "hold",
         "params": {"count": count, "concurrency": 50},
     }
@@ -340,7 +364,13 @@ def profile(server: Server, sizes: Sizes, out: Path) -> dict[str, Any]:
     if py_spy is None:
         return {"error": "py-spy is not installed (requirements/bench.txt)"}
     params = {"pairs": 10, "duration": sizes.profile_seconds + 1, "rates": [sizes.profile_rate], "announce": True}
-    job = {"system": server.name, "url": server.url, "api": server.api, "server_pid": server.pid}
+    job = {
+        "system": server.name,
+        "url": server.url,
+        "api": server.api,
+        "server_pid": server.pid,
+        "stack_pid": server.stack_pid,
+    }
     generator = subprocess.Popen(  # noqa: S603 - this interpreter, our module
         [sys.executable, "-m", "bench.loadgen", json.dumps({**job, "scenario": "latency", "params": params})],
         cwd=ROOT,
@@ -417,41 +447,56 @@ def summarise(collapsed: Path, top: int = 25) -> dict[str, Any]:
     }
 
 
-def measure(server: Server, sizes: Sizes, results: dict[str, Any], date: str, quick: bool) -> None:
+SCENARIOS = ("registration", "churn", "latency", "sustained", "profile", "datachannel", "memory")
+
+
+def measure(server: Server, sizes: Sizes, results: dict[str, Any], scenarios: set[str], out: Path) -> None:
     name = server.name
-    log(f"{name}: registration latency")
-    results["registration"][name] = loadgen(server, "register", dict(sizes.register))
-    log(f"{name}: churn")
-    results["churn"][name] = loadgen(server, "churn", dict(sizes.churn))
-    log(f"{name}: latency at fixed rates")
-    results["latency"][name] = loadgen(server, "latency", dict(sizes.latency))
-    log(f"{name}: highest sustained rate")
-    ladder = loadgen(server, "latency", dict(sizes.ladder))
-    passed = [step["achieved_rate"] for step in ladder["steps"] if step["sustained"]]
-    ladder["max_sustained_rate"] = max(passed) if passed else 0
-    ladder["first_failed"] = next((step["rate"] for step in ladder["steps"] if not step["sustained"]), None)
-    results["sustained"][name] = ladder
-    if name == "relay":
+    if "registration" in scenarios:
+        log(f"{name}: registration latency")
+        results["registration"][name] = loadgen(server, "register", dict(sizes.register))
+    if "churn" in scenarios:
+        log(f"{name}: churn")
+        results["churn"][name] = loadgen(server, "churn", dict(sizes.churn))
+    if "latency" in scenarios:
+        log(f"{name}: latency at fixed rates")
+        results["latency"][name] = loadgen(server, "latency", dict(sizes.latency))
+    if "sustained" in scenarios:
+        log(f"{name}: highest sustained rate")
+        ladder = loadgen(server, "latency", dict(sizes.ladder))
+        passed = [step["achieved_rate"] for step in ladder["steps"] if step["sustained"]]
+        ladder["max_sustained_rate"] = max(passed) if passed else 0
+        ladder["first_failed"] = next((step["rate"] for step in ladder["steps"] if not step["sustained"]), None)
+        results["sustained"][name] = ladder
+    if name == "relay" and "profile" in scenarios:
         log("relay: profile under load (py-spy)")
-        suffix = "-quick" if quick else ""
-        results["profile"] = profile(server, sizes, RESULTS / f"{date}{suffix}-relay.collapsed")
+        results["profile"] = profile(server, sizes, out.with_suffix(".relay.collapsed"))
+    if name == "relay" and "datachannel" in scenarios:
         log("relay: sign-in to open data channel (aiortc)")
         results["datachannel"] = loadgen(server, "datachannel", dict(sizes.datachannel))
-    results["memory"][name] = []
-    for count in sizes.memory:
-        log(f"{name}: memory with {count} idle registered connections")
-        results["memory"][name].append(memory(server, count))
+    if "memory" in scenarios:
+        results["memory"][name] = []
+        for count in sizes.memory:
+            log(f"{name}: memory with {count} idle registered connections")
+            results["memory"][name].append(memory(server, count))
+    # The machine is shared: how busy it was while this system was measured.
+    results["load_average_after"][name] = [round(x, 2) for x in os.getloadavg()]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="every scenario at tiny sizes (a minute or two)")
     parser.add_argument("--systems", default="null,peerjs,relay", help="comma-separated (default: %(default)s)")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated (default: all)")
+    parser.add_argument("--memory", help="connection counts of the memory scenario, comma-separated")
     parser.add_argument("--no-report", action="store_true", help="write the JSON only")
     parser.add_argument("--output", type=Path, help="the JSON's path (default: bench/results/<date>[-quick].json)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     raise_fd_limit()
     sizes = QUICK if args.quick else FULL
+    if args.memory:
+        sizes = dataclasses.replace(sizes, memory=tuple(int(n) for n in args.memory.split(",")))
     date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     output = args.output or RESULTS / f"{date}{'-quick' if args.quick else ''}.json"
     results: dict[str, Any] = {
@@ -470,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         "latency": {},
         "sustained": {},
         "memory": {},
+        "load_average_after": {},
     }
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-") as work:
@@ -484,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 raise SystemExit(f"unknown system {name!r}")
             with system as server:
-                measure(server, sizes, results, date, args.quick)
+                measure(server, sizes, results, set(args.scenarios.split(",")), output)
     results["duration_seconds"] = round(time.monotonic() - started, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
