@@ -351,7 +351,7 @@ async def latency_scenario(system: System, params: dict[str, Any], clock: CpuClo
             step = await one_rate(system, pairs, receipts, float(rate), duration, warmup, sent_total, clock)
             sent_total += step["sent"]
             steps.append(step)
-            if params.get("stop_on_fail") and not step["sustained"]:
+            if step["closed"] or (params.get("stop_on_fail") and not step["sustained"]):
                 break
     finally:
         for task in readers:
@@ -379,13 +379,18 @@ async def one_rate(
     clock.lap()
     sent = 0
     lag = 0.0  # how far behind schedule the sender fell, at worst
-    while (elapsed := time.monotonic() - started) < duration:
+    closed = ""  # the server closed a connection: the step fails there
+    while not closed and (elapsed := time.monotonic() - started) < duration:
         due = int(elapsed * rate) - sent
         if due > 1:
             lag = max(lag, (due - 1) / rate)
         for _ in range(due):
             ws, frame = pairs[(sent_before + sent) % len(pairs)].next(system)
-            await ws.send(frame)
+            try:
+                await ws.send(frame)
+            except ConnectionClosed as exc:
+                closed = f"the server closed a connection: {exc}"[:200]
+                break
             sent += 1
         await asyncio.sleep(0.001)
     sending = time.monotonic() - started
@@ -404,12 +409,13 @@ async def one_rate(
         "received": received,
         "lost": sent - received,
         "errors": receipts.errors - errors_before,
-        "first_error": receipts.first_error,
+        "first_error": receipts.first_error or closed,
+        "closed": bool(closed),
         "achieved_rate": round(achieved, 1),
         "max_sender_lag_ms": round(lag * 1000, 2),
         "latency": latency,
         # Sustained: the schedule was kept (95%), nothing was lost and p99 stayed under 50 ms.
-        "sustained": achieved >= 0.95 * rate and received >= sent and p99 < 50.0,
+        "sustained": not closed and achieved >= 0.95 * rate and received >= sent and p99 < 50.0,
         **cpu,
     }
 

@@ -375,6 +375,14 @@ def profile_section(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def failures_section(results: dict[str, Any]) -> list[str]:
+    failures = results.get("failures") or []
+    if not failures:
+        return []
+    rows = [[NAMES[f["system"]], f["scenario"], f["error"].strip().splitlines()[-1][:200]] for f in failures]
+    return ["### Scenarios that did not complete", "", *table(["System", "Scenario", "Error (last line)"], rows)]
+
+
 def machine_section(results: dict[str, Any]) -> list[str]:
     m = results["machine"]
     rows = [
@@ -449,6 +457,7 @@ def generated(results: dict[str, Any], plot_path: Path, doc: Path) -> str:
         *memory_section(results),
         *datachannel_section(results),
         *profile_section(results),
+        *failures_section(results),
         END,
     ]
     return "\n".join(lines)

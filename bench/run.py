@@ -451,7 +451,22 @@ SCENARIOS = ("registration", "churn", "latency", "sustained", "profile", "datach
 
 
 def measure(server: Server, sizes: Sizes, results: dict[str, Any], scenarios: set[str], out: Path) -> None:
+    """Every scenario in turn; one that fails is recorded under "failures" and the run goes on."""
+    for scenario in SCENARIOS:
+        if scenario not in scenarios:
+            continue
+        try:
+            measure_one(server, sizes, results, scenario, out)
+        except (RuntimeError, subprocess.SubprocessError, json.JSONDecodeError, OSError) as exc:
+            log(f"{server.name}: {scenario} FAILED: {str(exc)[-300:]}")
+            results["failures"].append({"system": server.name, "scenario": scenario, "error": str(exc)[-1000:]})
+    # The machine is shared: how busy it was while this system was measured.
+    results["load_average_after"][server.name] = [round(x, 2) for x in os.getloadavg()]
+
+
+def measure_one(server: Server, sizes: Sizes, results: dict[str, Any], scenario: str, out: Path) -> None:
     name = server.name
+    scenarios = {scenario}
     if "registration" in scenarios:
         log(f"{name}: registration latency")
         results["registration"][name] = loadgen(server, "register", dict(sizes.register))
@@ -479,8 +494,6 @@ def measure(server: Server, sizes: Sizes, results: dict[str, Any], scenarios: se
         for count in sizes.memory:
             log(f"{name}: memory with {count} idle registered connections")
             results["memory"][name].append(memory(server, count))
-    # The machine is shared: how busy it was while this system was measured.
-    results["load_average_after"][name] = [round(x, 2) for x in os.getloadavg()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -516,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         "sustained": {},
         "memory": {},
         "load_average_after": {},
+        "failures": [],
     }
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-") as work:
