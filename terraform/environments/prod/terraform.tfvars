@@ -18,8 +18,9 @@ host = {
   root_volume_size_gb = 30
   detailed_monitoring = true
   log_retention_days  = 365
-  # One relay process per vCPU (t3.medium has 2): relay-1 and relay-2 behind the one edge.
-  relay_nodes = 2
+  # One relay process, as the seed ran: seed clients (which do not follow redirects) keep
+  # working. Raise to one per vCPU (t3.medium has 2) once every client uses the SDK or v2.
+  relay_nodes = 1
   # Prometheus scrapes the node exporter from the monitoring network only; SSH stays closed.
   monitoring_cidrs = []
 }
