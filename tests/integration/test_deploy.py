@@ -11,11 +11,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from container_checks import ROOT
 from programs import require_program
 
 DEPLOY = ROOT / "ansible" / "scripts" / "deploy.py"
 TIMEOUT = 900
+# A whole deploy (emulator, terraform apply, playbook) outlasts pytest's default 120 s on a
+# busy machine: the subprocess's own timeout is the limit.
+pytestmark = pytest.mark.timeout(TIMEOUT + 60)
 
 
 def deploy(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
