@@ -229,8 +229,9 @@ async def test_a_room_of_no_node_is_taken_by_the_first_node_a_peer_dials(
 
 ROOMS = 100
 MESSAGES = 12  # each way, per room
-# Short heartbeats, so a killed node's entry lapses within seconds.
-FAST_NODES = {"node_heartbeat_seconds": 0.5, "node_ttl_seconds": 2}
+# Short heartbeats, so a killed node's entry lapses within seconds (a node fences itself when
+# a renewal is more than TTL - 2 heartbeats late: 2 s of slack on a busy machine).
+FAST_NODES = {"node_heartbeat_seconds": 0.5, "node_ttl_seconds": 3}
 PATIENT = Backoff(initial=0.05, maximum=0.5, attempts=200)
 
 
@@ -267,14 +268,17 @@ class Cluster:
 
     async def stop(self, name: str, sig: signal.Signals) -> int:
         process = self.processes.pop(name)
-        process.process.send_signal(sig)
+        if process.process.returncode is None:
+            process.process.send_signal(sig)
         code = await process.wait()
         await self._stacks.pop(name).aclose()
         return code
 
     async def close(self) -> None:
+        """Stopped as an operator would (SIGTERM: draining entries), so that no later test's
+        room is placed on a node that no longer listens."""
         for name in list(self.processes):
-            await self.stop(name, signal.SIGKILL)
+            await self.stop(name, signal.SIGTERM)
 
 
 @asynccontextmanager

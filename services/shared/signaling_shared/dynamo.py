@@ -82,7 +82,7 @@ class RelayNode:
     ws_url: str
     rooms: int  # rooms with peers at its last heartbeat
     capacity: int  # its max_connections
-    expires_at: int  # its last heartbeat plus the node TTL
+    expires_at: float  # its last heartbeat plus the node TTL (to the millisecond: fencing needs it)
     assigned: int = 0  # rooms placed on it since that heartbeat
     draining: bool = False  # stopping: no new rooms, but it keeps its rooms until it expires
 
@@ -202,7 +202,7 @@ def _node_entry(node: RelayNode) -> dict[str, Any]:
             "ws_url": _s(node.ws_url),
             "rooms": _n(node.rooms),
             "capacity": _n(node.capacity),
-            "expires_at": _n(node.expires_at),
+            "expires_at": {"N": f"{node.expires_at:.3f}"},
             "assigned": _n(node.assigned),
             "draining": {"BOOL": node.draining},
         }
@@ -216,7 +216,7 @@ def _node_from(node_id: str, entry: dict[str, Any]) -> RelayNode:
         ws_url=fields["ws_url"]["S"],
         rooms=int(fields["rooms"]["N"]),
         capacity=int(fields["capacity"]["N"]),
-        expires_at=int(fields["expires_at"]["N"]),
+        expires_at=float(fields["expires_at"]["N"]),
         assigned=int(fields.get("assigned", {"N": "0"})["N"]),
         draining=bool(fields.get("draining", {"BOOL": False})["BOOL"]),
     )

@@ -205,7 +205,7 @@ class RelayServer:
         """This node's entry in the placement table: its URL, load and a fresh expiry; and
         the entries of nodes silent for ten TTLs go (crashed or scaled in)."""
         s = self.settings
-        now = int(time.time())
+        now = time.time()  # before the write: the entry lapses no later than now + TTL
         node = RelayNode(
             node_id=s.node_id,
             ws_url=s.public_ws_url,
@@ -221,7 +221,7 @@ class RelayServer:
             return
         self._renewed_at = now
         try:
-            pruned = await self.repository.prune_nodes(expired_before=now - 10 * s.node_ttl_seconds)
+            pruned = await self.repository.prune_nodes(expired_before=int(now) - 10 * s.node_ttl_seconds)
         except Exception as exc:  # noqa: BLE001 - the next heartbeat prunes
             log.warning("node_prune_failed", node_id=s.node_id, error=type(exc).__name__)
             return
