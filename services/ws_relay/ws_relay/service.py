@@ -837,6 +837,8 @@ class RelayService:
         if self.hub.get(message.room_id, message.peer_id) is not None:  # registered meanwhile
             self.hub.cancel(reservation)
             raise ResumeFailed("the peer registered again meanwhile: register without resume_token")
+        # On any failure the entry is left as it is (ours if the write landed): the client's
+        # next resume recovers from it all the same.
         try:
             await self.repository.recover_peer(
                 self._record(member, now), from_connection=entry.connection_id, now=int(now)
@@ -844,16 +846,11 @@ class RelayService:
         except (ConditionFailed, NotFound) as exc:
             self.hub.cancel(reservation)
             raise ResumeFailed("the session changed meanwhile or its room is gone: register again") from exc
-        except Exception:
-            self.hub.cancel(reservation)
-            await self._release_quietly(member.room_id, member.peer_id, member.connection_id)  # may have landed
-            raise
         except BaseException:
             self.hub.cancel(reservation)
             raise
         if not session.link.is_open():
             self.hub.cancel(reservation)
-            await self._release_quietly(member.room_id, member.peer_id, member.connection_id)
             return "abandoned"
         self.hub.commit(reservation, member)
         self._watch(member.room_id)
