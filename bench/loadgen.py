@@ -236,6 +236,8 @@ async def register_scenario(system: System, params: dict[str, Any], clock: CpuCl
         connections.append(ws)
         latencies.append(seconds)
 
+    if params.get("announce"):
+        print("PAIRED", flush=True)  # the profiler starts now: registrations only
     started = time.monotonic()
     await bounded(count, concurrency, one)
     elapsed = time.monotonic() - started

@@ -56,6 +56,13 @@ def present(results: dict[str, Any], scenario: str) -> list[str]:
     return [name for name, _ in SYSTEMS if name in results.get(scenario, {})]
 
 
+def cpu_per_message(step: dict[str, Any]) -> float | None:
+    """The server's CPU time per relayed message, in microseconds."""
+    if not step.get("achieved_rate"):
+        return None
+    return round(1e6 * float(step["server_cpu"]) / float(step["achieved_rate"]), 1)
+
+
 def step_at(results: dict[str, Any], system: str, rate: float) -> dict[str, Any] | None:
     for step in results["latency"].get(system, {}).get("steps", []):
         if step["rate"] == rate:
@@ -148,6 +155,7 @@ def latency_section(results: dict[str, Any]) -> list[str]:
                     lat.get("max_ms"),
                     step["lost"],
                     step["server_cpu"],
+                    cpu_per_message(step),
                 ]
             )
     header = [
@@ -160,6 +168,7 @@ def latency_section(results: dict[str, Any]) -> list[str]:
         "max (ms)",
         "Lost",
         "Server CPU",
+        "CPU µs/msg",
     ]
     ratios = []
     for rate in sorted(
@@ -169,11 +178,14 @@ def latency_section(results: dict[str, Any]) -> list[str]:
         if ours is None:
             continue
         p99 = ours["latency"].get("p99_ms")
+        cpu = cpu_per_message(ours)
         ratios.append(
             [
                 f"{rate:,.0f}",
                 ratio(p99, peerjs["latency"].get("p99_ms") if peerjs else None),
                 ratio(p99, null["latency"].get("p99_ms") if null else None),
+                ratio(cpu, cpu_per_message(peerjs) if peerjs else None),
+                ratio(cpu, cpu_per_message(null) if null else None),
             ]
         )
     params: dict[str, Any] = next(iter(results["latency"].values()), {})
@@ -185,9 +197,10 @@ def latency_section(results: dict[str, Any]) -> list[str]:
         " the server process's CPU time over the step, as a fraction of one core.",
         "",
         *table(header, rows),
-        "Ratios of p99 (lower is better for ws-relay):",
+        "Ratios (lower is better for ws-relay): p99, and the server's CPU time per relayed message (steadier than"
+        " latency on a shared machine):",
         "",
-        *table(["Rate (msg/s)", "ws-relay ÷ PeerJS", "ws-relay ÷ null"], ratios),
+        *table(["Rate (msg/s)", "p99 ÷ PeerJS", "p99 ÷ null", "CPU/msg ÷ PeerJS", "CPU/msg ÷ null"], ratios),
     ]
 
 
@@ -206,6 +219,7 @@ def sustained_section(results: dict[str, Any]) -> list[str]:
                 f", achieved {fmt(last['achieved_rate'], 0)}",
                 last["server_cpu"],
                 last["generator_cpu"],
+                cpu_per_message(last),
                 ratio(ours, entry["max_sustained_rate"]) if name != "relay" else "1.00x",
             ]
         )
@@ -224,6 +238,7 @@ def sustained_section(results: dict[str, Any]) -> list[str]:
                 "At the last step",
                 "Server CPU",
                 "Generator CPU",
+                "CPU µs/msg",
                 "ws-relay ÷ this",
             ],
             rows,
@@ -354,19 +369,30 @@ def datachannel_section(results: dict[str, Any]) -> list[str]:
     ]
 
 
-def profile_section(results: dict[str, Any]) -> list[str]:
-    entry = results.get("profile")
+def profile_section(results: dict[str, Any], key: str = "profile") -> list[str]:
+    entry = results.get(key)
     if not entry:
         return []
+    title = "of ws-relay relaying" if key == "profile" else "of ws-relay registering peers"
     if "error" in entry:
-        return ["### Profile of ws-relay under load", "", f"Not taken: {entry['error']}", ""]
+        return [f"### Profile {title}", "", f"Not taken: {entry['error']}", ""]
     inclusive = [row for row in entry["inclusive"] if not any(part in row[0] for part in PLUMBING)][:15]
     load = entry["load"]
+    if key == "profile":
+        what = (
+            f"{entry['rate']:,} msg/s (achieved {fmt(load['achieved_rate'], 0)},"
+            f" p99 {fmt(load['latency'].get('p99_ms'))} ms, server CPU {fmt(load['server_cpu'])})"
+        )
+    else:
+        what = (
+            f"peers registering one at a time ({fmt(load['registrations_per_second'], 1)}/s,"
+            f" server CPU {fmt(load['server_cpu'])}, emulator CPU {fmt(load.get('stack_cpu'))})"
+        )
     return [
-        "### Profile of ws-relay under load (py-spy)",
+        f"### Profile {title} (py-spy)",
         "",
-        f"py-spy, {entry['seconds']} s at {entry['rate']:,} msg/s (achieved {fmt(load['achieved_rate'], 0)},"
-        f" p99 {fmt(load['latency'].get('p99_ms'))} ms, server CPU {fmt(load['server_cpu'])});"
+        (f"From a separate run ({entry['from_run']}). " if "from_run" in entry else "")
+        + f"py-spy, {entry['seconds']} s of {what};"
         f" {entry['busy_samples']:,} busy samples of {entry['samples']:,} ({entry['idle_percent']}% idle)."
         " Shares of the busy samples.",
         "",
@@ -457,6 +483,7 @@ def generated(results: dict[str, Any], plot_path: Path, doc: Path) -> str:
         *memory_section(results),
         *datachannel_section(results),
         *profile_section(results),
+        *profile_section(results, "profile_registration"),
         *failures_section(results),
         END,
     ]
@@ -478,8 +505,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results", type=Path)
     parser.add_argument("--doc", type=Path, default=DOC)
     parser.add_argument("--plot", type=Path, default=PLOT)
+    parser.add_argument(
+        "--extra", type=Path, action="append", default=[], help="another run's JSON: its profiles are added, labelled"
+    )
     args = parser.parse_args(argv)
     results = json.loads(args.results.read_text())
+    for extra in args.extra:
+        other = json.loads(extra.read_text())
+        for key in ("profile", "profile_registration"):
+            if key in other and key not in results:
+                results[key] = {**other[key], "from_run": f"{extra.name}, started {other['started_at']}"}
     plot(results, args.plot)
     write_doc(args.doc, generated(results, args.plot, args.doc))
     print(f"wrote {args.doc} and {args.plot}")

@@ -357,13 +357,18 @@ def memory(server: Server, count: int) -> dict[str, Any]:
 SPY_OPTIONS = ("--rate", "250", "--format", "raw", "--nonblocking")
 
 
-def profile(server: Server, sizes: Sizes, out: Path) -> dict[str, Any]:
+def profile(server: Server, sizes: Sizes, out: Path, *, registrations: bool = False) -> dict[str, Any]:
     """py-spy samples the relay while the generator holds it at ``profile_rate`` messages/s
-    (from the moment its pairs are registered: the relaying steady state only)."""
+    (from the moment its pairs are registered: the relaying steady state only), or, with
+    ``registrations``, while peers register one at a time."""
     py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if py_spy is None:
         return {"error": "py-spy is not installed (requirements/bench.txt)"}
-    params = {"pairs": 10, "duration": sizes.profile_seconds + 1, "rates": [sizes.profile_rate], "announce": True}
+    scenario = "register" if registrations else "latency"
+    params: dict[str, Any] = {"pairs": 10, "duration": sizes.profile_seconds + 1, "rates": [sizes.profile_rate]}
+    if registrations:
+        params = {"count": int(sizes.profile_seconds * 60), "concurrency": 1}  # outlasts the sampling
+    params["announce"] = True
     job = {
         "system": server.name,
         "url": server.url,
@@ -372,7 +377,7 @@ def profile(server: Server, sizes: Sizes, out: Path) -> dict[str, Any]:
         "stack_pid": server.stack_pid,
     }
     generator = subprocess.Popen(  # noqa: S603 - this interpreter, our module
-        [sys.executable, "-m", "bench.loadgen", json.dumps({**job, "scenario": "latency", "params": params})],
+        [sys.executable, "-m", "bench.loadgen", json.dumps({**job, "scenario": scenario, "params": params})],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -403,6 +408,8 @@ def profile(server: Server, sizes: Sizes, out: Path) -> dict[str, Any]:
         stop_process(generator)
     if spy.returncode != 0 or not out.exists():
         return {"error": f"py-spy failed: {spy.stderr[-500:]}"}
+    if registrations:
+        return {"seconds": sizes.profile_seconds, "load": load, **summarise(out)}
     return {"rate": sizes.profile_rate, "seconds": sizes.profile_seconds, "load": load["steps"][0], **summarise(out)}
 
 
@@ -447,7 +454,16 @@ def summarise(collapsed: Path, top: int = 25) -> dict[str, Any]:
     }
 
 
-SCENARIOS = ("registration", "churn", "latency", "sustained", "profile", "datachannel", "memory")
+SCENARIOS = (
+    "registration",
+    "churn",
+    "latency",
+    "sustained",
+    "profile",
+    "profile_registration",
+    "datachannel",
+    "memory",
+)
 
 
 def measure(server: Server, sizes: Sizes, results: dict[str, Any], scenarios: set[str], out: Path) -> None:
@@ -486,6 +502,11 @@ def measure_one(server: Server, sizes: Sizes, results: dict[str, Any], scenario:
     if name == "relay" and "profile" in scenarios:
         log("relay: profile under load (py-spy)")
         results["profile"] = profile(server, sizes, out.with_suffix(".relay.collapsed"))
+    if name == "relay" and "profile_registration" in scenarios:
+        log("relay: profile of registrations (py-spy)")
+        results["profile_registration"] = profile(
+            server, sizes, out.with_suffix(".registration.collapsed"), registrations=True
+        )
     if name == "relay" and "datachannel" in scenarios:
         log("relay: sign-in to open data channel (aiortc)")
         results["datachannel"] = loadgen(server, "datachannel", dict(sizes.datachannel))
