@@ -156,12 +156,16 @@ def try_decode_frame(frame: str | bytes) -> dict[str, Any] | None:
         return None
 
 
+# One decoder for every frame: json.loads with an option builds a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def decode_frame(frame: str | bytes) -> dict[str, Any]:
     """The JSON object in ``frame``, or InvalidJson / InvalidMessage."""
     if not isinstance(frame, str):
         raise InvalidMessage("binary frames are not supported; send JSON text")
     try:
-        data = json.loads(frame, parse_constant=_reject_constant)
+        data = _DECODER.decode(frame)
     except (ValueError, RecursionError):
         raise InvalidJson() from None
     if not isinstance(data, dict):
