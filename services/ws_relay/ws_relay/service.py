@@ -45,7 +45,7 @@ from signaling_shared.settings import RelaySettings
 from signaling_shared.tokens import hash_room_token, new_room_token, room_token_matches
 from ws_relay import discovery, protocol
 from ws_relay.close_codes import REASONS, CloseCode
-from ws_relay.hub import Hub, Link, Member, Owed
+from ws_relay.hub import Hub, Link, Member, Owed, Reservation
 from ws_relay.mailbox import Mailbox
 from ws_relay.metrics import RelayMetrics
 
@@ -574,17 +574,12 @@ class RelayService:
                 await self._release_quietly(message.room_id, message.peer_id, connection_id)
             return "abandoned"
 
-        replaced = self.hub.commit(reservation, member)
+        replaced = self._seat(session, reservation, member, now)
         if replaced is not None:
             for timer in replaced.timers.values():
                 timer.cancel()
             self._close(replaced.link, CloseCode.REPLACED)
             self._settle_departed(replaced, "replaced")
-        self._watch(member.room_id)
-        self._attach(session, member)
-        member.timers["room_expiry"] = asyncio.get_running_loop().call_later(
-            max(0.0, room.expires_at - now), self._room_expired, member
-        )
         structlog.contextvars.bind_contextvars(room_id=member.room_id, peer_id=member.peer_id)
         log.info("peer_registered", takeover=replaced is not None)
         others = self.hub.others(member)
@@ -605,6 +600,17 @@ class RelayService:
             self._push(other, joined)
         await self._open_inbox(member)
         return "ok"
+
+    def _seat(self, session: Session, reservation: Reservation, member: Member, now: float) -> Member | None:
+        """Seat ``member`` on ``session``'s socket: in the hub, its room watched for saved
+        sessions, due to leave when the room expires. The member it replaced, if any."""
+        replaced = self.hub.commit(reservation, member)
+        self._watch(member.room_id)
+        self._attach(session, member)
+        member.timers["room_expiry"] = asyncio.get_running_loop().call_later(
+            max(0.0, member.room_expires_at - now), self._room_expired, member
+        )
+        return replaced
 
     def _redirect(self, session: Session, node: RelayNode, room_id: str, correlation_id: str | int | None) -> str:
         session.link.send(protocol.redirect(node.ws_url, node.node_id, correlation_id))
@@ -774,12 +780,7 @@ class RelayService:
             await self._release_quietly(member.room_id, member.peer_id, member.connection_id)
             self._spawn(self._settle_saved(saved, left=True))
             return "abandoned"
-        self.hub.commit(reservation, member)
-        self._watch(member.room_id)
-        self._attach(session, member)
-        member.timers["room_expiry"] = asyncio.get_running_loop().call_later(
-            max(0.0, room.expires_at - now), self._room_expired, member
-        )
+        self._seat(session, reservation, member, now)
         held = [owed.held_key for _, owed in member.owed if owed.held_key is not None]
         try:
             if held:
@@ -852,12 +853,7 @@ class RelayService:
         if not session.link.is_open():
             self.hub.cancel(reservation)
             return "abandoned"
-        self.hub.commit(reservation, member)
-        self._watch(member.room_id)
-        self._attach(session, member)
-        member.timers["room_expiry"] = asyncio.get_running_loop().call_later(
-            max(0.0, room.expires_at - now), self._room_expired, member
-        )
+        self._seat(session, reservation, member, now)
         structlog.contextvars.bind_contextvars(room_id=member.room_id, peer_id=member.peer_id)
         log.info("peer_recovered", from_node=entry.node_id)
         others = self.hub.others(member)
