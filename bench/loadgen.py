@@ -215,16 +215,14 @@ def run_id() -> str:
     return uuid.uuid4().hex[:8]
 
 
-# Scenarios ------------------------------------------------------------------------
-
-
-async def register_scenario(system: System, params: dict[str, Any], clock: CpuClock) -> dict[str, Any]:
-    """connect -> registered, ``count`` peers, ``concurrency`` at a time; all kept open until the end."""
-    count, concurrency = int(params["count"]), int(params["concurrency"])
-    prefix = f"r{run_id()}"
+async def open_peers(
+    system: System, prefix: str, count: int, concurrency: int
+) -> tuple[list[ClientConnection], list[float], dict[str, int], float]:
+    """Connect and register ``count`` peers (paired by index), ``concurrency`` at a time: the
+    open connections, each one's registration latency, errors by kind, and the seconds taken."""
+    connections: list[ClientConnection] = []
     latencies: list[float] = []
     errors: dict[str, int] = {}
-    connections: list[ClientConnection] = []
 
     async def one(index: int) -> None:
         try:
@@ -236,11 +234,20 @@ async def register_scenario(system: System, params: dict[str, Any], clock: CpuCl
         connections.append(ws)
         latencies.append(seconds)
 
-    if params.get("announce"):
-        print("PAIRED", flush=True)  # the profiler starts now: registrations only
     started = time.monotonic()
     await bounded(count, concurrency, one)
-    elapsed = time.monotonic() - started
+    return connections, latencies, errors, time.monotonic() - started
+
+
+# Scenarios ------------------------------------------------------------------------
+
+
+async def register_scenario(system: System, params: dict[str, Any], clock: CpuClock) -> dict[str, Any]:
+    """connect -> registered, ``count`` peers, ``concurrency`` at a time; all kept open until the end."""
+    count, concurrency = int(params["count"]), int(params["concurrency"])
+    if params.get("announce"):
+        print("PAIRED", flush=True)  # the profiler starts now: registrations only
+    connections, latencies, errors, elapsed = await open_peers(system, f"r{run_id()}", count, concurrency)
     result = {"concurrency": concurrency, "latency": percentiles(latencies), "errors": errors}
     result.update(registrations_per_second=round(len(latencies) / elapsed, 1), **clock.lap())
     await close_all(connections)
@@ -425,27 +432,11 @@ async def one_rate(
 async def hold_scenario(system: System, params: dict[str, Any], clock: CpuClock) -> dict[str, Any]:
     """Register ``count`` peers and keep them idle until told (a line on stdin)."""
     count, concurrency = int(params["count"]), int(params["concurrency"])
-    prefix = f"h{run_id()}"
-    connections: list[ClientConnection] = []
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-
-    async def one(index: int) -> None:
-        try:
-            ws, seconds = await open_peer(system, f"{prefix}-{index}", f"{prefix}-{index ^ 1}", index)
-        except Exception as exc:  # noqa: BLE001 - counted and reported
-            key = f"{type(exc).__name__}: {str(exc)[:60]}"
-            errors[key] = errors.get(key, 0) + 1
-            return
-        connections.append(ws)
-        latencies.append(seconds)
-
-    started = time.monotonic()
-    await bounded(count, concurrency, one)
+    connections, latencies, errors, elapsed = await open_peers(system, f"h{run_id()}", count, concurrency)
     held = {
         "count": count,
         "registered": len(connections),
-        "seconds": round(time.monotonic() - started, 2),
+        "seconds": round(elapsed, 2),
         "latency": percentiles(latencies),
         "errors": errors,
     }

@@ -282,18 +282,24 @@ def relay(logs: IO[str]) -> Iterator[Server]:
 # Scenarios ------------------------------------------------------------------------------
 
 
+def job(server: Server, scenario: str, params: dict[str, Any]) -> str:
+    """The generator's command line argument: what to run, against which server."""
+    return json.dumps(
+        {
+            "system": server.name,
+            "url": server.url,
+            "api": server.api,
+            "server_pid": server.pid,
+            "stack_pid": server.stack_pid,
+            "scenario": scenario,
+            "params": params,
+        }
+    )
+
+
 def loadgen(server: Server, scenario: str, params: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
-    job = {
-        "system": server.name,
-        "url": server.url,
-        "api": server.api,
-        "server_pid": server.pid,
-        "stack_pid": server.stack_pid,
-        "scenario": scenario,
-        "params": params,
-    }
     done = subprocess.run(  # noqa: S603 - this interpreter, our module
-        [sys.executable, "-m", "bench.loadgen", json.dumps(job)],
+        [sys.executable, "-m", "bench.loadgen", job(server, scenario, params)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -308,18 +314,9 @@ def loadgen(server: Server, scenario: str, params: dict[str, Any], timeout: floa
 
 def memory(server: Server, count: int) -> dict[str, Any]:
     """RSS of the server before and with ``count`` idle registered connections."""
-    job = {
-        "system": server.name,
-        "url": server.url,
-        "api": server.api,
-        "server_pid": server.pid,
-        "stack_pid": server.stack_pid,
-        "scenario": "hold",
-        "params": {"count": count, "concurrency": 50},
-    }
     before = rss_kib(server.pid)
     process = subprocess.Popen(  # noqa: S603 - this interpreter, our module
-        [sys.executable, "-m", "bench.loadgen", json.dumps(job)],
+        [sys.executable, "-m", "bench.loadgen", job(server, "hold", {"count": count, "concurrency": 50})],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
