@@ -69,11 +69,18 @@ async def sign_in(api: str) -> User:
     return User(body["id_token"], body["username"])
 
 
-async def create_room(api: str, user: User) -> RoomGrant:
+async def create_room_body(api: str, user: User) -> dict[str, Any]:
+    """``POST /create-room`` as ``user``: the whole answer (with ``ws_url`` when relay nodes
+    place the rooms)."""
     async with httpx.AsyncClient(base_url=api, timeout=TIMEOUT) as client:
         response = await client.post("/create-room", headers=user.bearer)
     assert response.status_code == 200, response.text
-    body = response.json()
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def create_room(api: str, user: User) -> RoomGrant:
+    body = await create_room_body(api, user)
     return RoomGrant(body["room_id"], body["token"], body["expires_at"])
 
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
@@ -27,7 +26,7 @@ from devstack.stack import StackInfo
 from edge import Edge, caddy_edge
 from signaling_sdk import Identity, Room, Session
 from signaling_shared.dynamo import RelayNode, Repository
-from support import TIMEOUT, Peer, ServiceProcess, User, relay_process, sign_in, terminate
+from support import TIMEOUT, Peer, ServiceProcess, User, create_room_body, relay_process, sign_in, terminate
 
 pytestmark = pytest.mark.e2e
 
@@ -143,15 +142,7 @@ def trusting(edge: Edge) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=edge.ca_file)
 
 
-async def create_room(api: str, user: User) -> dict[str, str]:
-    async with httpx.AsyncClient(base_url=api, timeout=TIMEOUT) as client:
-        response = await client.post("/create-room", headers=user.bearer)
-    assert response.status_code == 200, response.text
-    body: dict[str, str] = response.json()
-    return body
-
-
-def register(room: dict[str, str], user: User, peer_id: str) -> dict[str, Any]:
+def register(room: dict[str, Any], user: User, peer_id: str) -> dict[str, Any]:
     return {
         "type": "register",
         "peer_id": peer_id,
@@ -169,7 +160,7 @@ async def test_each_node_s_own_url_reaches_that_node_and_the_entry_leads_there(h
     tls = trusting(host.edge)
     user = await sign_in(api)
     identity = Identity(user.id_token, user.username)
-    rooms = [await create_room(api, user) for _ in NODES]
+    rooms = [await create_room_body(api, user) for _ in NODES]
     assert sorted(host.node_of(room["ws_url"]) for room in rooms) == list(NODES)  # least loaded first
     assert {room["ws_url"] for room in rooms} == {f"{host.edge.ws_url}/nodes/{node}" for node in NODES}
     for room in rooms:

@@ -15,7 +15,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import pytest
 
 from conftest import RelayFactory
@@ -25,7 +24,7 @@ from signaling_sdk import Identity, Room, Session
 from signaling_sdk.session import Backoff
 from signaling_shared.dynamo import RelayNode, Repository
 from signaling_shared.errors import ConditionFailed, Unavailable
-from support import TIMEOUT, Peer, RoomGrant, ServiceProcess, User, relay_process, sign_in
+from support import TIMEOUT, Peer, RoomGrant, ServiceProcess, create_room_body, relay_process, sign_in
 from ws_relay.server import RelayServer
 
 pytestmark = pytest.mark.integration
@@ -50,14 +49,6 @@ async def nodes(
         yield servers
 
 
-async def create_room(api: str, user: User) -> dict[str, str]:
-    async with httpx.AsyncClient(base_url=api, timeout=TIMEOUT) as client:
-        response = await client.post("/create-room", headers=user.bearer)
-    assert response.status_code == 200, response.text
-    body: dict[str, str] = response.json()
-    return body
-
-
 def url_of(server: RelayServer) -> str:
     return f"ws://127.0.0.1:{server.port}"
 
@@ -65,9 +56,9 @@ def url_of(server: RelayServer) -> str:
 async def test_rooms_spread_over_the_live_nodes(api: str, relay_with: RelayFactory) -> None:
     async with nodes(relay_with) as servers:
         user = await sign_in(api)
-        placed = Counter([(await create_room(api, user))["ws_url"] for _ in range(30)])
+        placed = Counter([(await create_room_body(api, user))["ws_url"] for _ in range(30)])
         assert placed == {url_of(server): 10 for server in servers.values()}  # least loaded first, in turn
-    after = await create_room(api, user)
+    after = await create_room_body(api, user)
     assert after.get("ws_url") is None  # stopping nodes (draining) get no new rooms at once
 
 
@@ -76,7 +67,7 @@ async def test_a_peer_that_dials_another_node_is_redirected_and_the_sdk_follows(
 ) -> None:
     async with nodes(relay_with) as servers:
         user = await sign_in(api)
-        body = await create_room(api, user)
+        body = await create_room_body(api, user)
         home = next(name for name, server in servers.items() if url_of(server) == body["ws_url"])
         other = next(name for name in servers if name != home)
         peer = await Peer.connect(url_of(servers[other]))
@@ -113,7 +104,7 @@ async def test_a_stopping_node_keeps_its_rooms_until_its_entry_lapses_then_they_
 ) -> None:
     user = await sign_in(api)
     async with nodes(relay_with, ("node-a",)) as first:
-        body = await create_room(api, user)
+        body = await create_room_body(api, user)
         gone_url = url_of(first["node-a"])
         assert body["ws_url"] == gone_url
         grant = RoomGrant(body["room_id"], body["token"], 0)
@@ -139,7 +130,7 @@ async def test_a_stopping_node_keeps_its_rooms_until_its_entry_lapses_then_they_
 async def test_a_resume_on_another_node_is_redirected_to_the_room_s_node(api: str, relay_with: RelayFactory) -> None:
     async with nodes(relay_with, ("node-a", "node-b")) as servers:
         user = await sign_in(api)
-        body = await create_room(api, user)
+        body = await create_room_body(api, user)
         home = next(server for server in servers.values() if url_of(server) == body["ws_url"])
         other = next(server for server in servers.values() if server is not home)
         grant = RoomGrant(body["room_id"], body["token"], 0)
@@ -178,7 +169,7 @@ async def test_two_nodes_never_both_take_a_room(api: str, relay_with: RelayFacto
     """move_room is conditional on the previous owner: of two takeovers, the second fails."""
     user = await sign_in(api)
     async with nodes(relay_with, ("node-a",)):
-        body = await create_room(api, user)
+        body = await create_room_body(api, user)
     repository = Repository.from_settings(stack.common)
     await repository.move_room(body["room_id"], from_node="node-a", to_node="node-x")
     with pytest.raises(ConditionFailed):
@@ -190,7 +181,7 @@ async def test_a_wrong_token_on_another_node_gets_the_error_not_the_node(api: st
     """The room token is checked before a redirect: without it nobody learns where a room lives."""
     async with nodes(relay_with, ("node-a", "node-b")) as servers:
         user = await sign_in(api)
-        body = await create_room(api, user)
+        body = await create_room_body(api, user)
         other = next(server for server in servers.values() if url_of(server) != body["ws_url"])
         peer = await Peer.connect(url_of(other))
         await peer.register_expecting_error(
@@ -204,7 +195,7 @@ async def test_a_room_of_no_node_is_taken_by_the_first_node_a_peer_dials(
 ) -> None:
     """Rooms created before any node registered (ws_url absent) get a home all the same."""
     user = await sign_in(api)
-    body = await create_room(api, user)
+    body = await create_room_body(api, user)
     assert "ws_url" not in body
     async with nodes(relay_with, ("node-a", "node-b")) as servers:
         first = await Peer.connect(url_of(servers["node-b"]))
@@ -296,7 +287,7 @@ async def cluster(stack: StackInfo, **overrides: Any) -> AsyncIterator[Cluster]:
 class Pair:
     """A worker and a client in one room, each sending the other numbered messages."""
 
-    room: dict[str, str]
+    room: dict[str, Any]
     worker: Session
     client: Session
     sent: dict[str, int] = field(default_factory=dict)  # by sender
@@ -306,16 +297,16 @@ class Pair:
         return self.worker if peer_id == "Worker" else self.client
 
 
-async def open_pairs(entry: str, bodies: list[dict[str, str]], identity: Identity) -> list[Pair]:
+async def open_pairs(entry: str, bodies: list[dict[str, Any]], identity: Identity) -> list[Pair]:
     """Both peers of every room dial ``entry`` (not the room's node: they get redirected)."""
     gate = asyncio.Semaphore(20)
 
-    async def session(body: dict[str, str], peer_id: str) -> Session:
+    async def session(body: dict[str, Any], peer_id: str) -> Session:
         async with gate:
             room = Room(body["room_id"], body["token"])
             return await Session.open(entry, room, identity, peer_id, backoff=PATIENT)
 
-    async def pair(body: dict[str, str]) -> Pair:
+    async def pair(body: dict[str, Any]) -> Pair:
         return Pair(body, await session(body, "Worker"), await session(body, "Client"))
 
     return list(await asyncio.gather(*(pair(body) for body in bodies)))
@@ -380,7 +371,7 @@ async def test_a_killed_node_s_peers_resume_on_live_nodes_and_every_message_arri
     user = await sign_in(api)
     identity = Identity(user.id_token, user.username)
     async with cluster(stack, **FAST_NODES) as nodes:
-        bodies = [await create_room(api, user) for _ in range(ROOMS)]
+        bodies = [await create_room_body(api, user) for _ in range(ROOMS)]
         placed = Counter(nodes.name_of(body["ws_url"]) for body in bodies)
         # Spread over the nodes: with heartbeats this frequent, rooms not used yet count only
         # until the next one (exact turns: test_rooms_spread_over_the_live_nodes).
@@ -424,7 +415,7 @@ async def test_a_rolling_restart_of_every_node_under_load_loses_no_message(api: 
     user = await sign_in(api)
     identity = Identity(user.id_token, user.username)
     async with cluster(stack) as nodes:
-        bodies = [await create_room(api, user) for _ in range(30)]
+        bodies = [await create_room_body(api, user) for _ in range(30)]
         pairs = await open_pairs(nodes.url("node-a"), bodies, identity)
         done = asyncio.Event()
 
@@ -460,9 +451,9 @@ async def test_a_node_that_cannot_renew_its_entry_fences_itself_before_it_lapses
     identity = Identity(user.id_token, user.username)
     async with nodes(relay_with, ("node-a", "node-b"), **FAST_NODES) as servers:
         a, b = servers["node-a"], servers["node-b"]
-        body = await create_room(api, user)
+        body = await create_room_body(api, user)
         while body["ws_url"] != url_of(a):
-            body = await create_room(api, user)
+            body = await create_room_body(api, user)
         room = Room(body["room_id"], body["token"])
         p = await Session.open(url_of(b), room, identity, "P", backoff=PATIENT)
         q = await Session.open(url_of(b), room, identity, "Q", backoff=PATIENT)
