@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import io
 import os
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -23,6 +24,7 @@ from devstack.stack import StackConfig, StackInfo, StackThread
 from signaling_shared.logging import configure_logging
 from signaling_shared.settings import RelaySettings
 from support import GENEROUS_LIMITS
+from tools import MISSING, TOOLS
 from ws_relay.server import RelayServer
 
 LOCALSTACK_IMAGE = "localstack/localstack:3.8.1"
@@ -140,3 +142,21 @@ def turn_server(tmp_path_factory: pytest.TempPathFactory, stack: StackInfo) -> I
     secret = stack.common.turn_secrets[0].get_secret_value()
     with coturn_server(tmp_path_factory.mktemp("coturn"), [secret], extra=["allow-loopback-peers"]) as (host, port):
         yield f"turn:{host}:{port}?transport=udp"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line per missing host tool: how many tests it skipped, and how to install it."""
+    skipped: Counter[str] = Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        match = MISSING.search(reason)
+        if match:
+            skipped[match["name"]] += 1
+    if not skipped:
+        return
+    terminalreporter.section("missing tools")
+    for name, count in sorted(skipped.items()):
+        tests = "test" if count == 1 else "tests"
+        terminalreporter.write_line(f"{name}: {count} {tests} skipped; install: {TOOLS[name].install_hint}")
+    terminalreporter.write_line("make tools installs every apt-installable one (CI requires them all).")

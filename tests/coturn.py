@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
 from devstack import coturn
 from support import TIMEOUT
+from tools import require
 
 
 def require_coturn() -> None:
     """Skip where coturn is missing, unless this run requires it (CI: SIGNALING_REQUIRE_TURN=1)."""
-    if coturn.installed() is None:
-        if os.environ.get("SIGNALING_REQUIRE_TURN") == "1":
-            pytest.fail("coturn (turnserver) is required here: apt-get install coturn")
-        pytest.skip("coturn is not installed (CI installs it and sets SIGNALING_REQUIRE_TURN=1)")
+    require(coturn.BINARY)
 
 
 @contextmanager

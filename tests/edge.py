@@ -6,18 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from container_checks import ROOT
 from devstack.coturn import free_port
 from support import TIMEOUT, terminate
+from tools import require
 
 CADDYFILE = ROOT / "services" / "edge" / "Caddyfile"
 
@@ -32,15 +30,6 @@ class Edge:
     @property
     def ws_url(self) -> str:
         return "wss" + self.url.removeprefix("https")
-
-
-def caddy_binary() -> str:
-    binary = shutil.which("caddy")
-    if binary is None:
-        if os.environ.get("SIGNALING_REQUIRE_CADDY") == "1":
-            pytest.fail("caddy is required here: apt-get install caddy")
-        pytest.skip("caddy is not installed (CI installs it and sets SIGNALING_REQUIRE_CADDY=1)")
-    return binary
 
 
 @asynccontextmanager
@@ -59,7 +48,7 @@ async def caddy_edge(
     (or ``https_port``, when the relay nodes' public URLs must name it before the edge
     starts), its state in ``directory``; the relay node routes from ``relay_nodes_dir``
     (none by default)."""
-    binary = caddy_binary()
+    binary = require("caddy")
     https_port = https_port or free_port()
     http_port, health_port = free_port(), free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("EDGE_", "XDG_"))}

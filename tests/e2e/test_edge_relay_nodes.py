@@ -27,6 +27,7 @@ from edge import Edge, caddy_edge
 from signaling_sdk import Identity, Room, Session
 from signaling_shared.dynamo import RelayNode, Repository
 from support import TIMEOUT, Peer, ServiceProcess, User, create_room_body, relay_process, sign_in, terminate
+from tools import require
 
 pytestmark = pytest.mark.e2e
 
@@ -71,6 +72,7 @@ class Host:
 @pytest.fixture
 async def host(stack: StackInfo, tmp_path: Path) -> AsyncIterator[Host]:
     """The rendered override's three relays and the edge in front of them (the APIs are the stack's)."""
+    require("caddy")  # before any node starts: a skipped test leaves no node behind
     https_port = free_port()
     ports = {node: free_port() for node in NODES}  # the public URLs must be known before anything listens
     rendered = tmp_path / "rendered"
@@ -110,6 +112,8 @@ async def host(stack: StackInfo, tmp_path: Path) -> AsyncIterator[Host]:
             )
             for node, env in sorted(environments.items())
         }
+        urls = {node: env["SIGNALING_PUBLIC_WS_URL"] for node, env in environments.items()}
+        running.push_async_callback(leave_no_placeable_node, stack, nodes, urls)
         edge = await running.enter_async_context(
             caddy_edge(
                 tmp_path / "caddy",
@@ -120,22 +124,22 @@ async def host(stack: StackInfo, tmp_path: Path) -> AsyncIterator[Host]:
                 relay_nodes_dir=rendered / "relay-nodes",
             )
         )
-        urls = {node: env["SIGNALING_PUBLIC_WS_URL"] for node, env in environments.items()}
-        try:
-            yield Host(edge, nodes, urls)
-        finally:
-            # Leave no entry placement could still pick (the tables are the session's): the
-            # live nodes stop as an operator stops them (draining), a killed one's entry lapses.
-            repository = Repository.from_settings(stack.common)
-            for node, running_node in nodes.items():
-                if running_node.process.returncode is None:
-                    await terminate(running_node.process)
-                else:
-                    expired = int(time.time()) - 1
-                    await repository.heartbeat_node(RelayNode(node, urls[node], 0, 1, expired, draining=True))
-            entries = await repository.relay_nodes()
-            placeable = [e.node_id for e in entries if e.node_id in nodes and e.is_live(time.time()) and not e.draining]
-            assert placeable == []
+        yield Host(edge, nodes, urls)
+
+
+async def leave_no_placeable_node(stack: StackInfo, nodes: dict[str, ServiceProcess], urls: dict[str, str]) -> None:
+    """Leave no entry placement could still pick (the tables are the session's): the live nodes
+    stop as an operator stops them (draining), a killed one's entry lapses."""
+    repository = Repository.from_settings(stack.common)
+    for node, running_node in nodes.items():
+        if running_node.process.returncode is None:
+            await terminate(running_node.process)
+        else:
+            expired = int(time.time()) - 1
+            await repository.heartbeat_node(RelayNode(node, urls[node], 0, 1, expired, draining=True))
+    entries = await repository.relay_nodes()
+    placeable = [e.node_id for e in entries if e.node_id in nodes and e.is_live(time.time()) and not e.draining]
+    assert placeable == []
 
 
 def trusting(edge: Edge) -> ssl.SSLContext:

@@ -20,6 +20,7 @@ from edge import Edge, caddy_edge
 from signaling_sdk import ServiceClient, Session
 from signaling_sdk.errors import SignalingError
 from support import TIMEOUT, ServiceProcess, service_process
+from tools import require
 
 pytestmark = pytest.mark.e2e
 
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 async def deployed(stack: StackInfo, tmp_path: Path) -> AsyncIterator[tuple[Edge, dict[str, ServiceProcess]]]:
     """The three services as processes on the stack's tables, and the edge in front of them."""
+    require("caddy")  # before any service starts
     async with AsyncExitStack() as running:
         overrides: dict[str, dict[str, Any]] = {
             "auth-api": {},

@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from container_checks import ROOT, SETTINGS
-from programs import require_program
 from signaling_shared.settings import CommonSettings
+from tools import TOOLS, require
 
 ANSIBLE = ROOT / "ansible"
 OUTPUTS = ROOT / "tests" / "ansible" / "terraform-outputs.json"
@@ -123,22 +123,22 @@ def checked(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def check_nftables(path: Path) -> None:
-    checked(run(require_program("nft", "nftables"), "--check", "--file", str(path)))
+    checked(run(require("nft"), "--check", "--file", str(path)))
 
 
 def check_sshd(path: Path) -> None:
-    sshd = require_program("sshd", "openssh-server")
+    sshd = require("sshd")
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd -t wants its privilege separation folder
     checked(run(sshd, "-t", "-f", str(path)))
 
 
 def check_apt(path: Path) -> None:
-    dump = checked(run(require_program("apt-config", "apt"), "-c", str(path), "dump"))
+    dump = checked(run(require("apt-config"), "-c", str(path), "dump"))
     assert "Unattended-Upgrade" in dump
 
 
 def check_chrony(path: Path) -> None:
-    printed = checked(run(require_program("chronyd", "chrony"), "-p", "-f", str(path)))
+    printed = checked(run(require("chronyd"), "-p", "-f", str(path)))
     assert "server 169.254.169.123" in printed
 
 
@@ -149,7 +149,7 @@ def check_docker_sources(path: Path) -> None:
     (parts / "docker.sources").write_text(path.read_text())
     listed = checked(
         run(
-            require_program("apt-get", "apt"),
+            require("apt-get"),
             "-o",
             f"Dir::Etc::SourceParts={parts}",
             "-o",
@@ -170,8 +170,13 @@ ABSENT_DOCKER = re.compile(
 
 
 def check_unit(path: Path) -> None:
-    """systemd's own parser: every complaint must be one about Docker being absent here."""
-    result = run(require_program("systemd-analyze", "systemd"), "verify", str(path))
+    """systemd's own parser: every complaint must be one about Docker being absent here. The
+    programs the unit runs must be here for it to verify (a missing one is a missing tool)."""
+    analyze = require("systemd-analyze")
+    for program in re.findall(r"^Exec\w*=[-@:+!]*(/\S+)", path.read_text(), flags=re.MULTILINE):
+        if Path(program).name in TOOLS and not os.access(program, os.X_OK):
+            require(Path(program).name)  # skips, or fails where the run requires it
+    result = run(analyze, "verify", str(path))
     complaints = [
         line
         for line in (result.stdout + result.stderr).splitlines()
@@ -189,7 +194,7 @@ def check_turnserver(path: Path) -> None:
     config += f"\nlistening-ip=127.0.0.1\npidfile={path.parent}/turnserver.pid\nuserdb={path.parent}/turndb\n"
     (path.parent / "turnserver-test.conf").write_text(config)
     process = subprocess.Popen(
-        [require_program("turnserver", "coturn"), "-c", str(path.parent / "turnserver-test.conf")],
+        [require("turnserver"), "-c", str(path.parent / "turnserver-test.conf")],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -210,21 +215,21 @@ def check_turnserver(path: Path) -> None:
 
 
 def check_alertmanager(path: Path) -> None:
-    checked(run(require_program("amtool", "prometheus-alertmanager"), "check-config", str(path)))
+    checked(run(require("amtool"), "check-config", str(path)))
 
 
 def check_blackbox(path: Path) -> None:
-    exporter = require_program("prometheus-blackbox-exporter", "prometheus-blackbox-exporter")
+    exporter = require("prometheus-blackbox-exporter")
     checked(run(exporter, "--config.check", f"--config.file={path}"))
 
 
-def check_flags(program: str, package: str) -> Any:
+def check_flags(program: str) -> Any:
     def check(path: Path) -> None:
         """A shell file of ARGS whose every flag the program knows."""
         checked(run("sh", "-n", str(path)))
         args = re.fullmatch(r'ARGS="(.*)"', path.read_text().splitlines()[-1])
         assert args, path.read_text()
-        known = checked(run(require_program(program, package), "--help"))
+        known = checked(run(require(program), "--help"))
         for flag in args[1].split():
             assert f"--{flag.lstrip('-').split('=')[0].removeprefix('no-')}" in known, f"{program} has no {flag}"
 
@@ -283,7 +288,7 @@ def check_relay_routes(path: Path) -> None:
     """Caddy adapts services/edge/Caddyfile with these routes imported (and EDGE_WS_RELAY as the
     rendered compose override sets it): /nodes/relay-<k> reaches node k alone at "/", and the
     entry is balanced over the three nodes."""
-    caddy = require_program("caddy", "caddy")
+    caddy = require("caddy")
     override = yaml.safe_load((path.parent / "compose.override.yaml").read_text())
     env = {"EDGE_RELAY_NODES_DIR": str(path.parent), **override["services"]["edge"]["environment"]}
     caddyfile = ROOT / "services" / "edge" / "Caddyfile"
@@ -316,10 +321,10 @@ CHECKS = {
     "signaling/relay-nodes.caddy": check_relay_routes,
     "monitoring/alertmanager.yml": check_alertmanager,
     "monitoring/blackbox.yml": check_blackbox,
-    "monitoring/prometheus.default": check_flags("prometheus", "prometheus"),
-    "monitoring/alertmanager.default": check_flags("prometheus-alertmanager", "prometheus-alertmanager"),
-    "monitoring/node-exporter.default": check_flags("prometheus-node-exporter", "prometheus-node-exporter"),
-    "monitoring/blackbox.default": check_flags("prometheus-blackbox-exporter", "prometheus-blackbox-exporter"),
+    "monitoring/prometheus.default": check_flags("prometheus"),
+    "monitoring/alertmanager.default": check_flags("prometheus-alertmanager"),
+    "monitoring/node-exporter.default": check_flags("prometheus-node-exporter"),
+    "monitoring/blackbox.default": check_flags("prometheus-blackbox-exporter"),
 }
 
 
@@ -374,7 +379,7 @@ def test_the_scrape_targets_list_every_relay_node_and_promtool_accepts_them(rend
     tell them apart by instance); promtool reads prometheus.yml with every target file there."""
     folder = rendered / "prometheus"
     (folder / "prometheus.yml").write_text((ROOT / "monitoring" / "prometheus.yml").read_text())
-    output = checked(run(require_program("promtool", "prometheus"), "check", "config", str(folder / "prometheus.yml")))
+    output = checked(run(require("promtool"), "check", "config", str(folder / "prometheus.yml")))
     assert "SUCCESS" in output
     assert "WARNING" not in output, output  # every job's target file was written
     relays = json.loads((folder / "targets" / "ws-relay.json").read_text())

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from container_checks import ROOT
-from programs import require_program
+from tools import require
 
 DEPLOY = ROOT / "ansible" / "scripts" / "deploy.py"
 TIMEOUT = 900
@@ -36,7 +36,7 @@ def deploy(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 
 
 def require_terraform() -> None:
-    require_program("terraform", "terraform (>= 1.9)", "SIGNALING_REQUIRE_TERRAFORM")
+    require("terraform")
 
 
 def stages(output: str) -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -27,6 +26,7 @@ from devstack.coturn import free_port
 from devstack.stack import StackInfo
 from signaling_sdk import ServiceClient, Session
 from support import TIMEOUT, terminate
+from tools import require
 
 pytestmark = pytest.mark.integration
 
@@ -35,12 +35,7 @@ JOBS = ("auth-api", "rooms-api", "ws-relay", "node", "coturn", "edge-certificate
 
 
 def binary(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        if os.environ.get("SIGNALING_REQUIRE_PROMETHEUS") == "1":
-            pytest.fail(f"{name} is required here: apt-get install prometheus prometheus-node-exporter")
-        pytest.skip(f"{name} is not installed (CI installs it and sets SIGNALING_REQUIRE_PROMETHEUS=1)")
-    return found
+    return require(name)
 
 
 POLL_TIMEOUT = 8 * TIMEOUT  # Prometheus scrapes and evaluates every 5 s

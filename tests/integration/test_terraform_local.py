@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from moto.server import ThreadedMotoServer
 from signaling_shared.bootstrap import table_definitions
 from signaling_shared.settings import CommonSettings, Environment
 from support import TIMEOUT
+from tools import require
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -53,12 +53,7 @@ class Terraform:
     """The terraform binary on environments/local, with its state and data in a temporary folder."""
 
     def __init__(self, workdir: Path, endpoint: str) -> None:
-        binary = shutil.which("terraform")
-        if binary is None:
-            if os.environ.get("SIGNALING_REQUIRE_TERRAFORM") == "1":
-                pytest.fail("terraform is not on PATH: install Terraform >= 1.9 to run the Terraform checks")
-            pytest.skip("terraform is not installed (CI has it and sets SIGNALING_REQUIRE_TERRAFORM=1)")
-        self.binary = binary
+        self.binary = require("terraform")
         self.endpoint = endpoint
         self.state = workdir / "terraform.tfstate"
         self.env = {

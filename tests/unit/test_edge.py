@@ -11,7 +11,6 @@ import fnmatch
 import json
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from auth_api.main import create_app as create_auth_app
 from container_checks import AUTH, RELAY, ROOMS, ROOT, Service
 from rooms_api.main import create_app as create_rooms_app
 from signaling_shared.settings import AuthSettings, Environment, RoomsSettings
+from tools import require
 
 CADDYFILE = ROOT / "services" / "edge" / "Caddyfile"
 OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -186,20 +186,12 @@ def adapted_router(routes: list[dict[str, Any]]) -> Router:
 
 
 def caddy_adapt(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    caddy = shutil.which("caddy")
-    assert caddy is not None
+    caddy = require("caddy")
     base = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
     command = [caddy, "adapt", "--config", str(CADDYFILE), "--adapter", "caddyfile"]
     return subprocess.run(command, env={**base, **env}, capture_output=True, text=True, timeout=60, check=False)
 
 
-needs_caddy = pytest.mark.skipif(
-    shutil.which("caddy") is None and os.environ.get("SIGNALING_REQUIRE_CADDY") != "1",
-    reason="caddy is not installed (CI installs it and sets SIGNALING_REQUIRE_CADDY=1)",
-)
-
-
-@needs_caddy
 @pytest.mark.parametrize(
     ("env", "listeners"),
     [
@@ -248,7 +240,6 @@ def public_proxies(env: dict[str, str]) -> list[dict[str, Any]]:
     return found
 
 
-@needs_caddy
 def test_the_relay_entry_retries_a_refusing_node_and_balances_several(tmp_path: Path) -> None:
     """One relay: the same single upstream as before, dialled again for up to 5 s while it
     restarts; several (EDGE_WS_RELAY space-separated): the entry spreads over all of them.
@@ -264,7 +255,6 @@ def test_the_relay_entry_retries_a_refusing_node_and_balances_several(tmp_path: 
     assert [upstream["dial"] for upstream in entry["upstreams"]] == nodes.split()
 
 
-@needs_caddy
 def test_caddy_refuses_an_unknown_tls_mode() -> None:
     """EDGE_TLS other than acme or internal stops Caddy from loading instead of serving without TLS."""
     result = caddy_adapt({"EDGE_TLS": "off"})
@@ -272,10 +262,8 @@ def test_caddy_refuses_an_unknown_tls_mode() -> None:
     assert "tls-off" in result.stderr
 
 
-@needs_caddy
 def test_the_caddyfile_is_formatted_as_caddy_formats_it() -> None:
     """`caddy fmt` changes nothing (Caddy warns at every load otherwise)."""
-    caddy = shutil.which("caddy")
-    assert caddy is not None
+    caddy = require("caddy")
     result = subprocess.run([caddy, "fmt", str(CADDYFILE)], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout == CADDYFILE.read_text()

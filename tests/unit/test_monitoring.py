@@ -18,8 +18,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from container_checks import ROOT
-from programs import require_program
 from signaling_shared.metrics import ServiceMetrics
+from tools import require
 from ws_relay.metrics import RelayMetrics
 
 MONITORING = ROOT / "monitoring"
@@ -32,18 +32,18 @@ def alerts() -> list[dict[str, Any]]:
     return [rule for path in RULES for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]]
 
 
-def tool(name: str, package: str, *args: str) -> subprocess.CompletedProcess[str]:
+def tool(name: str, *args: str) -> subprocess.CompletedProcess[str]:
     """``name`` run in monitoring/; skipped where missing unless this run requires it (CI)."""
-    binary = require_program(name, package, "SIGNALING_REQUIRE_PROMETHEUS")
+    binary = require(name)
     return subprocess.run([binary, *args], capture_output=True, text=True, timeout=60, check=False, cwd=MONITORING)
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    return tool("promtool", "prometheus", *args)
+    return tool("promtool", *args)
 
 
 def amtool(*args: str) -> subprocess.CompletedProcess[str]:
-    return tool("amtool", "prometheus-alertmanager", *args)
+    return tool("amtool", *args)
 
 
 def test_promtool_accepts_the_config_and_rules() -> None:
