@@ -13,8 +13,8 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(shell cksum < $(CHECKOV_REQUIREMEN
 TF_CHECK := terraform/scripts/check.sh
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev demo test lint format typecheck unit integration e2e schema lock clean
-.PHONY: terraform-check terraform-fmt terraform-validate terraform-test terraform-checkov monitoring-check
+.PHONY: help install tools dev demo test lint format typecheck unit integration e2e schema lock clean
+.PHONY: terraform-check terraform-fmt terraform-validate terraform-test terraform-checkov checkov monitoring-check
 .PHONY: deploy destroy ansible-check bench bench-quick
 
 help: ## List the targets
@@ -29,14 +29,18 @@ $(STAMP): requirements/dev.txt $(addsuffix /pyproject.toml,$(PACKAGES))
 
 install: $(STAMP) ## Create the virtual environment with pinned dependencies
 
+tools: ## Install the host tools the full suite uses (apt packages, as root or with sudo); `python3 tests/tools.py status` lists them
+	$(PYTHON) tests/tools.py install
+
 dev: $(STAMP) ## Run the whole stack locally: APIs on :8001, relay on :8080, AWS emulator on :4566
 	$(BIN)/python -m devstack
 
 demo: $(STAMP) ## A worker and a client (the signaling CLI) move a file over WebRTC via `make dev` (or a stack of its own)
 	$(BIN)/python sdk/python/examples/demo.py
 
+# The 25 slowest tests are printed at the end, and one line per missing host tool.
 test: lint typecheck terraform-check ## Lint, type-check, check Terraform and run every test (unit, integration, end-to-end)
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=25
 
 unit: $(STAMP) ## Unit tests only (no AWS emulator or services; loopback sockets at most)
 	$(BIN)/pytest tests/unit
@@ -116,7 +120,15 @@ $(CHECKOV_STAMP): $(CHECKOV_REQUIREMENTS)
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $(CHECKOV_REQUIREMENTS)
 	touch $@
 
-terraform-checkov: $(CHECKOV_STAMP) ## checkov over terraform/ (zero failed checks; skips sit next to their resource)
+# Like the other Terraform checks, skipped (not installed) where terraform is missing, unless required.
+terraform-checkov: ## checkov over terraform/ (zero failed checks; skips sit next to their resource)
+	@if command -v terraform >/dev/null 2>&1 || [ "$${SIGNALING_REQUIRE_TERRAFORM:-}" = 1 ] || [ "$${SIGNALING_REQUIRE_TOOLS:-}" = 1 ]; then \
+		$(MAKE) --no-print-directory checkov; \
+	else \
+		echo "SKIPPED terraform checkov: missing tool terraform (install it by hand: https://developer.hashicorp.com/terraform/install)"; \
+	fi
+
+checkov: $(CHECKOV_STAMP)
 	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(TF_CHECK) checkov
 
 lock: ## Re-pin requirements/*.txt from requirements/*.in

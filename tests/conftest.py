@@ -21,45 +21,21 @@ import pytest
 
 from coturn import coturn_server
 from devstack.stack import StackConfig, StackInfo, StackThread
+from emulators import docker_available, localstack_dynamodb
 from signaling_shared.logging import configure_logging
 from signaling_shared.settings import RelaySettings
 from support import GENEROUS_LIMITS
 from tools import MISSING, TOOLS
 from ws_relay.server import RelayServer
 
-LOCALSTACK_IMAGE = "localstack/localstack:3.8.1"
-
-
-def _docker_available() -> bool:
-    if os.environ.get("SIGNALING_TEST_EMULATOR", "auto") == "moto":
-        return False
-    if not (os.environ.get("DOCKER_HOST") or os.path.exists("/var/run/docker.sock")):
-        return False
-    import docker
-
-    try:
-        client = docker.from_env(timeout=2)
-    except Exception:
-        return False
-    try:
-        client.ping()
-    except Exception:
-        return False
-    finally:
-        client.close()
-    return True
-
 
 @pytest.fixture(scope="session")
 def localstack() -> Iterator[str | None]:
     """LocalStack's DynamoDB endpoint when testcontainers can run it, else None."""
-    if os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_DYNAMODB") or not _docker_available():
+    if os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_DYNAMODB") or not docker_available():
         yield None
         return
-    from testcontainers.localstack import LocalStackContainer
-
-    with LocalStackContainer(image=LOCALSTACK_IMAGE).with_services("dynamodb") as container:
-        url = container.get_url()
+    with localstack_dynamodb() as url:
         os.environ["AWS_ENDPOINT_URL_DYNAMODB"] = url
         try:
             yield url
