@@ -128,7 +128,10 @@ def check_nftables(path: Path) -> None:
 
 def check_sshd(path: Path) -> None:
     sshd = require("sshd")
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd -t wants its privilege separation folder
+    try:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd -t wants its privilege separation folder
+    except PermissionError:
+        pytest.skip("sshd -t needs /run/sshd, which only root can create here")
     checked(run(sshd, "-t", "-f", str(path)))
 
 
