@@ -24,9 +24,21 @@ from devstack.stack import StackConfig, StackInfo, StackThread
 from emulators import docker_available, localstack_dynamodb
 from signaling_shared.logging import configure_logging
 from signaling_shared.settings import RelaySettings
-from support import GENEROUS_LIMITS
+from support import GENEROUS_LIMITS, scaled
 from tools import MISSING, TOOLS
 from ws_relay.server import RelayServer
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-timeout reads the option
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest's own time limit per test (pyproject's ``timeout``) scales with the one timeout
+    factor, as every time window of the tests does (support.scaled). ``--timeout`` on the
+    command line and PYTEST_TIMEOUT are taken as given; ``pytest.mark.timeout`` values are
+    scaled where they are written."""
+    if config.getoption("timeout", None) is None and not os.environ.get("PYTEST_TIMEOUT"):
+        ini = config.getini("timeout")
+        if ini:
+            config.option.timeout = scaled(float(ini))
 
 
 @pytest.fixture(scope="session")

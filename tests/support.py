@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import sys
 import time
@@ -24,6 +25,26 @@ from signaling_shared.tokens import hash_room_token, new_room_id, new_room_token
 from ws_relay.schema import SERVER_MESSAGE
 from ws_relay.server import RelayServer
 
+# The one timeout factor, for slow machines (SIGNALING_TEST_TIMEOUT_FACTOR=3 on a busy box).
+FACTOR = float(os.environ.get("SIGNALING_TEST_TIMEOUT_FACTOR", "1"))
+
+
+def scaled(seconds: float) -> float:
+    """``seconds`` on this machine: every time window of the tests goes through here (timeouts,
+    and the short expiries, windows and intervals given to the servers under test alike), so
+    that on a slow machine they all grow together. A window that must be short for its test
+    to mean anything scales too: the test then takes longer there."""
+    return seconds * FACTOR
+
+
+def scaled_whole(seconds: int) -> int:
+    """``scaled(seconds)`` rounded up, for the settings and fields counted in whole seconds."""
+    return math.ceil(scaled(seconds))
+
+
+# One timeout unit.
+TIMEOUT = scaled(5.0)
+
 # The shared stack lets the whole suite sign in and register from one address; the
 # limits themselves are tested on servers of their own with small limits.
 GENEROUS_LIMITS: dict[str, Any] = {
@@ -36,12 +57,8 @@ GENEROUS_LIMITS: dict[str, Any] = {
     "register_rate_per_minute_per_room": 100_000,
     "register_burst_per_room": 10_000,
     # Test relays stop often, mostly with peers still connected: a short drain.
-    "drain_seconds": 0.2,
+    "drain_seconds": scaled(0.2),
 }
-
-
-# One timeout unit, scaled for slow machines (SIGNALING_TEST_TIMEOUT_FACTOR=3 on a busy box).
-TIMEOUT = 5.0 * float(os.environ.get("SIGNALING_TEST_TIMEOUT_FACTOR", "1"))
 
 
 @dataclass(frozen=True)

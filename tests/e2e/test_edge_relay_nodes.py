@@ -26,7 +26,18 @@ from devstack.stack import StackInfo
 from edge import Edge, caddy_edge
 from signaling_sdk import Identity, Room, Session
 from signaling_shared.dynamo import RelayNode, Repository
-from support import TIMEOUT, Peer, ServiceProcess, User, create_room_body, relay_process, sign_in, terminate
+from support import (
+    TIMEOUT,
+    Peer,
+    ServiceProcess,
+    User,
+    create_room_body,
+    relay_process,
+    scaled,
+    scaled_whole,
+    sign_in,
+    terminate,
+)
 from tools import require
 
 pytestmark = pytest.mark.e2e
@@ -104,8 +115,8 @@ async def host(stack: StackInfo, tmp_path: Path) -> AsyncIterator[Host]:
                     port=ports[node],
                     node_id=node,
                     public_ws_url=env["SIGNALING_PUBLIC_WS_URL"],
-                    node_heartbeat_seconds=300,  # the placement counters move with this test's rooms only
-                    node_ttl_seconds=600,
+                    node_heartbeat_seconds=scaled(300),  # the placement counters move with this test's rooms only
+                    node_ttl_seconds=scaled_whole(600),
                     stun_urls=[],
                     turn_urls=[],
                 )

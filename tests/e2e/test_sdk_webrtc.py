@@ -16,7 +16,7 @@ import pytest
 from conftest import RelayFactory
 from signaling_sdk import Ack, Backoff, ServiceClient, Session
 from signaling_sdk.webrtc import accept, connect
-from support import TIMEOUT
+from support import TIMEOUT, scaled_whole
 
 pytestmark = pytest.mark.e2e
 
@@ -159,10 +159,10 @@ def expiry(ice_servers: list[dict[str, Any]]) -> int:
 async def test_sessions_take_refreshed_turn_credentials_and_connect_with_them(
     api: str, relay_with: RelayFactory, turn_server: str
 ) -> None:
-    """With 2 s TURN credentials the relay pushes fresh ones at 80 %; each session keeps the
+    """With short-lived TURN credentials (2 s, scaled) the relay pushes fresh ones at 80 %; each session keeps the
     newest, and once the first ones have expired (after the second push) a relay-only data
     channel opens through coturn with the fresh ones (coturn refuses expired ones)."""
-    async with turn_pair(api, relay_with, turn_server, turn_credential_ttl_seconds=2) as (worker, client):
+    async with turn_pair(api, relay_with, turn_server, turn_credential_ttl_seconds=scaled_whole(2)) as (worker, client):
         async with asyncio.timeout(8 * TIMEOUT):
             first = (expiry(worker.state.ice_servers), expiry(client.state.ice_servers))
             refreshed = await asyncio.gather(worker.next_ice_servers(), client.next_ice_servers())

@@ -23,12 +23,13 @@ import yaml
 
 from container_checks import ROOT, SETTINGS
 from signaling_shared.settings import CommonSettings
+from support import scaled
 from tools import TOOLS, require
 
 ANSIBLE = ROOT / "ansible"
 OUTPUTS = ROOT / "tests" / "ansible" / "terraform-outputs.json"
 BIN = Path(sys.executable).parent
-TIMEOUT = 600
+TIMEOUT = scaled(600)
 
 
 def run(*command: str, cwd: Path = ANSIBLE, **env: str) -> subprocess.CompletedProcess[str]:
@@ -211,7 +212,7 @@ def check_turnserver(path: Path) -> None:
                 break
     finally:
         process.terminate()
-        process.communicate(timeout=30)
+        process.communicate(timeout=scaled(30))
     assert any(READY_LINE in line for line in lines), "".join(lines)
     rejected = [line for line in lines if "Bad configuration" in line and "prometheus" not in line]
     assert rejected == [], rejected

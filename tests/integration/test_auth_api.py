@@ -26,7 +26,7 @@ from api_checks import (
 from auth_api.main import create_app
 from devstack.stack import StackInfo
 from signaling_shared.settings import AuthSettings
-from support import TIMEOUT, serving
+from support import TIMEOUT, scaled, serving
 
 pytestmark = pytest.mark.integration
 
@@ -98,7 +98,7 @@ async def test_forwarded_for_from_an_untrusted_proxy_does_not_escape_the_limit(s
 async def test_cognito_failure_is_a_typed_503_without_internals(stack: StackInfo) -> None:
     """With Cognito unreachable, sign-in is 503 AUTH_PROVIDER_UNAVAILABLE and the body leaks no exception text."""
     dead = closed_port_url(stack.common.host)
-    app = create_app(auth_settings(stack, cognito_endpoint_url=dead, http_timeout_seconds=1))
+    app = create_app(auth_settings(stack, cognito_endpoint_url=dead, http_timeout_seconds=scaled(1)))
     async with (
         serving(app, stack.common) as base_url,
         httpx.AsyncClient(base_url=base_url, timeout=4 * TIMEOUT) as client,
@@ -127,7 +127,7 @@ async def test_healthz_and_readyz_on_the_stack(api: str) -> None:
 async def test_readyz_names_the_failing_dependency_while_healthz_stays_up(stack: StackInfo) -> None:
     """With Cognito and its keys unreachable, /readyz is 503 naming cognito and jwks; /healthz stays 200."""
     dead = closed_port_url(stack.common.host)
-    app = create_app(auth_settings(stack, cognito_endpoint_url=dead, http_timeout_seconds=1))
+    app = create_app(auth_settings(stack, cognito_endpoint_url=dead, http_timeout_seconds=scaled(1)))
     async with (
         serving(app, stack.common) as base_url,
         httpx.AsyncClient(base_url=base_url, timeout=4 * TIMEOUT) as client,

@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 
 from container_checks import ROOT
+from support import scaled
 from tools import require
 
 DEPLOY = ROOT / "ansible" / "scripts" / "deploy.py"
-TIMEOUT = 900
+TIMEOUT = scaled(900)
 # A whole deploy (emulator, terraform apply, playbook) outlasts pytest's default 120 s on a
 # busy machine: the subprocess's own timeout is the limit.
-pytestmark = pytest.mark.timeout(TIMEOUT + 60)
+pytestmark = pytest.mark.timeout(TIMEOUT + scaled(60))
 
 
 def deploy(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

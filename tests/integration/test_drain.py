@@ -22,6 +22,8 @@ from support import (
     relay_process,
     resume,
     resume_message,
+    scaled,
+    scaled_whole,
     sign_in,
 )
 
@@ -35,7 +37,8 @@ async def test_peers_resume_on_the_next_process_after_a_sigterm_losing_nothing(a
     A then gets their acks, and the two go on talking."""
     a_user, b_user = await sign_in(api), await sign_in(api)
     room = await create_room(api, a_user)
-    async with relay_process(stack, drain_seconds=0.5, drain_jitter_ms=100) as first:
+    drain, jitter_ms = scaled(0.5), round(scaled(100))
+    async with relay_process(stack, drain_seconds=drain, drain_jitter_ms=jitter_ms) as first:
         a, b = await Peer.connect(first.url), await Peer.connect(first.url)
         await a.register("A", room, a_user)
         await b.register("B", room, b_user)
@@ -49,7 +52,7 @@ async def test_peers_resume_on_the_next_process_after_a_sigterm_losing_nothing(a
         await a.barrier()  # taken in, not acked
         first.process.send_signal(signal.SIGTERM)
         go_away = await a.expect("go_away")
-        assert 500 <= go_away["reconnect_after_ms"] <= 600
+        assert int(drain * 1000) <= go_away["reconnect_after_ms"] <= int(drain * 1000) + jitter_ms
         code, _ = await a.closed()
         assert code == 4500
         assert await first.wait() == 0
@@ -89,12 +92,12 @@ async def test_a_message_that_expires_while_its_sender_moves_is_reported_after_i
     expires on the new process before A is back; A hears `expired` when it resumes."""
     a_user, b_user = await sign_in(api), await sign_in(api)
     room = await create_room(api, a_user)
-    async with relay_process(stack, drain_seconds=0.2, drain_jitter_ms=0) as first:
+    async with relay_process(stack, drain_seconds=scaled(0.2), drain_jitter_ms=0) as first:
         a, b = await Peer.connect(first.url), await Peer.connect(first.url)
         await a.register("A", room, a_user)
         await b.register("B", room, b_user)
         await a.expect("peer_joined")
-        await a.send({"type": "offer", "target": "Ghost", "sdp": "v=0", "id": "g", "ttl_seconds": 1})
+        await a.send({"type": "offer", "target": "Ghost", "sdp": "v=0", "id": "g", "ttl_seconds": scaled_whole(1)})
         assert await a.expect("ack") == {"type": "ack", "id": "g", "queued": True}
         first.process.send_signal(signal.SIGTERM)
         for peer in (a, b):
@@ -163,7 +166,7 @@ async def _drained_with_three_owed_to_b(api: str, stack: StackInfo, **overrides:
     room = await create_room(api, a_user)
     stack_exit = contextlib.AsyncExitStack()
     second = await stack_exit.enter_async_context(relay_process(stack))
-    async with relay_process(stack, drain_seconds=0.2, drain_jitter_ms=0, **overrides) as first:
+    async with relay_process(stack, drain_seconds=scaled(0.2), drain_jitter_ms=0, **overrides) as first:
         a, b = await Peer.connect(first.url), await Peer.connect(first.url)
         await a.register("A", room, a_user)
         await b.register("B", room, b_user)
@@ -210,7 +213,7 @@ async def test_a_saved_session_nobody_resumes_ends_with_peer_left_and_its_sender
 ) -> None:
     """B never comes back: when its saved session's window ends, the new process announces
     peer_left 'timeout' and fails the three messages B never received."""
-    drained = await _drained_with_three_owed_to_b(api, stack, resume_window_seconds=3)
+    drained = await _drained_with_three_owed_to_b(api, stack, resume_window_seconds=scaled(3))
     async with drained.stack_exit:
         a2, _ = await resume(drained.a, drained.second.url, drained.room, drained.a_user)
         for i in range(3):

@@ -12,7 +12,7 @@ import pytest
 from conftest import RelayFactory
 from devstack.stack import StackInfo
 from signaling_shared.dynamo import QueuedMessage
-from support import TIMEOUT, Peer, create_room, gated_relay, relay_process, repository, sign_in
+from support import TIMEOUT, Peer, create_room, gated_relay, relay_process, repository, scaled_whole, sign_in
 from ws_relay.server import RelayServer
 
 pytestmark = pytest.mark.integration
@@ -102,7 +102,13 @@ async def test_a_held_message_expires_and_its_sender_is_told(
         sender = await Peer.connect(url(server))
         await sender.register("Sender", room, users[0])
         await sender.send(
-            {"type": "peer_message", "to_peer_id": "Late", "payload": "short", "id": "e", "ttl_seconds": 1}
+            {
+                "type": "peer_message",
+                "to_peer_id": "Late",
+                "payload": "short",
+                "id": "e",
+                "ttl_seconds": scaled_whole(1),
+            }
         )
         await sender.expect("ack")
         await sender.send({"type": "peer_message", "to_peer_id": "Late", "payload": "long", "id": "k"})

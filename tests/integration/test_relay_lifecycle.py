@@ -19,6 +19,8 @@ from support import (
     joined_pair,
     peer_ids_in_table,
     repository,
+    scaled,
+    scaled_whole,
     sign_in,
     store_room,
 )
@@ -57,7 +59,7 @@ async def test_room_deleted_by_its_creator_closes_its_peers(
 
 async def test_leases_are_refreshed_while_connected(api: str, relay_with: RelayFactory, stack: StackInfo) -> None:
     """A live peer's routing entry is extended, never beyond the room's expiry."""
-    async with relay_with(peer_lease_seconds=30) as server:
+    async with relay_with(peer_lease_seconds=scaled_whole(30)) as server:
         user = await sign_in(api)
         room = await create_room(api, user)
         peer = await Peer.connect(ws_url(server))
@@ -76,7 +78,7 @@ async def test_room_expiry_closes_its_peers(api: str, relay_with: RelayFactory, 
     async with relay_with() as server:
         user = await sign_in(api)
         owner = sub_of(user.id_token)
-        room = await store_room(stack, owner, expires_in=2)
+        room = await store_room(stack, owner, expires_in=scaled_whole(2))
         peer = await Peer.connect(ws_url(server))
         await peer.register("A", room, user)
         code, reason = await peer.closed()
@@ -102,7 +104,8 @@ async def test_shutdown_drains_with_go_away_then_closes_with_4500_and_saves_the_
     """SIGTERM's path: go_away (jittered reconnect_after_ms) to every peer; for the drain the
     relay keeps relaying but refuses registrations and readiness; then 4500, and each peer's
     session is left in the table (routing entry kept) for the next process; the port closes."""
-    async with relay_with(drain_seconds=1.0, drain_jitter_ms=500) as server:
+    drain, jitter_ms = scaled(1.0), round(scaled(500))  # long enough for the steps within the drain
+    async with relay_with(drain_seconds=drain, drain_jitter_ms=jitter_ms) as server:
         user_a, user_b, user_c = await sign_in(api), await sign_in(api), await sign_in(api)
         room = await create_room(api, user_a)
         a, b = await Peer.connect(ws_url(server)), await Peer.connect(ws_url(server))
@@ -115,7 +118,7 @@ async def test_shutdown_drains_with_go_away_then_closes_with_4500_and_saves_the_
         for peer in (a, b):
             go_away = await peer.expect("go_away")
             assert go_away["reason"] == "SERVER_SHUTDOWN"
-            assert 1000 <= go_away["reconnect_after_ms"] <= 1500
+            assert int(drain * 1000) <= go_away["reconnect_after_ms"] <= int(drain * 1000) + jitter_ms
         await late.expect("go_away")
         await a.send({"type": "peer_message", "to_peer_id": "B", "payload": "still relaying"})
         assert (await b.expect("peer_message"))["payload"] == "still relaying"

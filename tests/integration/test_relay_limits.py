@@ -14,7 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from conftest import RelayFactory
-from support import TIMEOUT, Peer, create_room, sign_in
+from support import TIMEOUT, Peer, create_room, scaled, sign_in
 from ws_relay.server import RelayServer
 
 pytestmark = pytest.mark.integration
@@ -145,7 +145,7 @@ async def test_room_capacity(api: str, relay_with: RelayFactory) -> None:
 
 async def test_unregistered_sockets_are_closed_after_the_deadline(relay_with: RelayFactory) -> None:
     """A socket that does not register in time is closed with 4001."""
-    async with relay_with(register_timeout_seconds=0.2) as server:
+    async with relay_with(register_timeout_seconds=scaled(0.2)) as server:
         idle = await Peer.connect(url(server))
         code, reason = await idle.closed()
         assert code == 4001

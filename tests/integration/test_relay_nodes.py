@@ -24,7 +24,18 @@ from signaling_sdk import Identity, Room, Session
 from signaling_sdk.session import Backoff
 from signaling_shared.dynamo import RelayNode, Repository
 from signaling_shared.errors import ConditionFailed, Unavailable
-from support import TIMEOUT, Peer, RoomGrant, ServiceProcess, create_room_body, relay_process, sign_in
+from support import (
+    FACTOR,
+    TIMEOUT,
+    Peer,
+    RoomGrant,
+    ServiceProcess,
+    create_room_body,
+    relay_process,
+    scaled,
+    scaled_whole,
+    sign_in,
+)
 from ws_relay.server import RelayServer
 
 pytestmark = pytest.mark.integration
@@ -42,7 +53,7 @@ async def nodes(
         servers: dict[str, RelayServer] = {}
         for name in names:
             port = free_port()
-            settings = {"node_heartbeat_seconds": 300, "node_ttl_seconds": 600, **overrides}
+            settings = {"node_heartbeat_seconds": scaled(300), "node_ttl_seconds": scaled_whole(600), **overrides}
             servers[name] = await stack.enter_async_context(
                 relay_with(node_id=name, port=port, public_ws_url=f"ws://127.0.0.1:{port}", **settings)
             )
@@ -221,9 +232,10 @@ async def test_a_room_of_no_node_is_taken_by_the_first_node_a_peer_dials(
 ROOMS = 100
 MESSAGES = 12  # each way, per room
 # Short heartbeats, so a killed node's entry lapses within seconds (a node fences itself when
-# a renewal is more than TTL - 2 heartbeats late: 2 s of slack on a busy machine).
-FAST_NODES = {"node_heartbeat_seconds": 0.5, "node_ttl_seconds": 3}
-PATIENT = Backoff(initial=0.05, maximum=0.5, attempts=200)
+# a renewal is more than TTL - 2 heartbeats late: 2 s of slack, scaled for a busy machine).
+FAST_NODES = {"node_heartbeat_seconds": scaled(0.5), "node_ttl_seconds": scaled_whole(3)}
+# Some 50 s of reconnection attempts (0.25 s apart on average), scaled like any time window.
+PATIENT = Backoff(initial=0.05, maximum=0.5, attempts=round(200 * FACTOR))
 
 
 class Cluster:

@@ -27,6 +27,7 @@ from support import (
     peer_ids_in_table,
     resume,
     resume_message,
+    scaled,
     sign_in,
 )
 from ws_relay.server import RelayServer
@@ -110,7 +111,7 @@ async def test_a_peer_that_does_not_come_back_leaves_after_the_window(
     api: str, relay_with: RelayFactory, stack: StackInfo
 ) -> None:
     """Past the resume window the room gets peer_left 'timeout', the entry goes, a resume fails."""
-    async with relay_with(resume_window_seconds=0.5) as server:
+    async with relay_with(resume_window_seconds=scaled(0.5)) as server:
         room, a, _, b, b_user = await room_of_two(api, url(server))
         await drop(b)
         left = await a.expect("peer_left")
@@ -137,7 +138,7 @@ async def test_messages_a_departed_peer_never_received_are_reported_to_their_sen
 ) -> None:
     """B drops and never resumes: each message kept for it fails with DELIVERY_FAILED (and its
     id if it had one), none is acked, and the room then hears peer_left 'timeout'."""
-    async with relay_with(resume_window_seconds=0.5) as server:
+    async with relay_with(resume_window_seconds=scaled(0.5)) as server:
         _, a, _, b, _ = await room_of_two(api, url(server))
         await drop(b)
         await a.send({"type": "peer_message", "to_peer_id": "B", "payload": 1, "id": "m1"})

@@ -11,7 +11,7 @@ from conftest import RelayFactory
 from devstack.stack import StackInfo
 from signaling_sdk import Ack, Backoff, InvalidRequest, Room, RoomError, ServiceClient, Session
 from signaling_shared.settings import RelaySettings
-from support import GENEROUS_LIMITS, TIMEOUT
+from support import FACTOR, GENEROUS_LIMITS, TIMEOUT
 from ws_relay.server import RelayServer
 
 pytestmark = pytest.mark.integration
@@ -60,7 +60,7 @@ async def test_the_sdk_resumes_after_a_cut_and_sends_again_without_duplicates(
     async with relay_with() as server, ServiceClient(api) as service:
         a_id, b_id = await service.sign_in(), await service.sign_in()
         room = await service.create_room(a_id)
-        fast = Backoff(initial=0.05, maximum=0.2)
+        fast = Backoff(initial=0.05, maximum=0.2, attempts=round(30 * FACTOR))  # some 3 s, scaled
         a = await Session.open(url(server), room, a_id, "A", backoff=fast)
         b = await Session.open(url(server), room, b_id, "B", backoff=fast)
         async with asyncio.timeout(3 * TIMEOUT):
@@ -91,8 +91,9 @@ async def test_the_sdk_follows_go_away_to_the_next_relay_process(api: str, stack
             a_id, b_id = await service.sign_in(), await service.sign_in()
             room = await service.create_room(a_id)
             relay_url = f"ws://127.0.0.1:{port}"
-            a = await Session.open(relay_url, room, a_id, "A", backoff=Backoff(initial=0.05, maximum=0.3))
-            b = await Session.open(relay_url, room, b_id, "B", backoff=Backoff(initial=0.05, maximum=0.3))
+            backoff = Backoff(initial=0.05, maximum=0.3, attempts=round(30 * FACTOR))  # some 4 s, scaled
+            a = await Session.open(relay_url, room, a_id, "A", backoff=backoff)
+            b = await Session.open(relay_url, room, b_id, "B", backoff=backoff)
             async with asyncio.timeout(4 * TIMEOUT):
                 assert (await a.recv())["type"] == "peer_joined"
                 await first.stop()

@@ -22,10 +22,10 @@ from moto.server import ThreadedMotoServer
 
 from signaling_shared.bootstrap import table_definitions
 from signaling_shared.settings import CommonSettings, Environment
-from support import TIMEOUT
+from support import TIMEOUT, scaled
 from tools import require
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(scaled(900))]
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ROOT / "terraform" / "environments" / "local"

@@ -22,7 +22,7 @@ from coturn import coturn_server
 from devstack.stack import StackInfo
 from signaling_shared.settings import CommonSettings
 from signaling_shared.turn import ice_servers
-from support import TIMEOUT, Peer, create_room, sign_in
+from support import TIMEOUT, Peer, create_room, scaled_whole, sign_in
 
 pytestmark = pytest.mark.integration
 
@@ -101,16 +101,17 @@ async def test_registration_carries_ice_servers_and_the_relay_refreshes_them(
     api: str, relay_with: RelayFactory, coturn: tuple[str, int]
 ) -> None:
     """registered_auth includes ICE servers; fresh credentials are pushed before they expire."""
-    async with relay_with(turn_credential_ttl_seconds=2) as server:
+    ttl = scaled_whole(2)
+    async with relay_with(turn_credential_ttl_seconds=ttl) as server:
         user = await sign_in(api)
         room = await create_room(api, user)
         peer = await Peer.connect(f"ws://127.0.0.1:{server.port}")
         registered = await peer.register("P", room, user)
         first = turn_entry(registered)
-        assert registered["ttl"] == 2
+        assert registered["ttl"] == ttl
         assert first["username"].endswith(":P")
         await allocate(coturn, first["username"], first["credential"])
-        pushed = await peer.expect("ice_servers")  # at 80% of the 2 s lifetime
+        pushed = await peer.expect("ice_servers")  # at 80% of their lifetime
         second = turn_entry(pushed)
         assert int(second["username"].split(":")[0]) > int(first["username"].split(":")[0])
         await allocate(coturn, second["username"], second["credential"])

@@ -17,7 +17,7 @@ from coturn import coturn_server
 from devstack.coturn import free_port
 from signaling_shared.settings import CommonSettings, Environment
 from signaling_shared.turn import rest_credentials
-from support import TIMEOUT
+from support import TIMEOUT, scaled
 from ws_relay.turnprobe import Outcome, TurnServer, allocate
 
 pytestmark = pytest.mark.integration
@@ -53,7 +53,7 @@ async def test_another_secret_is_rejected(turn: tuple[str, int]) -> None:
 async def test_a_port_where_nothing_listens_is_unreachable() -> None:
     for transport in ("udp", "tcp"):
         url = f"turn:127.0.0.1:{free_port()}?transport={transport}"
-        assert await allocate(TurnServer.parse(url), *signed(SECRET, url), 2.0) is Outcome.UNREACHABLE
+        assert await allocate(TurnServer.parse(url), *signed(SECRET, url), scaled(2.0)) is Outcome.UNREACHABLE
 
 
 async def test_a_relay_probes_by_itself_and_exports_each_outcome(
@@ -61,7 +61,11 @@ async def test_a_relay_probes_by_itself_and_exports_each_outcome(
 ) -> None:
     good = f"turn:{turn[0]}:{turn[1]}?transport=udp"
     dead = f"turn:127.0.0.1:{free_port()}?transport=udp"
-    overrides = {"turn_urls": [good, dead], "turn_probe_interval_seconds": 0.2, "turn_probe_timeout_seconds": 2.0}
+    overrides = {
+        "turn_urls": [good, dead],
+        "turn_probe_interval_seconds": scaled(0.2),
+        "turn_probe_timeout_seconds": scaled(2.0),
+    }
     async with relay_with(**overrides, turn_secrets=[SECRET]) as server:
         async with asyncio.timeout(4 * TIMEOUT):
             outcomes = await server.turn_probe.wait_for_rounds(2)

@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
+from support import scaled
+
 ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT = 60
+TIMEOUT = scaled(60)
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from auth_api.main import create_app as create_auth_app
 from container_checks import AUTH, RELAY, ROOMS, ROOT, Service
 from rooms_api.main import create_app as create_rooms_app
 from signaling_shared.settings import AuthSettings, Environment, RoomsSettings
+from support import scaled
 from tools import require
 
 CADDYFILE = ROOT / "services" / "edge" / "Caddyfile"
@@ -189,7 +190,7 @@ def caddy_adapt(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     caddy = require("caddy")
     base = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
     command = [caddy, "adapt", "--config", str(CADDYFILE), "--adapter", "caddyfile"]
-    return subprocess.run(command, env={**base, **env}, capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(command, env={**base, **env}, capture_output=True, text=True, timeout=scaled(60), check=False)
 
 
 @pytest.mark.parametrize(
@@ -265,5 +266,7 @@ def test_caddy_refuses_an_unknown_tls_mode() -> None:
 def test_the_caddyfile_is_formatted_as_caddy_formats_it() -> None:
     """`caddy fmt` changes nothing (Caddy warns at every load otherwise)."""
     caddy = require("caddy")
-    result = subprocess.run([caddy, "fmt", str(CADDYFILE)], capture_output=True, text=True, timeout=60, check=True)
+    result = subprocess.run(
+        [caddy, "fmt", str(CADDYFILE)], capture_output=True, text=True, timeout=scaled(60), check=True
+    )
     assert result.stdout == CADDYFILE.read_text()

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from container_checks import ROOT
 from signaling_shared.metrics import ServiceMetrics
+from support import scaled
 from tools import require
 from ws_relay.metrics import RelayMetrics
 
@@ -35,7 +36,9 @@ def alerts() -> list[dict[str, Any]]:
 def tool(name: str, *args: str) -> subprocess.CompletedProcess[str]:
     """``name`` run in monitoring/; skipped where missing unless this run requires it (CI)."""
     binary = require(name)
-    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=60, check=False, cwd=MONITORING)
+    return subprocess.run(
+        [binary, *args], capture_output=True, text=True, timeout=scaled(60), check=False, cwd=MONITORING
+    )
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
