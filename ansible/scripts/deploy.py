@@ -12,6 +12,12 @@ from its outputs, the playbook, then a smoke test against the endpoint.
     destroy dev    terraform destroy (after a yes, or with --auto-approve)
 
 Each stage is announced; a failure exits non-zero naming its stage.
+
+What a deploy writes (Terraform's data, state and plans) goes to the work directory, .deploy/
+by default, and the inventory to ansible/inventories/<env>/hosts.yml. With --work-dir (or
+DEPLOY_WORK_DIR) both go to that directory instead: <dir>/<env>/ for Terraform, and
+<dir>/<env>/inventory/hosts.yml beside a link to the environment's group_vars (the tests
+deploy into a temporary directory, so nothing is left in the working tree).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE = ROOT / "ansible"
 ENVIRONMENTS = ROOT / "terraform" / "environments"
-WORK = ROOT / ".deploy"
+WORK = ROOT / ".deploy"  # the default work directory
 BIN = Path(sys.executable).parent
 ENVS = ("local", "dev", "prod")
 
@@ -88,11 +94,47 @@ def confirm(question: str, auto_approve: bool) -> None:
         raise StageFailed("not confirmed")
 
 
-class Terraform:
-    """The terraform binary on one environment root. ``local`` keeps its state under
-    .deploy/local and talks to the emulator at ``endpoint``; dev and prod use their S3 backend."""
+@dataclass(frozen=True)
+class Workspace:
+    """Where a deploy of ``environment`` writes: Terraform's files in ``terraform``, the
+    inventory at ``inventory``."""
 
-    def __init__(self, environment: str, endpoint: str | None = None) -> None:
+    environment: str
+    terraform: Path
+    inventory: Path
+
+    @classmethod
+    def of(cls, environment: str, work_dir: Path | None) -> Workspace:
+        """.deploy/<env> and the inventory in ansible/inventories/<env>/; with ``work_dir``,
+        both under <work_dir>/<env>/."""
+        if work_dir is None:
+            return cls(environment, WORK / environment, ANSIBLE / "inventories" / environment / "hosts.yml")
+        base = work_dir.resolve() / environment
+        return cls(environment, base, base / "inventory" / "hosts.yml")
+
+    def prepare_inventory(self) -> None:
+        """An inventory outside ansible/inventories needs the environment's group_vars beside it."""
+        folder = self.inventory.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        group_vars = ANSIBLE / "inventories" / self.environment / "group_vars"
+        link = folder / "group_vars"
+        if link.resolve() != group_vars.resolve():
+            if link.is_symlink():
+                link.unlink()
+            link.symlink_to(group_vars, target_is_directory=True)
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+class Terraform:
+    """The terraform binary on one environment root. ``local`` keeps its state in the work
+    directory (.deploy/local) and talks to the emulator at ``endpoint``; dev and prod use their
+    S3 backend."""
+
+    def __init__(self, environment: str, work: Path, endpoint: str | None = None) -> None:
         binary = shutil.which("terraform")
         if binary is None:
             raise StageFailed("terraform is not on PATH (install Terraform >= 1.9)")
@@ -100,7 +142,7 @@ class Terraform:
         self.environment = environment
         self.root = ENVIRONMENTS / environment
         self.endpoint = endpoint
-        self.work = WORK / environment
+        self.work = work
         self.work.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "TF_IN_AUTOMATION": "1", "TF_INPUT": "0", "CHECKPOINT_DISABLE": "1"}
         self.env["TF_DATA_DIR"] = str(self.work / ".terraform")
@@ -149,8 +191,9 @@ class Terraform:
         return outputs
 
 
-def write_inventory(environment: str, outputs: dict[str, Any]) -> Path:
-    inventory = ANSIBLE / "inventories" / environment / "hosts.yml"
+def write_inventory(workspace: Workspace, outputs: dict[str, Any]) -> Path:
+    environment, inventory = workspace.environment, workspace.inventory
+    workspace.prepare_inventory()
     with tempfile.NamedTemporaryFile("w", suffix=".json") as handle:
         json.dump(outputs, handle)
         handle.flush()
@@ -159,7 +202,7 @@ def write_inventory(environment: str, outputs: dict[str, Any]) -> Path:
             command.append("--via-ssm")
         text = call(command, capture=True)
     inventory.write_text(text)
-    say(f"    wrote {inventory.relative_to(ROOT)}")
+    say(f"    wrote {shown(inventory)}")
     return inventory
 
 
@@ -207,7 +250,8 @@ def run_smoke(api: str, relay: str) -> None:
         raise StageFailed(f"{type(error).__name__}: {error}") from error
 
 
-def deploy(environment: str, auto_approve: bool) -> int:
+def deploy(environment: str, auto_approve: bool, work_dir: Path | None = None) -> int:
+    workspace = Workspace.of(environment, work_dir)
     pipeline = Pipeline()
     state: dict[str, Any] = {}
     stack: Any = None
@@ -223,7 +267,7 @@ def deploy(environment: str, auto_approve: bool) -> int:
         pipeline.add("local stack: the AWS emulator and the services on free ports", start_stack)
 
     def terraform() -> None:
-        tf = Terraform(environment, endpoint=stack.aws if stack is not None else None)
+        tf = Terraform(environment, workspace.terraform, endpoint=stack.aws if stack is not None else None)
         tf.init()
         plan = tf.plan()
         confirm(f"Apply this plan to {environment}?", auto_approve or environment == "local")
@@ -231,7 +275,7 @@ def deploy(environment: str, auto_approve: bool) -> int:
         state["outputs"] = tf.outputs()
 
     def inventory() -> None:
-        state["inventory"] = write_inventory(environment, state["outputs"])
+        state["inventory"] = write_inventory(workspace, state["outputs"])
 
     def playbook() -> None:
         run_playbook(environment, state["inventory"])
@@ -245,7 +289,7 @@ def deploy(environment: str, auto_approve: bool) -> int:
             run_smoke(f"https://{domain}", f"wss://{domain}")
 
     pipeline.add(f"terraform: init, plan and apply environments/{environment}", terraform)
-    pipeline.add(f"inventory: ansible/inventories/{environment}/hosts.yml from terraform output", inventory)
+    pipeline.add(f"inventory: {shown(workspace.inventory)} from terraform output", inventory)
     mode = "check mode against this machine" if environment == "local" else "against the host"
     pipeline.add(f"playbook: site.yml, {mode}", playbook)
     pipeline.add("smoke test: health, sign-in, room, a message both ways between two peers", smoke)
@@ -261,16 +305,18 @@ def deploy(environment: str, auto_approve: bool) -> int:
     return status
 
 
-def destroy(environment: str, auto_approve: bool) -> int:
+def destroy(environment: str, auto_approve: bool, work_dir: Path | None = None) -> int:
+    workspace = Workspace.of(environment, work_dir)
     if environment == "local":
-        shutil.rmtree(WORK / "local", ignore_errors=True)
-        (ANSIBLE / "inventories" / "local" / "hosts.yml").unlink(missing_ok=True)
-        say("==> destroy local: removed .deploy/local and the local inventory (the emulator kept nothing)")
+        shutil.rmtree(workspace.terraform, ignore_errors=True)  # the inventory too, when it is in there
+        workspace.inventory.unlink(missing_ok=True)
+        where = f"{shown(workspace.terraform)} and {shown(workspace.inventory)}"
+        say(f"==> destroy local: removed {where} (the emulator kept nothing)")
         return 0
     pipeline = Pipeline()
 
     def terraform() -> None:
-        tf = Terraform(environment)
+        tf = Terraform(environment, workspace.terraform)
         tf.init()
         plan = tf.plan(destroy=True)
         confirm(f"Destroy everything in {environment}?", auto_approve)
@@ -285,10 +331,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["deploy", "destroy"])
     parser.add_argument("environment", choices=ENVS)
     parser.add_argument("--auto-approve", action="store_true", help="apply or destroy without asking")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=os.environ.get("DEPLOY_WORK_DIR") or None,
+        help="write Terraform's files and the inventory here (default: .deploy/ and ansible/inventories/)",
+    )
     args = parser.parse_args(argv)
     if args.action == "deploy":
-        return deploy(args.environment, args.auto_approve)
-    return destroy(args.environment, args.auto_approve)
+        return deploy(args.environment, args.auto_approve, args.work_dir)
+    return destroy(args.environment, args.auto_approve, args.work_dir)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """``make deploy ENV=local`` end to end: a dev stack's emulator, terraform apply of
 environments/local, the inventory from its outputs, the playbook in check mode against this
 machine, the smoke test against the stack. And a failing stage is named, with a non-zero
-exit, and nothing left running."""
+exit, and nothing left running. Each deploy writes into a temporary work directory
+(--work-dir): nothing in the working tree, and no state a later run would reuse."""
 
 from __future__ import annotations
 
@@ -24,9 +25,9 @@ TIMEOUT = scaled(900)
 pytestmark = pytest.mark.timeout(TIMEOUT + scaled(60))
 
 
-def deploy(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def deploy(*args: str, work_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(DEPLOY), *args],
+        [sys.executable, str(DEPLOY), *args, "--work-dir", str(work_dir)],
         env=env,
         capture_output=True,
         text=True,
@@ -44,15 +45,18 @@ def stages(output: str) -> list[str]:
     return re.findall(r"^==> \[\d/\d\] (\S+)", output, flags=re.MULTILINE)
 
 
-def test_deploy_local_runs_every_stage_and_says_what_it_would_change() -> None:
+def test_deploy_local_runs_every_stage_and_says_what_it_would_change(tmp_path: Path) -> None:
+    """make deploy ENV=local: every stage runs, the inventory holds Terraform's outputs, the
+    playbook says what it would change, the smoke test passes; destroy removes what it wrote."""
     require_terraform()
-    result = deploy("deploy", "local")
+    result = deploy("deploy", "local", work_dir=tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert stages(output) == ["local", "terraform:", "inventory:", "playbook:", "smoke"], output
     assert "Apply complete!" in output
-    inventory = (ROOT / "ansible" / "inventories" / "local" / "hosts.yml").read_text()
-    assert '"SIGNALING_TABLE_PREFIX": "local-"' in inventory  # Terraform's outputs reached the inventory
+    inventory = tmp_path / "local" / "inventory" / "hosts.yml"
+    assert '"SIGNALING_TABLE_PREFIX": "local-"' in inventory.read_text()  # Terraform's outputs reached it
+    assert (tmp_path / "local" / "terraform.tfstate").is_file()
     assert "--check" in output
     assert "PLAY RECAP" in output
     assert re.search(r"localhost\s+: ok=\d+\s+changed=[1-9]\d*\s+unreachable=0\s+failed=0", output), output
@@ -61,6 +65,9 @@ def test_deploy_local_runs_every_stage_and_says_what_it_would_change() -> None:
         assert f"ok  {step}" in output
     assert "==> deploy local: done (check mode: nothing on this machine changed)" in output
     assert "stopped the local stack" in output
+    destroyed = deploy("destroy", "local", work_dir=tmp_path)
+    assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+    assert not (tmp_path / "local").exists()
 
 
 def test_a_failing_stage_is_named_and_exits_non_zero(tmp_path: Path) -> None:
@@ -69,7 +76,7 @@ def test_a_failing_stage_is_named_and_exits_non_zero(tmp_path: Path) -> None:
     bin_dir.mkdir()
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin"}
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not (Path(p) / "terraform").exists())
-    result = deploy("deploy", "local", env=env)
+    result = deploy("deploy", "local", work_dir=tmp_path / "work", env=env)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert "==> FAILED at stage 'terraform: init, plan and apply environments/local'" in output, output
