@@ -113,6 +113,9 @@ def log(message: str) -> None:
 
 
 def free_port() -> int:
+    """A port free now, for a server that must be told it (PeerJS, the relay process). Not the
+    tests' retry (devstack.ports): a program that takes it first makes that server fail to
+    listen, the run stops with "... did not become ready", and running it again picks another."""
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])

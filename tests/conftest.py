@@ -13,7 +13,7 @@ import io
 import os
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import aioice.ice
@@ -23,8 +23,7 @@ from coturn import coturn_server
 from devstack.stack import StackConfig, StackInfo, StackThread
 from emulators import docker_available, localstack_dynamodb
 from signaling_shared.logging import configure_logging
-from signaling_shared.settings import RelaySettings
-from support import GENEROUS_LIMITS, scaled
+from support import GENEROUS_LIMITS, close_what_the_test_opened, relay_settings, running_relay, scaled
 from tools import MISSING, TOOLS
 from ws_relay.server import RelayServer
 
@@ -94,15 +93,8 @@ RelayFactory = Callable[..., AbstractAsyncContextManager[RelayServer]]
 def relay_with(stack: StackInfo) -> RelayFactory:
     """A relay of its own (port 0, this test's loop) on the shared tables, with overrides."""
 
-    @asynccontextmanager
-    async def start(**overrides: Any) -> AsyncIterator[RelayServer]:
-        settings = RelaySettings(**{**stack.common.model_dump(), **GENEROUS_LIMITS, "port": 0, **overrides})
-        server = RelayServer(settings)
-        await server.start()
-        try:
-            yield server
-        finally:
-            await server.stop()
+    def start(**overrides: Any) -> AbstractAsyncContextManager[RelayServer]:
+        return running_relay(relay_settings(stack, **overrides))
 
     return start
 
@@ -112,6 +104,15 @@ def _collect_garbage() -> Iterator[None]:
     """Collect after each test, so a leaked socket or transport fails the test that leaked it."""
     yield
     gc.collect()
+
+
+@pytest.fixture(autouse=True)
+async def _close_what_the_test_opened(_collect_garbage: None) -> AsyncIterator[None]:
+    """Close the peers, sessions and links the test opened (support.closed_after_test) when it
+    ends, passed or failed, before the garbage is collected: a test that fails with a peer
+    open fails alone, instead of an unrelated later test failing on the transport it leaked."""
+    yield
+    await close_what_the_test_opened()
 
 
 @pytest.fixture

@@ -6,18 +6,21 @@ import asyncio
 import json
 import math
 import os
+import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from devstack.ports import AddressInUse, says_address_in_use
 from devstack.stack import HttpServer, StackInfo
 from signaling_shared.dynamo import PeerRecord, QueuedMessage, Repository, Room
 from signaling_shared.settings import CommonSettings, RelaySettings
@@ -105,8 +108,38 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+class Closable(Protocol):
+    def close(self) -> Awaitable[object]: ...
+
+
+C = TypeVar("C", bound=Closable)
+
+# What each test's loop opened, to close when the test ends (by loop: a harness that runs
+# its peers in a loop of its own, across tests, closes them itself).
+_OPENED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Callable[[], Awaitable[object]]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def closed_after_test(thing: C) -> C:
+    """``thing`` (a Peer, an SDK Session or PeerLink: anything with ``async close()``), closed
+    when the test ends however it ends, by the conftest's ``_close_what_the_test_opened``,
+    unless the test closed it already (closing twice is harmless). A failed assertion then
+    reports itself, and not a transport it leaked as a ResourceWarning in a later test."""
+    _OPENED.setdefault(asyncio.get_running_loop(), []).append(thing.close)
+    return thing
+
+
+async def close_what_the_test_opened() -> None:
+    """Close, last opened first, everything this loop's test passed to ``closed_after_test``."""
+    async with AsyncExitStack() as closing:  # each is closed even if another's close fails
+        for close in _OPENED.pop(asyncio.get_running_loop(), []):
+            closing.push_async_callback(close)
+
+
 class Peer:
-    """A signaling client over a real WebSocket."""
+    """A signaling client over a real WebSocket, closed when the test ends if the test does
+    not close it first (``closed_after_test``)."""
 
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
@@ -117,7 +150,7 @@ class Peer:
     @classmethod
     async def connect(cls, url: str, **options: Any) -> Peer:
         """A client socket; ``options`` go to websockets' ``connect`` (e.g. ``ping_interval``)."""
-        return cls(await connect(url, open_timeout=TIMEOUT, max_size=None, **options))
+        return closed_after_test(cls(await connect(url, open_timeout=TIMEOUT, max_size=None, **options)))
 
     async def send(self, message: dict[str, Any]) -> None:
         await self.ws.send(json.dumps(message))
@@ -273,6 +306,26 @@ async def store_room(stack: StackInfo, owner: str, *, expires_in: int) -> RoomGr
     return RoomGrant(room.room_id, token, room.expires_at)
 
 
+def relay_settings(stack: StackInfo, **overrides: Any) -> RelaySettings:
+    """A test relay's settings: the stack's tables, generous limits, port 0, ``overrides``."""
+    return RelaySettings(**{**stack.common.model_dump(), **GENEROUS_LIMITS, "port": 0, **overrides})
+
+
+@asynccontextmanager
+async def running_relay(
+    settings: RelaySettings, *, repository: Repository | None = None, sock: socket.socket | None = None
+) -> AsyncIterator[RelayServer]:
+    """A relay in this test's loop, on ``sock`` when given (a socket already listening, e.g.
+    from ``devstack.ports.listening_socket``, when its port must be known before it starts);
+    stopped however the block ends."""
+    server = RelayServer(settings, repository=repository)
+    await server.start(sock)
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
 class GatedRepository(Repository):
     """The real repository; once armed, the next call of ``held`` waits at the gate (and
     then raises ``fail_with`` instead of running, when set).
@@ -343,29 +396,29 @@ async def gated_relay(
     stack: StackInfo, held: str, **overrides: Any
 ) -> AsyncIterator[tuple[RelayServer, GatedRepository]]:
     """A relay on the real tables whose repository is gated (see GatedRepository)."""
-    settings = RelaySettings(**{**stack.common.model_dump(), **GENEROUS_LIMITS, "port": 0, **overrides})
+    settings = relay_settings(stack, **overrides)
     gated = GatedRepository.from_settings(settings)
     assert isinstance(gated, GatedRepository)
     gated.held = held
-    server = RelayServer(settings, repository=gated)
-    await server.start()
-    try:
+    async with AsyncExitStack() as running:
+        server = await running.enter_async_context(running_relay(settings, repository=gated))
+        running.callback(gated.gate.set)  # first: a held call must end for the relay to stop
         yield server, gated
-    finally:
-        gated.gate.set()
-        await server.stop()
 
 
 class ServiceProcess:
     """A service (``python -m <module>``) in its own process on port 0, on the stack's tables:
     for tests that kill it (SIGKILL) or stop it (SIGTERM) as an operator or a crash would,
-    and for the stack run as deployed (one process per service)."""
+    and for the stack run as deployed (one process per service). One told a port that another
+    program took meanwhile fails with AddressInUse (see devstack.ports)."""
 
     def __init__(self, process: asyncio.subprocess.Process, listening: str, scheme: str) -> None:
         self.process = process
         self.scheme = scheme
         self.port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.events: list[dict[str, Any]] = []
+        self.output: list[str] = []  # every line it wrote to stdout, JSON or not
+        self.errors: list[str] = []  # and to stderr (passed on to this process's stderr too)
         self._listening = listening
         self._logged = asyncio.Condition()  # notified at every log line read
         self._reader = asyncio.create_task(self._read())
@@ -379,8 +432,22 @@ class ServiceProcess:
         return f"{self.scheme}://{self.address}"
 
     async def _read(self) -> None:
+        await asyncio.gather(self._read_output(), self._read_errors())
+        if not self.port.done():
+            errors = "".join(self.errors)
+            failure = AddressInUse if says_address_in_use(errors) else RuntimeError
+            self.port.set_exception(failure(f"service exited before listening ({self.process.returncode}): {errors}"))
+
+    async def _read_errors(self) -> None:
+        assert self.process.stderr is not None
+        async for line in self.process.stderr:
+            self.errors.append(line.decode(errors="replace"))
+            sys.stderr.write(self.errors[-1])
+
+    async def _read_output(self) -> None:
         assert self.process.stdout is not None
         async for line in self.process.stdout:
+            self.output.append(line.decode(errors="replace"))
             try:
                 event = json.loads(line)
             except ValueError:
@@ -390,8 +457,6 @@ class ServiceProcess:
                 self._logged.notify_all()
             if event.get("event") == self._listening and not self.port.done():
                 self.port.set_result(int(event["port"]))
-        if not self.port.done():
-            self.port.set_exception(RuntimeError(f"service exited before listening ({self.process.returncode})"))
 
     async def logged(self, event: str) -> dict[str, Any]:
         """The first log line of ``event``, once the relay has written it."""
@@ -448,6 +513,7 @@ async def service_process(stack: StackInfo, service: str, **overrides: Any) -> A
         module,
         env=process_env(stack.common, **{"port": 0, **overrides}),
         stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     running = ServiceProcess(process, listening, scheme)
     try:

@@ -16,7 +16,7 @@ from cli_checks import cli_transfer
 from conftest import RelayFactory
 from signaling_sdk import Room, ServiceClient, Session, cli
 from signaling_sdk.webrtc import ChannelClosed, connect
-from support import TIMEOUT
+from support import TIMEOUT, closed_after_test
 
 pytestmark = pytest.mark.e2e
 
@@ -63,14 +63,14 @@ async def test_a_worker_refuses_bad_transfers_and_serves_the_next_client(
         try:
             async with asyncio.timeout(8 * TIMEOUT), await Session.open(relay, room, identity, "bad") as bad:
                 for messages in refused:
-                    link = await connect(bad, "W", ice_servers=[])
+                    link = closed_after_test(await connect(bad, "W", ice_servers=[]))
                     for message in messages:
                         link.channel.send(message)
                     with pytest.raises(ChannelClosed):  # the worker refused it and closed the channel
                         await link.recv()
                     await link.close()
 
-                link = await connect(bad, "W", ice_servers=[])
+                link = closed_after_test(await connect(bad, "W", ice_servers=[]))
                 link.channel.send(json.dumps({"name": "cut.bin", "size": 10}))
                 link.channel.send(b"12345")
                 await link.close()  # gone with half the file sent

@@ -6,13 +6,14 @@ one entry URL: it reaches the room's node through that node's own URL, /nodes/re
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import ssl
 import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import pytest
 import yaml
 
 from container_checks import ROOT
-from devstack.coturn import free_port
+from devstack.ports import entered_retrying_on_conflict, free_port
 from devstack.stack import StackInfo
 from edge import Edge, caddy_edge
 from signaling_sdk import Identity, Room, Session
@@ -82,11 +83,23 @@ class Host:
 
 @pytest.fixture
 async def host(stack: StackInfo, tmp_path: Path) -> AsyncIterator[Host]:
-    """The rendered override's three relays and the edge in front of them (the APIs are the stack's)."""
+    """The rendered override's three relays and the edge in front of them (the APIs are the
+    stack's), on free ports: on other ones if a port was taken before its program listened."""
     require("caddy")  # before any node starts: a skipped test leaves no node behind
+    attempts = itertools.count(1)
+
+    def on_free_ports() -> AbstractAsyncContextManager[Host]:
+        return running_host(stack, tmp_path / f"attempt-{next(attempts)}")
+
+    async with entered_retrying_on_conflict(on_free_ports) as running:
+        yield running
+
+
+@asynccontextmanager
+async def running_host(stack: StackInfo, directory: Path) -> AsyncIterator[Host]:
     https_port = free_port()
     ports = {node: free_port() for node in NODES}  # the public URLs must be known before anything listens
-    rendered = tmp_path / "rendered"
+    rendered = directory / "rendered"
     (rendered / "relay-nodes").mkdir(parents=True)
     variables = {
         "signaling_relay_nodes": len(NODES),
@@ -127,12 +140,13 @@ async def host(stack: StackInfo, tmp_path: Path) -> AsyncIterator[Host]:
         running.push_async_callback(leave_no_placeable_node, stack, nodes, urls)
         edge = await running.enter_async_context(
             caddy_edge(
-                tmp_path / "caddy",
+                directory / "caddy",
                 auth_api="127.0.0.1:9",  # not used: the stack's APIs are reached directly
                 rooms_api="127.0.0.1:9",
                 ws_relay=services["edge"]["environment"]["EDGE_WS_RELAY"],
                 https_port=https_port,
                 relay_nodes_dir=rendered / "relay-nodes",
+                log_level="DEBUG",  # each dial of a relay node logged: test_the_entry_skips_a_dead_node reads them
             )
         )
         yield Host(edge, nodes, urls)
@@ -197,14 +211,40 @@ async def test_each_node_s_own_url_reaches_that_node_and_the_entry_leads_there(h
         await direct.close()
 
 
+async def upstream_dials(edge: Edge, peer: Peer) -> list[dict[str, Any]]:
+    """The upstreams the edge dialled for ``peer``'s WebSocket, in order, up to the one that
+    answered (Caddy logs each round trip at DEBUG, with the client's address)."""
+    port = str(peer.ws.local_address[1])
+
+    def of_peer(entry: dict[str, Any]) -> bool:
+        return entry.get("msg") == "upstream roundtrip" and str(entry["request"]["remote_port"]) == port
+
+    await edge.logged(lambda entry: of_peer(entry) and "error" not in entry)  # the dial that answered
+    return [entry for entry in edge.log if of_peer(entry)]
+
+
 async def test_the_entry_skips_a_dead_node(host: Host) -> None:
-    """relay-2 killed: every WebSocket dialled at the entry URL still opens, on a live node
-    (the edge dials again elsewhere instead of answering 502)."""
-    host.nodes["relay-2"].process.kill()
-    await host.nodes["relay-2"].wait()
+    """relay-1 and relay-2 killed: every WebSocket dialled at the entry URL still opens, on
+    relay-3, and Caddy's log shows why: a dial the edge sent to a dead node was refused and
+    it dialled again (without the retry, it would answer 502 to that peer)."""
+    dead, (alive,) = ("relay-1", "relay-2"), set(NODES) - {"relay-1", "relay-2"}
+    for node in dead:
+        host.nodes[node].process.kill()
+        await host.nodes[node].wait()
     tls = trusting(host.edge)
-    for _ in range(12):  # the entry picks at random: without the retry, a third of these fail
+    retried = 0
+    for dials in itertools.count(1):
         peer = await Peer.connect(host.edge.ws_url, ssl=tls)
         await peer.send({"type": "ping"})
         await peer.expect("pong")
+        *refused, answered = await upstream_dials(host.edge, peer)
         await peer.close()
+        assert (answered["upstream"], answered["status"]) == (host.nodes[alive].address, 101)
+        assert {entry["upstream"] for entry in refused} <= {host.nodes[node].address for node in dead}
+        assert all("connection refused" in entry["error"] for entry in refused)
+        retried += bool(refused)
+        # The entry picks at random: each dial goes to a dead node first with odds 2/3, so
+        # 5 dials see a retry unless 1 in 3**5 = 243; the last of 50 dials, 1 in 3**50.
+        if (retried and dials >= 5) or dials == 50:
+            break
+    assert retried > 0

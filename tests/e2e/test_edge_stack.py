@@ -15,11 +15,12 @@ import httpx
 import pytest
 
 from cli_checks import cli_transfer
+from devstack.ports import entered_retrying_on_conflict
 from devstack.stack import StackInfo
 from edge import Edge, caddy_edge
 from signaling_sdk import ServiceClient, Session
 from signaling_sdk.errors import SignalingError
-from support import TIMEOUT, ServiceProcess, service_process
+from support import TIMEOUT, ServiceProcess, closed_after_test, service_process
 from tools import require
 
 pytestmark = pytest.mark.e2e
@@ -40,11 +41,13 @@ async def deployed(stack: StackInfo, tmp_path: Path) -> AsyncIterator[tuple[Edge
             for name, options in overrides.items()
         }
         edge = await running.enter_async_context(
-            caddy_edge(
-                tmp_path / "caddy",
-                auth_api=services["auth-api"].address,
-                rooms_api=services["rooms-api"].address,
-                ws_relay=services["ws-relay"].address,
+            entered_retrying_on_conflict(  # on other free ports if one was taken before Caddy listened
+                lambda: caddy_edge(
+                    tmp_path / "caddy",
+                    auth_api=services["auth-api"].address,
+                    rooms_api=services["rooms-api"].address,
+                    ws_relay=services["ws-relay"].address,
+                )
             )
         )
         yield edge, services
@@ -83,8 +86,8 @@ async def test_sdk_peers_meet_through_the_edge_over_https_and_wss(
         room = await api.create_room(client_id)
         assert (await api.room(client_id, room.room_id))["room_id"] == room.room_id
         assert "ice_servers" in await api.ice_servers(client_id)
-        worker = await Session.open(edge.ws_url, room, worker_id, "Worker", role="worker", ssl=tls)
-        client = await Session.open(edge.ws_url, room, client_id, "Client", role="client", ssl=tls)
+        worker = closed_after_test(await Session.open(edge.ws_url, room, worker_id, "Worker", role="worker", ssl=tls))
+        client = closed_after_test(await Session.open(edge.ws_url, room, client_id, "Client", role="client", ssl=tls))
         try:
             assert [p["peer_id"] for p in await client.discover({"role": "worker"})] == ["Worker"]
             ack = await client.send_to("Worker", {"job": 1})

@@ -16,7 +16,7 @@ import pytest
 from conftest import RelayFactory
 from signaling_sdk import Ack, Backoff, ServiceClient, Session
 from signaling_sdk.webrtc import accept, connect
-from support import TIMEOUT, scaled_whole
+from support import TIMEOUT, closed_after_test, scaled_whole
 
 pytestmark = pytest.mark.e2e
 
@@ -61,8 +61,8 @@ async def test_two_sdk_peers_move_a_file_over_a_data_channel(api: str, relay: st
         async with asyncio.timeout(6 * TIMEOUT):
             # No STUN/TURN here: host candidates on loopback (the TURN path has its own test).
             accepted = asyncio.create_task(accept(worker, ice_servers=[]))
-            client_link = await connect(client, "Worker", label="files", ice_servers=[])
-            worker_link = await accepted
+            client_link = closed_after_test(await connect(client, "Worker", label="files", ice_servers=[]))
+            worker_link = closed_after_test(await accepted)
             assert (worker_link.peer_id, client_link.peer_id) == ("Client", "Worker")
             assert worker_link.channel.label == "files"
 
@@ -106,8 +106,8 @@ async def test_a_signaling_socket_cut_mid_negotiation_resumes_and_completes(
         monkeypatch.setattr(client, "signal", cut_before_the_first_candidate)
         async with asyncio.timeout(6 * TIMEOUT):
             accepted = asyncio.create_task(accept(worker, ice_servers=[]))
-            client_link = await connect(client, "Worker", ice_servers=[])
-            worker_link = await accepted
+            client_link = closed_after_test(await connect(client, "Worker", ice_servers=[]))
+            worker_link = closed_after_test(await accepted)
             assert client.state.resumes == 1
             pong: asyncio.Queue[bytes | str] = asyncio.Queue()
             client_link.channel.on("message", pong.put_nowait)
@@ -128,8 +128,8 @@ async def test_relay_only_ice_goes_through_turn_with_the_services_credentials(
         assert [entry["urls"] for entry in client.state.ice_servers] == [[turn_server]]
         async with asyncio.timeout(8 * TIMEOUT):
             accepted = asyncio.create_task(accept(worker, relay_only=True))
-            client_link = await connect(client, "Worker", relay_only=True)
-            worker_link = await accepted
+            client_link = closed_after_test(await connect(client, "Worker", relay_only=True))
+            worker_link = closed_after_test(await accepted)
             for link in (client_link, worker_link):
                 assert link.pc.sctp is not None
                 ice = link.pc.sctp.transport.transport
@@ -171,8 +171,8 @@ async def test_sessions_take_refreshed_turn_credentials_and_connect_with_them(
             assert max(first) < time.time()  # the credentials the sessions started with have expired
             assert (worker.state.ice_servers, client.state.ice_servers) == tuple(refreshed)
             accepted = asyncio.create_task(accept(worker, relay_only=True))
-            client_link = await connect(client, "Worker", relay_only=True)
-            worker_link = await accepted
+            client_link = closed_after_test(await connect(client, "Worker", relay_only=True))
+            worker_link = closed_after_test(await accepted)
             client_link.channel.send("with refreshed credentials")
             assert await worker_link.recv() == "with refreshed credentials"
         await client_link.close()

@@ -192,7 +192,18 @@ def check_unit(path: Path) -> None:
 def check_turnserver(path: Path) -> None:
     """Debian's coturn starts with the file (on a free port) and rejects no line of it, but the
     exporter's, which its build lacks (the role runs the official image, which has it)."""
-    from devstack.coturn import READY_LINE, free_port
+    from devstack.ports import retrying_on_conflict
+
+    lines = retrying_on_conflict(lambda: turnserver_start_up(path))
+    rejected = [line for line in lines if "Bad configuration" in line and "prometheus" not in line]
+    assert rejected == [], rejected
+
+
+def turnserver_start_up(path: Path) -> list[str]:
+    """coturn's start-up lines with the file on a free port, up to the one saying it is ready;
+    AddressInUse if another program took the port first (coturn would keep trying it)."""
+    from devstack.coturn import READY_LINE
+    from devstack.ports import AddressInUse, free_port, says_address_in_use
 
     config = path.read_text().replace("listening-port=3478", f"listening-port={free_port()}")
     config += f"\nlistening-ip=127.0.0.1\npidfile={path.parent}/turnserver.pid\nuserdb={path.parent}/turndb\n"
@@ -208,14 +219,15 @@ def check_turnserver(path: Path) -> None:
         assert process.stdout is not None
         for line in process.stdout:
             lines.append(line)
+            if says_address_in_use(line):
+                raise AddressInUse(line)
             if READY_LINE in line:
                 break
     finally:
         process.terminate()
         process.communicate(timeout=scaled(30))
     assert any(READY_LINE in line for line in lines), "".join(lines)
-    rejected = [line for line in lines if "Bad configuration" in line and "prometheus" not in line]
-    assert rejected == [], rejected
+    return lines
 
 
 def check_alertmanager(path: Path) -> None:

@@ -22,7 +22,7 @@ import pytest
 
 from conftest import RelayFactory
 from container_checks import ROOT
-from devstack.coturn import free_port
+from devstack.ports import AddressInUse, entered_retrying_on_conflict, free_port, says_address_in_use
 from devstack.stack import StackInfo
 from signaling_sdk import ServiceClient, Session
 from support import TIMEOUT, terminate
@@ -50,14 +50,24 @@ class Programs:
         self.exits: dict[asyncio.Task[int], Path] = {}
 
     @asynccontextmanager
-    async def run(self, directory: Path, name: str, *args: str) -> AsyncIterator[None]:
-        """``name`` running with its output in ``directory/<name>.log``."""
+    async def run(
+        self, directory: Path, name: str, *args: str, ready: Callable[[], Awaitable[bool]]
+    ) -> AsyncIterator[None]:
+        """``name`` running with its output in ``directory/<name>.log``, once ``ready()``;
+        AddressInUse if it exits first because another program has its address."""
         log_path = directory / f"{name}.log"
         with log_path.open("wb") as log:
             running = await asyncio.create_subprocess_exec(binary(name), *args, stdout=log, stderr=log)
         exited = asyncio.create_task(running.wait())
         self.exits[exited] = log_path
         try:
+            async with asyncio.timeout(POLL_TIMEOUT):
+                while not await ready():
+                    if (await asyncio.wait({exited}, timeout=POLL_INTERVAL))[0]:
+                        output = log_path.read_text()
+                        if says_address_in_use(output):
+                            raise AddressInUse(f"{name}: {output[-500:]}")
+                        pytest.fail(f"{name} exited ({exited.result()}): {output[-2000:]}")
             yield
         finally:
             del self.exits[exited]
@@ -99,12 +109,47 @@ def monitoring_dir(tmp_path: Path) -> Path:
     return directory
 
 
+def answers(url: str, text: str) -> Callable[[], Awaitable[bool]]:
+    """Whether ``url`` answers 200 with ``text`` in the body (ours, not another program's)."""
+
+    async def check() -> bool:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            try:
+                response = await client.get(url)
+            except httpx.TransportError:
+                return False  # not listening yet
+        return response.status_code == 200 and text in response.text
+
+    return check
+
+
+@asynccontextmanager
+async def watching(programs: Programs, monitoring_dir: Path) -> AsyncIterator[str]:
+    """node_exporter (the node job's target) and Prometheus, each on a free port, running;
+    Prometheus's address. (Prometheus and node_exporter listen themselves: the caller starts
+    them again on other ports if one was taken meanwhile.)"""
+    node, web = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    targets_file(monitoring_dir, "node", node)
+    async with AsyncExitStack() as running:
+        listen = f"--web.listen-address={node}"
+        exporter_ready = answers(f"http://{node}/metrics", "node_exporter_build_info")
+        await running.enter_async_context(
+            programs.run(monitoring_dir, "prometheus-node-exporter", listen, ready=exporter_ready)
+        )
+        config = ["--config.file", str(monitoring_dir / "prometheus.yml"), f"--web.listen-address={web}"]
+        storage = ["--storage.tsdb.path", str(monitoring_dir / f"data-{web.rsplit(':', 1)[1]}")]
+        prometheus_ready = answers(f"http://{web}/-/ready", "Ready")
+        await running.enter_async_context(
+            programs.run(monitoring_dir, "prometheus", *config, *storage, ready=prometheus_ready)
+        )
+        yield web
+
+
 @pytest.mark.timeout(6 * POLL_TIMEOUT)  # a few polls, each bounded by POLL_TIMEOUT
 async def test_prometheus_sees_the_stack_moving_and_a_stopped_relay_alerting(
     stack: StackInfo, relay_with: RelayFactory, monitoring_dir: Path
 ) -> None:
     api = urlsplit(stack.api_url).netloc
-    node, web = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     programs = Programs()
     async with AsyncExitStack() as running:
         relay_scope = await running.enter_async_context(AsyncExitStack())  # closed early, below
@@ -113,13 +158,9 @@ async def test_prometheus_sees_the_stack_moving_and_a_stopped_relay_alerting(
         targets_file(monitoring_dir, "auth-api", api, "/auth-api/metrics")  # make dev hosts both APIs
         targets_file(monitoring_dir, "rooms-api", api)
         targets_file(monitoring_dir, "ws-relay", relay_address)
-        targets_file(monitoring_dir, "node", node)
-        await running.enter_async_context(
-            programs.run(monitoring_dir, "prometheus-node-exporter", f"--web.listen-address={node}")
+        web = await running.enter_async_context(
+            entered_retrying_on_conflict(lambda: watching(programs, monitoring_dir))
         )
-        config = ["--config.file", str(monitoring_dir / "prometheus.yml"), f"--web.listen-address={web}"]
-        storage = ["--storage.tsdb.path", str(monitoring_dir / "data")]
-        await running.enter_async_context(programs.run(monitoring_dir, "prometheus", *config, *storage))
         http = await running.enter_async_context(httpx.AsyncClient(base_url=f"http://{web}", timeout=TIMEOUT))
 
         async def get(path: str, **params: str) -> Any:

@@ -18,11 +18,13 @@ from support import (
     create_room,
     joined_pair,
     peer_ids_in_table,
+    relay_process,
     repository,
     scaled,
     scaled_whole,
     sign_in,
     store_room,
+    unique,
 )
 from ws_relay.server import RelayServer
 
@@ -217,3 +219,27 @@ async def test_no_secret_reaches_the_logs(api: str, relay: str, captured_logs: i
         "SECRET-CANDIDATE-MARKER",
     ):
         assert secret not in logs
+
+
+async def test_frames_stay_out_of_the_logs_even_at_debug(api: str, stack: StackInfo) -> None:
+    """At log level DEBUG websockets would log each frame's contents: the relay keeps its logger
+    at INFO, so a secret sent in frames both ways reaches its peer but no line of the log."""
+    a_user, b_user = await sign_in(api), await sign_in(api)
+    room = await create_room(api, a_user)
+    secret = unique("FRAME-SECRET")  # short: websockets would log a long frame's ends only
+    async with relay_process(stack, log_level="DEBUG") as relay:
+        a, b = await Peer.connect(relay.url), await Peer.connect(relay.url)
+        await a.register("A", room, a_user)
+        await b.register("B", room, b_user)
+        await a.expect("peer_joined")
+        await a.send({"type": "peer_message", "to_peer_id": "B", "payload": secret})  # in, and out to B
+        assert (await b.expect("peer_message"))["payload"] == secret
+        await a.send_raw(secret)  # a frame of nothing else
+        await a.expect_error("INVALID_JSON")
+        await a.close()
+        await b.close()
+    log = "".join(relay.output + relay.errors)
+    assert any(event["level"] == "debug" for event in relay.events)  # DEBUG was on ...
+    assert any(event["logger"].startswith("websockets") for event in relay.events)  # ... websockets logs here
+    assert secret not in log
+    assert room.token not in log

@@ -14,7 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from conftest import RelayFactory
-from support import TIMEOUT, Peer, create_room, scaled, sign_in
+from support import TIMEOUT, Peer, closed_after_test, create_room, scaled, sign_in
 from ws_relay.server import RelayServer
 
 pytestmark = pytest.mark.integration
@@ -173,7 +173,7 @@ async def test_a_reader_that_stops_reading_is_cut_off_and_senders_are_told(api: 
         room = await create_room(api, users[0])
         sender, other = await Peer.connect(url(server)), await Peer.connect(url(server))
         # The stalled reader: a raw client that stops reading once registered.
-        stalled = await connect(url(server), max_queue=1, open_timeout=TIMEOUT, max_size=None)
+        stalled = closed_after_test(await connect(url(server), max_queue=1, open_timeout=TIMEOUT, max_size=None))
         register = {
             "type": "register",
             "peer_id": "Stalled",

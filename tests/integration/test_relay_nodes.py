@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import RelayFactory
-from devstack.coturn import free_port
+from devstack.ports import entered_retrying_on_conflict, free_port, listening_socket
 from devstack.stack import StackInfo
 from signaling_sdk import Identity, Room, Session
 from signaling_sdk.session import Backoff
@@ -30,8 +29,11 @@ from support import (
     Peer,
     RoomGrant,
     ServiceProcess,
+    closed_after_test,
     create_room_body,
     relay_process,
+    relay_settings,
+    running_relay,
     scaled,
     scaled_whole,
     sign_in,
@@ -45,18 +47,19 @@ NODES = ("node-a", "node-b", "node-c")
 
 @asynccontextmanager
 async def nodes(
-    relay_with: RelayFactory, names: tuple[str, ...] = NODES, **overrides: Any
+    stack: StackInfo, names: tuple[str, ...] = NODES, **overrides: Any
 ) -> AsyncIterator[dict[str, RelayServer]]:
-    """Relay nodes on fixed free ports (their public URL must be known before they listen),
-    by default heartbeating rarely so the test alone moves the placement counters."""
-    async with AsyncExitStack() as stack:
+    """Relay nodes, each handed a socket bound before it starts (its public URL names the
+    port), by default heartbeating rarely so the test alone moves the placement counters."""
+    async with AsyncExitStack() as running:
         servers: dict[str, RelayServer] = {}
         for name in names:
-            port = free_port()
-            settings = {"node_heartbeat_seconds": scaled(300), "node_ttl_seconds": scaled_whole(600), **overrides}
-            servers[name] = await stack.enter_async_context(
-                relay_with(node_id=name, port=port, public_ws_url=f"ws://127.0.0.1:{port}", **settings)
-            )
+            sock = listening_socket()
+            running.callback(sock.close)  # the relay closes it when it stops; this, if it never starts
+            url = f"ws://127.0.0.1:{sock.getsockname()[1]}"
+            rarely = {"node_heartbeat_seconds": scaled(300), "node_ttl_seconds": scaled_whole(600)}
+            settings = relay_settings(stack, node_id=name, public_ws_url=url, **{**rarely, **overrides})
+            servers[name] = await running.enter_async_context(running_relay(settings, sock=sock))
         yield servers
 
 
@@ -64,8 +67,8 @@ def url_of(server: RelayServer) -> str:
     return f"ws://127.0.0.1:{server.port}"
 
 
-async def test_rooms_spread_over_the_live_nodes(api: str, relay_with: RelayFactory) -> None:
-    async with nodes(relay_with) as servers:
+async def test_rooms_spread_over_the_live_nodes(api: str, stack: StackInfo) -> None:
+    async with nodes(stack) as servers:
         user = await sign_in(api)
         placed = Counter([(await create_room_body(api, user))["ws_url"] for _ in range(30)])
         assert placed == {url_of(server): 10 for server in servers.values()}  # least loaded first, in turn
@@ -73,10 +76,8 @@ async def test_rooms_spread_over_the_live_nodes(api: str, relay_with: RelayFacto
     assert after.get("ws_url") is None  # stopping nodes (draining) get no new rooms at once
 
 
-async def test_a_peer_that_dials_another_node_is_redirected_and_the_sdk_follows(
-    api: str, relay_with: RelayFactory
-) -> None:
-    async with nodes(relay_with) as servers:
+async def test_a_peer_that_dials_another_node_is_redirected_and_the_sdk_follows(api: str, stack: StackInfo) -> None:
+    async with nodes(stack) as servers:
         user = await sign_in(api)
         body = await create_room_body(api, user)
         home = next(name for name, server in servers.items() if url_of(server) == body["ws_url"])
@@ -111,15 +112,15 @@ async def lapse(stack: StackInfo, name: str, url: str) -> None:
 
 
 async def test_a_stopping_node_keeps_its_rooms_until_its_entry_lapses_then_they_move(
-    api: str, relay_with: RelayFactory, stack: StackInfo
+    api: str, stack: StackInfo
 ) -> None:
     user = await sign_in(api)
-    async with nodes(relay_with, ("node-a",)) as first:
+    async with nodes(stack, ("node-a",)) as first:
         body = await create_room_body(api, user)
         gone_url = url_of(first["node-a"])
         assert body["ws_url"] == gone_url
         grant = RoomGrant(body["room_id"], body["token"], 0)
-    async with nodes(relay_with, ("node-b",)) as second:  # node-a stopped: draining, not lapsed
+    async with nodes(stack, ("node-b",)) as second:  # node-a stopped: draining, not lapsed
         peer = await Peer.connect(url_of(second["node-b"]))
         await peer.send(
             {
@@ -138,8 +139,8 @@ async def test_a_stopping_node_keeps_its_rooms_until_its_entry_lapses_then_they_
         await peer.close()
 
 
-async def test_a_resume_on_another_node_is_redirected_to_the_room_s_node(api: str, relay_with: RelayFactory) -> None:
-    async with nodes(relay_with, ("node-a", "node-b")) as servers:
+async def test_a_resume_on_another_node_is_redirected_to_the_room_s_node(api: str, stack: StackInfo) -> None:
+    async with nodes(stack, ("node-a", "node-b")) as servers:
         user = await sign_in(api)
         body = await create_room_body(api, user)
         home = next(server for server in servers.values() if url_of(server) == body["ws_url"])
@@ -167,19 +168,19 @@ async def test_a_resume_on_another_node_is_redirected_to_the_room_s_node(api: st
             await each.close()
 
 
-async def test_entries_silent_for_ten_ttls_are_pruned(relay_with: RelayFactory, stack: StackInfo) -> None:
+async def test_entries_silent_for_ten_ttls_are_pruned(stack: StackInfo) -> None:
     repository = Repository.from_settings(stack.common)
     await repository.heartbeat_node(RelayNode("node-crashed", "ws://gone", 0, 1, expires_at=int(time.time()) - 100_000))
-    async with nodes(relay_with, ("node-a",)):
+    async with nodes(stack, ("node-a",)):
         names = [node.node_id for node in await repository.relay_nodes()]
     assert "node-crashed" not in names
     assert "node-a" in names
 
 
-async def test_two_nodes_never_both_take_a_room(api: str, relay_with: RelayFactory, stack: StackInfo) -> None:
+async def test_two_nodes_never_both_take_a_room(api: str, stack: StackInfo) -> None:
     """move_room is conditional on the previous owner: of two takeovers, the second fails."""
     user = await sign_in(api)
-    async with nodes(relay_with, ("node-a",)):
+    async with nodes(stack, ("node-a",)):
         body = await create_room_body(api, user)
     repository = Repository.from_settings(stack.common)
     await repository.move_room(body["room_id"], from_node="node-a", to_node="node-x")
@@ -188,9 +189,9 @@ async def test_two_nodes_never_both_take_a_room(api: str, relay_with: RelayFacto
     assert (await repository.get_room(body["room_id"])).node_id == "node-x"
 
 
-async def test_a_wrong_token_on_another_node_gets_the_error_not_the_node(api: str, relay_with: RelayFactory) -> None:
+async def test_a_wrong_token_on_another_node_gets_the_error_not_the_node(api: str, stack: StackInfo) -> None:
     """The room token is checked before a redirect: without it nobody learns where a room lives."""
-    async with nodes(relay_with, ("node-a", "node-b")) as servers:
+    async with nodes(stack, ("node-a", "node-b")) as servers:
         user = await sign_in(api)
         body = await create_room_body(api, user)
         other = next(server for server in servers.values() if url_of(server) != body["ws_url"])
@@ -201,14 +202,12 @@ async def test_a_wrong_token_on_another_node_gets_the_error_not_the_node(api: st
         await peer.close()
 
 
-async def test_a_room_of_no_node_is_taken_by_the_first_node_a_peer_dials(
-    api: str, relay_with: RelayFactory, stack: StackInfo
-) -> None:
+async def test_a_room_of_no_node_is_taken_by_the_first_node_a_peer_dials(api: str, stack: StackInfo) -> None:
     """Rooms created before any node registered (ws_url absent) get a home all the same."""
     user = await sign_in(api)
     body = await create_room_body(api, user)
     assert "ws_url" not in body
-    async with nodes(relay_with, ("node-a", "node-b")) as servers:
+    async with nodes(stack, ("node-a", "node-b")) as servers:
         first = await Peer.connect(url_of(servers["node-b"]))
         await first.register("P", RoomGrant(body["room_id"], body["token"], 0), user)
         assert (await Repository.from_settings(stack.common).get_room(body["room_id"])).node_id == "node-b"
@@ -239,8 +238,12 @@ PATIENT = Backoff(initial=0.05, maximum=0.5, attempts=round(200 * FACTOR))
 
 
 class Cluster:
-    """Relay processes on fixed free ports (a node's public URL is known before it listens),
-    each of which can be killed, stopped and started again as the same node."""
+    """Relay processes on ports chosen before they start (a node's public URL names its port
+    before it listens), each of which can be killed, stopped and started again as the same
+    node, on the same port. A process cannot be handed a socket: a port taken before its
+    first start makes ``cluster`` start all three again on others (AddressInUse); one taken
+    while its node is down, before the restart, fails that test with AddressInUse (the node
+    must come back at its own URL, as a restarted node does)."""
 
     def __init__(self, stack: StackInfo, names: tuple[str, ...], **overrides: Any) -> None:
         self.stack = stack
@@ -286,9 +289,15 @@ class Cluster:
 
 @asynccontextmanager
 async def cluster(stack: StackInfo, **overrides: Any) -> AsyncIterator[Cluster]:
-    nodes = Cluster(stack, NODES, **overrides)
+    """The three nodes running; started again on other ports if one was taken meanwhile."""
+    async with entered_retrying_on_conflict(lambda: started(Cluster(stack, NODES, **overrides))) as nodes:
+        yield nodes
+
+
+@asynccontextmanager
+async def started(nodes: Cluster) -> AsyncIterator[Cluster]:
     try:
-        for name in NODES:
+        for name in nodes.ports:
             await nodes.start(name)
         yield nodes
     finally:
@@ -316,7 +325,7 @@ async def open_pairs(entry: str, bodies: list[dict[str, Any]], identity: Identit
     async def session(body: dict[str, Any], peer_id: str) -> Session:
         async with gate:
             room = Room(body["room_id"], body["token"])
-            return await Session.open(entry, room, identity, peer_id, backoff=PATIENT)
+            return closed_after_test(await Session.open(entry, room, identity, peer_id, backoff=PATIENT))
 
     async def pair(body: dict[str, Any]) -> Pair:
         return Pair(body, await session(body, "Worker"), await session(body, "Client"))
@@ -454,21 +463,21 @@ async def test_a_rolling_restart_of_every_node_under_load_loses_no_message(api: 
 
 
 async def test_a_node_that_cannot_renew_its_entry_fences_itself_before_it_lapses(
-    api: str, relay_with: RelayFactory, stack: StackInfo, monkeypatch: pytest.MonkeyPatch
+    api: str, stack: StackInfo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """node-a's heartbeats fail (its table access is cut, say) while it serves two peers: it is
     fenced before its entry lapses and stops as for a SIGTERM (main then exits 1), so its
     peers move on with the room to node-b instead of staying on a node that lost it."""
     user = await sign_in(api)
     identity = Identity(user.id_token, user.username)
-    async with nodes(relay_with, ("node-a", "node-b"), **FAST_NODES) as servers:
+    async with nodes(stack, ("node-a", "node-b"), **FAST_NODES) as servers:
         a, b = servers["node-a"], servers["node-b"]
         body = await create_room_body(api, user)
         while body["ws_url"] != url_of(a):
             body = await create_room_body(api, user)
         room = Room(body["room_id"], body["token"])
-        p = await Session.open(url_of(b), room, identity, "P", backoff=PATIENT)
-        q = await Session.open(url_of(b), room, identity, "Q", backoff=PATIENT)
+        p = closed_after_test(await Session.open(url_of(b), room, identity, "P", backoff=PATIENT))
+        q = closed_after_test(await Session.open(url_of(b), room, identity, "Q", backoff=PATIENT))
         try:
             assert p.url == q.url == url_of(a)
 

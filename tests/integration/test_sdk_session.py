@@ -11,7 +11,7 @@ from conftest import RelayFactory
 from devstack.stack import StackInfo
 from signaling_sdk import Ack, Backoff, InvalidRequest, Room, RoomError, ServiceClient, Session
 from signaling_shared.settings import RelaySettings
-from support import FACTOR, GENEROUS_LIMITS, TIMEOUT
+from support import FACTOR, GENEROUS_LIMITS, TIMEOUT, closed_after_test
 from ws_relay.server import RelayServer
 
 pytestmark = pytest.mark.integration
@@ -27,8 +27,10 @@ async def test_two_sdk_peers_talk_with_acks_discovery_and_typed_errors(api: str,
         room = await service.create_room(client_id)
         ice = await service.ice_servers(client_id)
         assert ice["ttl"] > 0
-        worker = await Session.open(relay, room, worker_id, "Worker", role="worker", metadata={"tags": ["gpu"]})
-        client = await Session.open(relay, room, client_id, "Client", role="client")
+        worker = closed_after_test(
+            await Session.open(relay, room, worker_id, "Worker", role="worker", metadata={"tags": ["gpu"]})
+        )
+        client = closed_after_test(await Session.open(relay, room, client_id, "Client", role="client"))
         async with asyncio.timeout(TIMEOUT):
             joined = await worker.recv()
             assert (joined["type"], joined["peer_id"]) == ("peer_joined", "Client")
@@ -61,8 +63,8 @@ async def test_the_sdk_resumes_after_a_cut_and_sends_again_without_duplicates(
         a_id, b_id = await service.sign_in(), await service.sign_in()
         room = await service.create_room(a_id)
         fast = Backoff(initial=0.05, maximum=0.2, attempts=round(30 * FACTOR))  # some 3 s, scaled
-        a = await Session.open(url(server), room, a_id, "A", backoff=fast)
-        b = await Session.open(url(server), room, b_id, "B", backoff=fast)
+        a = closed_after_test(await Session.open(url(server), room, a_id, "A", backoff=fast))
+        b = closed_after_test(await Session.open(url(server), room, b_id, "B", backoff=fast))
         async with asyncio.timeout(3 * TIMEOUT):
             assert (await a.recv())["type"] == "peer_joined"
             assert a._ws is not None
@@ -92,11 +94,13 @@ async def test_the_sdk_follows_go_away_to_the_next_relay_process(api: str, stack
             room = await service.create_room(a_id)
             relay_url = f"ws://127.0.0.1:{port}"
             backoff = Backoff(initial=0.05, maximum=0.3, attempts=round(30 * FACTOR))  # some 4 s, scaled
-            a = await Session.open(relay_url, room, a_id, "A", backoff=backoff)
-            b = await Session.open(relay_url, room, b_id, "B", backoff=backoff)
+            a = closed_after_test(await Session.open(relay_url, room, a_id, "A", backoff=backoff))
+            b = closed_after_test(await Session.open(relay_url, room, b_id, "B", backoff=backoff))
             async with asyncio.timeout(4 * TIMEOUT):
                 assert (await a.recv())["type"] == "peer_joined"
                 await first.stop()
+                # The same port, free since first stopped: a program taking it in between
+                # would fail this start with OSError, as it would the real restart.
                 second = RelayServer(settings.model_copy(update={"port": port}))
                 await second.start()
                 # Acked either way: received by B, or (B's resume still on its way) held for B.
@@ -125,7 +129,9 @@ async def test_a_rate_limited_sdk_waits_the_relays_hint_and_sends_again(api: str
     async with relay_with(messages_per_second=1, message_burst=3) as server, ServiceClient(api) as service:
         identity = await service.sign_in()
         room = await service.create_room(identity)
-        session = await Session.open(url(server), room, identity, "Busy")  # the register is one frame
+        session = closed_after_test(
+            await Session.open(url(server), room, identity, "Busy")
+        )  # the register is one frame
         async with asyncio.timeout(4 * TIMEOUT):
             for _ in range(4):
                 assert (await session.send({"type": "ping"}))["type"] == "pong"

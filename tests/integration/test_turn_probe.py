@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from typing import Literal
 
 import httpx
 import pytest
@@ -14,7 +15,7 @@ from pydantic import SecretStr
 
 from conftest import RelayFactory
 from coturn import coturn_server
-from devstack.coturn import free_port
+from devstack.ports import refusing_port
 from signaling_shared.settings import CommonSettings, Environment
 from signaling_shared.turn import rest_credentials
 from support import TIMEOUT, scaled
@@ -50,38 +51,42 @@ async def test_another_secret_is_rejected(turn: tuple[str, int]) -> None:
     assert await allocate(TurnServer.parse(url), *signed(OTHER, url), TIMEOUT) is Outcome.REJECTED
 
 
-async def test_a_port_where_nothing_listens_is_unreachable() -> None:
-    for transport in ("udp", "tcp"):
-        url = f"turn:127.0.0.1:{free_port()}?transport={transport}"
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_a_port_where_nothing_listens_is_unreachable(transport: Literal["udp", "tcp"]) -> None:
+    """A port held where nothing listens, refusing datagrams or connections: UNREACHABLE."""
+    with refusing_port(transport=transport) as port:
+        url = f"turn:127.0.0.1:{port}?transport={transport}"
         assert await allocate(TurnServer.parse(url), *signed(SECRET, url), scaled(2.0)) is Outcome.UNREACHABLE
 
 
 async def test_a_relay_probes_by_itself_and_exports_each_outcome(
     turn: tuple[str, int], relay_with: RelayFactory
 ) -> None:
-    good = f"turn:{turn[0]}:{turn[1]}?transport=udp"
-    dead = f"turn:127.0.0.1:{free_port()}?transport=udp"
-    overrides = {
-        "turn_urls": [good, dead],
-        "turn_probe_interval_seconds": scaled(0.2),
-        "turn_probe_timeout_seconds": scaled(2.0),
-    }
-    async with relay_with(**overrides, turn_secrets=[SECRET]) as server:
-        async with asyncio.timeout(4 * TIMEOUT):
-            outcomes = await server.turn_probe.wait_for_rounds(2)
-        assert outcomes == {good: Outcome.OK, dead: Outcome.UNREACHABLE}
-        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
-            metrics = (await client.get(f"http://127.0.0.1:{server.port}/metrics")).text
-    assert f'signaling_turn_probe_total{{outcome="ok",url="{good}"}}' in metrics
-    assert f'signaling_turn_probe_total{{outcome="unreachable",url="{dead}"}}' in metrics
-    async with relay_with(**overrides, turn_secrets=[OTHER]) as server:
-        async with asyncio.timeout(4 * TIMEOUT):
-            outcomes = await server.turn_probe.wait_for_rounds(1)
-        assert outcomes[good] is Outcome.REJECTED
-        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
-            metrics = (await client.get(f"http://127.0.0.1:{server.port}/metrics")).text
-    assert f'signaling_turn_probe_total{{outcome="rejected",url="{good}"}}' in metrics
-    assert f'signaling_turn_probe_total{{outcome="ok",url="{good}"}}' not in metrics
+    """The relay probes each TURN URL by itself and exports each outcome (the dead port held throughout)."""
+    with refusing_port(transport="udp") as dead_port:
+        good = f"turn:{turn[0]}:{turn[1]}?transport=udp"
+        dead = f"turn:127.0.0.1:{dead_port}?transport=udp"
+        overrides = {
+            "turn_urls": [good, dead],
+            "turn_probe_interval_seconds": scaled(0.2),
+            "turn_probe_timeout_seconds": scaled(2.0),
+        }
+        async with relay_with(**overrides, turn_secrets=[SECRET]) as server:
+            async with asyncio.timeout(4 * TIMEOUT):
+                outcomes = await server.turn_probe.wait_for_rounds(2)
+            assert outcomes == {good: Outcome.OK, dead: Outcome.UNREACHABLE}
+            async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+                metrics = (await client.get(f"http://127.0.0.1:{server.port}/metrics")).text
+        assert f'signaling_turn_probe_total{{outcome="ok",url="{good}"}}' in metrics
+        assert f'signaling_turn_probe_total{{outcome="unreachable",url="{dead}"}}' in metrics
+        async with relay_with(**overrides, turn_secrets=[OTHER]) as server:
+            async with asyncio.timeout(4 * TIMEOUT):
+                outcomes = await server.turn_probe.wait_for_rounds(1)
+            assert outcomes[good] is Outcome.REJECTED
+            async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+                metrics = (await client.get(f"http://127.0.0.1:{server.port}/metrics")).text
+        assert f'signaling_turn_probe_total{{outcome="rejected",url="{good}"}}' in metrics
+        assert f'signaling_turn_probe_total{{outcome="ok",url="{good}"}}' not in metrics
 
 
 async def test_without_turn_or_with_interval_zero_nothing_is_probed(relay_with: RelayFactory) -> None:

@@ -11,7 +11,7 @@ import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from signaling_sdk import Ack, Backoff, Identity, RateLimited, Room, Session, Unavailable
-from support import TIMEOUT
+from support import TIMEOUT, closed_after_test
 
 
 class ScriptedRelay:
@@ -56,14 +56,16 @@ def _registered(register: dict[str, Any], *, resumed: bool, last_seq: int) -> di
 
 
 async def open_session(server: Server, backoff: Backoff | None = None) -> Session:
+    """A session to ``server``, closed when the test ends if the test does not close it."""
     port = server.sockets[0].getsockname()[1]
-    return await Session.open(
+    session = await Session.open(
         f"ws://127.0.0.1:{port}",
         Room("room-1", "room-token"),
         Identity("id-token", "user"),
         "A",
         backoff=backoff or Backoff(initial=0.01, maximum=0.05),
     )
+    return closed_after_test(session)
 
 
 # asyncio may wake a timer up to one clock tick early; the waits checked here are far longer.
@@ -217,21 +219,22 @@ async def test_redirects_that_never_end_fail_with_a_typed_error() -> None:
 
 async def test_when_the_node_it_was_sent_to_is_gone_the_session_starts_again_from_its_url() -> None:
     """A creator's room names a node (ws_url) that no longer listens: the entry URL answers."""
-    from devstack.coturn import free_port
+    from devstack.ports import refusing_port
 
     async def entry(ws: ServerConnection) -> None:
         register = json.loads(await ws.recv())
         await ws.send(json.dumps(_registered(register, resumed=False, last_seq=0)))
         await ws.wait_closed()
 
-    async with serve(entry, "127.0.0.1", 0) as server:
-        entry_url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        gone = Room("room-1", "room-token", ws_url=f"ws://127.0.0.1:{free_port()}")
-        session = await Session.open(entry_url, gone, Identity("id-token", "user"), "A")
-        try:
-            assert session.url == entry_url
-        finally:
-            await session.close()
+    with refusing_port() as gone_port:
+        async with serve(entry, "127.0.0.1", 0) as server:
+            entry_url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+            gone = Room("room-1", "room-token", ws_url=f"ws://127.0.0.1:{gone_port}")
+            session = await Session.open(entry_url, gone, Identity("id-token", "user"), "A")
+            try:
+                assert session.url == entry_url
+            finally:
+                await session.close()
 
 
 async def test_a_redirect_from_wss_to_plain_ws_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -290,9 +293,8 @@ async def test_a_message_that_arrives_twice_is_received_once() -> None:
 async def test_redirects_to_a_node_that_died_are_retried_until_a_live_node_takes_the_room() -> None:
     """The room's node died and its entry has not lapsed yet: the entry keeps redirecting to
     it (TOO_MANY_REDIRECTS on each attempt); the session waits that out, then resumes."""
-    from devstack.coturn import free_port
+    from devstack.ports import refusing_port
 
-    dead = f"ws://127.0.0.1:{free_port()}"
     redirects = 0
 
     async def entry(ws: ServerConnection) -> None:
@@ -310,13 +312,15 @@ async def test_redirects_to_a_node_that_died_are_retried_until_a_live_node_takes
             async for frame in ws:
                 await ws.send(json.dumps({"seq": 1, "type": "ack", "id": json.loads(frame)["id"], "queued": False}))
 
-    async with serve(entry, "127.0.0.1", 0) as server:
-        session = await open_session(server)
-        try:
-            async with asyncio.timeout(TIMEOUT):
-                ack = await session.send_to("B", "after the failover")  # waits for the resume
-        finally:
-            await session.close()
+    with refusing_port() as dead_port:
+        dead = f"ws://127.0.0.1:{dead_port}"
+        async with serve(entry, "127.0.0.1", 0) as server:
+            session = await open_session(server)
+            try:
+                async with asyncio.timeout(TIMEOUT):
+                    ack = await session.send_to("B", "after the failover")  # waits for the resume
+            finally:
+                await session.close()
     assert ack.queued is False
     assert session.state.resumes == 1
     assert redirects == 6

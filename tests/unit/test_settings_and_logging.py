@@ -9,6 +9,8 @@ import logging
 import pytest
 import structlog
 from pydantic import ValidationError
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
 
 from signaling_shared.logging import REDACTED, configure_logging
 from signaling_shared.settings import CommonSettings, Environment, RelaySettings
@@ -97,3 +99,33 @@ def test_a_relay_with_a_public_url_needs_its_own_node_id() -> None:
         RelaySettings(environment=Environment.DEVELOPMENT, public_ws_url="ws://relay-2.example.org")
     named = RelaySettings(environment=Environment.DEVELOPMENT, public_ws_url="ws://r2.example.org", node_id="relay-2")
     assert named.node_id == "relay-2"
+
+
+async def test_debug_logging_keeps_websocket_frame_contents_out() -> None:
+    """At DEBUG, websockets would log every frame it reads and writes (room tokens, SDP);
+    configure_logging holds its logger at INFO, so a frame's contents never reach a log line.
+    The connection is real (loopback, port 0), and our own DEBUG lines still get through."""
+    buffer = io.StringIO()
+    root = logging.getLogger()
+    saved_handlers, saved_level, saved_config = root.handlers[:], root.level, structlog.get_config()
+    saved_websockets = logging.getLogger("websockets").level
+    configure_logging("DEBUG", stream=buffer)
+    try:
+
+        async def echo(connection: ServerConnection) -> None:
+            async for frame in connection:
+                await connection.send(frame)
+
+        async with serve(echo, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with connect(f"ws://127.0.0.1:{port}") as client:
+                await client.send('{"type":"register","room_token":"frame-secret"}')
+                assert "frame-secret" in str(await client.recv())
+        structlog.stdlib.get_logger("test").debug("ours")
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        structlog.configure(**saved_config)
+        logging.getLogger("websockets").setLevel(saved_websockets)
+    assert "frame-secret" not in buffer.getvalue()
+    assert any(json.loads(line)["event"] == "ours" for line in buffer.getvalue().splitlines())

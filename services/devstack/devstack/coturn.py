@@ -15,6 +15,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from devstack.ports import AddressInUse, free_port, retrying_on_conflict, says_address_in_use
+
 BINARY = "turnserver"
 READY_LINE = "Total General servers"  # coturn's last start-up line, once it listens
 
@@ -22,21 +24,6 @@ READY_LINE = "Total General servers"  # coturn's last start-up line, once it lis
 def installed() -> str | None:
     """The coturn binary, if installed."""
     return shutil.which(BINARY)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free on ``host`` for both TCP and UDP, for servers that cannot listen on port 0
-    and say which port they got (coturn, Caddy). Another program may take it first: rare."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-        return port
 
 
 def check_free(host: str, port: int) -> None:
@@ -48,8 +35,9 @@ def check_free(host: str, port: int) -> None:
 
 
 class Coturn:
-    """coturn on ``host``:``port`` (0: a free port) with ``use-auth-secret`` and ``secrets``,
-    its files in ``directory``. ``start`` returns once it listens; ``stop`` ends it."""
+    """coturn on ``host``:``port`` (0: a free port, another one if that is taken before coturn
+    listens) with ``use-auth-secret`` and ``secrets``, its files in ``directory``. ``start``
+    returns once it listens; ``stop`` ends it."""
 
     def __init__(
         self,
@@ -98,10 +86,17 @@ class Coturn:
         )
 
     def start(self, timeout: float = 30.0) -> int:
-        if self.port == 0:
-            self.port = free_port(self.host)
-        else:
+        if self.port != 0:
             check_free(self.host, self.port)
+            return self._start(self.port, timeout)
+        return retrying_on_conflict(lambda: self._start(free_port(self.host), timeout))
+
+    def _start(self, port: int, timeout: float) -> int:
+        """coturn on ``port``, once it listens; AddressInUse if another program has the port
+        (coturn would keep trying to bind it instead of saying it is ready)."""
+        self.port = port
+        lines: queue.Queue[str] = queue.Queue()  # this attempt's start-up lines
+        self.lines = lines
         config = self.directory / "turnserver.conf"
         config.write_text(self._config())
         with self._lock:  # start runs in a worker thread: stop may come first (Ctrl-C at start-up)
@@ -117,32 +112,46 @@ class Coturn:
         def read() -> None:
             for line in stdout:  # read to the end (a full pipe would block coturn) ...
                 if not self._ready.is_set():  # ... but keep only the start-up lines
-                    self.lines.put(line)
-            self.lines.put("")  # end of output: it exited
+                    lines.put(line)
+            lines.put("")  # end of output: it exited
 
         self._reader = threading.Thread(target=read, name="coturn-log", daemon=True)
         self._reader.start()
         seen: list[str] = []
         try:
-            while READY_LINE not in (line := self.lines.get(timeout=timeout)):
+            while READY_LINE not in (line := lines.get(timeout=timeout)):
                 if not line:
                     raise RuntimeError(f"coturn exited ({process.wait()}): {''.join(seen[-5:])}")
+                if says_address_in_use(line):
+                    self._end_attempt()
+                    raise AddressInUse(f"coturn: {self.host}:{port} is taken: {line.strip()}")
                 seen.append(line)
             self._ready.set()
         except queue.Empty:
             self.stop()
             raise RuntimeError(f"coturn did not start within {timeout} s: {''.join(seen[-5:])}") from None
+        except AddressInUse:
+            raise
         except BaseException:
             self.stop()
             raise
         return self.port
 
+    def _end_attempt(self) -> None:
+        """End a start-up that failed, so that ``start`` may try again on another port."""
+        with self._lock:
+            process, self._process = self._process, None
+        if process is not None:
+            self._terminate(process, 10.0)
+
     def stop(self, timeout: float = 10.0) -> None:
         with self._lock:
             self._stopped = True
             process, self._process = self._process, None
-        if process is None:
-            return
+        if process is not None:
+            self._terminate(process, timeout)
+
+    def _terminate(self, process: subprocess.Popen[str], timeout: float) -> None:
         if process.poll() is None:
             process.terminate()
             try:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import socket
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import cast
+from typing import Any, cast
 
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -253,12 +254,14 @@ class RelayServer:
         assert self._server is not None, "start() first"
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def start(self) -> int:
+    async def start(self, sock: socket.socket | None = None) -> int:
+        """Listen on the settings' host and port, or on ``sock``: a socket already listening,
+        handed over by whoever bound it (so that its port is known before the relay runs)."""
         s = self.settings
+        where: dict[str, Any] = {"sock": sock} if sock is not None else {"host": s.host, "port": s.port}
         self._server = await serve(
             self._handle,
-            s.host,
-            s.port,
+            **where,
             process_request=self._process_request,
             max_size=s.max_frame_bytes,
             max_queue=s.inbound_queue_frames,
@@ -274,7 +277,7 @@ class RelayServer:
         if s.public_ws_url:
             await self._heartbeat()  # placeable before the first room is asked for
             self._heartbeat_task = asyncio.create_task(self._heartbeat_forever())
-        log.info("relay_listening", host=s.host, port=self.port, node_id=s.node_id)
+        log.info("relay_listening", host=self._server.sockets[0].getsockname()[0], port=self.port, node_id=s.node_id)
         return self.port
 
     async def stop(self) -> None:
