@@ -141,16 +141,19 @@ class Peer:
     """A signaling client over a real WebSocket, closed when the test ends if the test does
     not close it first (``closed_after_test``)."""
 
-    def __init__(self, ws: ClientConnection) -> None:
+    def __init__(self, ws: ClientConnection, *, seed: bool = False) -> None:
         self.ws = ws
+        self.seed = seed  # registers with the seed's fields only: a v1 peer (ws_relay.compat)
         self.peer_id: str | None = None
         self.last_seq = 0
         self.resume_token: str | None = None
 
     @classmethod
-    async def connect(cls, url: str, **options: Any) -> Peer:
-        """A client socket; ``options`` go to websockets' ``connect`` (e.g. ``ping_interval``)."""
-        return closed_after_test(cls(await connect(url, open_timeout=TIMEOUT, max_size=None, **options)))
+    async def connect(cls, url: str, *, seed: bool = False, **options: Any) -> Peer:
+        """A client socket; ``options`` go to websockets' ``connect`` (e.g. ``ping_interval``).
+        A ``seed`` peer registers as the seed's clients do (v1); others say ``"protocol": 2``."""
+        ws = await connect(url, open_timeout=TIMEOUT, max_size=None, **options)
+        return closed_after_test(cls(ws, seed=seed))
 
     async def send(self, message: dict[str, Any]) -> None:
         await self.ws.send(json.dumps(message))
@@ -212,6 +215,7 @@ class Peer:
                 "room_id": room.room_id,
                 "token": room.token,
                 "id_token": user.id_token,
+                **({} if self.seed else {"protocol": 2}),
             }
         )
 

@@ -174,6 +174,7 @@ def trusting(edge: Edge) -> ssl.SSLContext:
 def register(room: dict[str, Any], user: User, peer_id: str) -> dict[str, Any]:
     return {
         "type": "register",
+        "protocol": 2,
         "peer_id": peer_id,
         "room_id": room["room_id"],
         "token": room["token"],

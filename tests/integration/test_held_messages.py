@@ -178,6 +178,7 @@ async def test_a_message_held_while_its_target_registers_is_delivered_once(api: 
         await target.send(
             {
                 "type": "register",
+                "protocol": 2,
                 "peer_id": "Target",
                 "room_id": room.room_id,
                 "token": room.token,

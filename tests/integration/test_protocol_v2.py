@@ -1,5 +1,5 @@
 """Protocol v2 over real WebSockets: roles and metadata, discovery, app messages, ids and acks,
-ping, and v1 and v2 clients in one room."""
+ping. (v1 and v2 clients in one room: test_compat_seed.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from conftest import RelayFactory
 from devstack.stack import StackInfo
-from support import Peer, RoomGrant, User, create_room, repository, sign_in, unique
+from support import Peer, RoomGrant, User, create_room, repository, sign_in
 from ws_relay.server import RelayServer
 
 pytestmark = pytest.mark.integration
@@ -199,32 +199,3 @@ async def test_metadata_size_is_limited(api: str, relay_with: RelayFactory) -> N
         await peer.send({"type": "discover_peers"})
         await peer.expect("peer_list")
         await peer.close()
-
-
-async def test_v1_and_v2_clients_share_a_room(api: str, relay: str) -> None:
-    """A seed client (no role, metadata or ids) and a v2 client negotiate together."""
-    v1_user, v2_user = await sign_in(api), await sign_in(api)
-    room = await create_room(api, v1_user)
-    seed, modern = await Peer.connect(relay), await Peer.connect(relay)
-    seed_id, modern_id = unique("Seed"), unique("Modern")
-    await seed.register(seed_id, room, v1_user)
-    await register_v2(modern, modern_id, room, v2_user, role="worker", metadata={"tags": ["gpu"]})
-    assert (await seed.expect("peer_joined"))["peer_id"] == modern_id
-
-    await modern.send({"type": "discover_peers", "filters": {"role": "peer"}})
-    listed = await modern.expect("peer_list")
-    assert [(p["peer_id"], p["metadata"]) for p in listed["peers"]] == [(seed_id, {})]
-
-    await seed.send({"type": "offer", "sender": seed_id, "target": modern_id, "sdp": "v=0 seed"})
-    assert (await modern.expect("offer"))["sdp"] == "v=0 seed"
-    await modern.send({"type": "answer", "target": seed_id, "sdp": "v=0 modern", "id": 1})
-    await modern.expect("ack")
-    answer = await seed.expect("answer")
-    assert answer == {"type": "answer", "target": seed_id, "sdp": "v=0 modern", "sender": modern_id, "message_id": 1}
-    await seed.send({"type": "candidate", "sender": seed_id, "target": modern_id, "candidate": None})
-    assert (await modern.expect("candidate"))["candidate"] is None
-    await modern.send({"type": "peer_message", "to_peer_id": seed_id, "payload": {"hi": 1}})
-    assert (await seed.expect("peer_message"))["payload"] == {"hi": 1}
-    await seed.close()
-    assert (await modern.expect("peer_left"))["peer_id"] == seed_id
-    await modern.close()

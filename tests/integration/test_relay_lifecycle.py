@@ -90,6 +90,7 @@ async def test_room_expiry_closes_its_peers(api: str, relay_with: RelayFactory, 
         await late.send(
             {
                 "type": "register",
+                "protocol": 2,
                 "peer_id": "B",
                 "room_id": room.room_id,
                 "token": room.token,
@@ -198,6 +199,7 @@ async def test_no_secret_reaches_the_logs(api: str, relay: str, captured_logs: i
     await intruder.send(
         {
             "type": "register",
+            "protocol": 2,
             "peer_id": "X",
             "room_id": room.room_id,
             "token": room.token + "x",

@@ -86,6 +86,7 @@ async def test_a_peer_that_dials_another_node_is_redirected_and_the_sdk_follows(
         await peer.send(
             {
                 "type": "register",
+                "protocol": 2,
                 "id": "r1",
                 "peer_id": "P",
                 "room_id": body["room_id"],
@@ -125,6 +126,7 @@ async def test_a_stopping_node_keeps_its_rooms_until_its_entry_lapses_then_they_
         await peer.send(
             {
                 "type": "register",
+                "protocol": 2,
                 "peer_id": "P",
                 "room_id": grant.room_id,
                 "token": grant.token,
@@ -151,6 +153,7 @@ async def test_a_resume_on_another_node_is_redirected_to_the_room_s_node(api: st
         stray = await Peer.connect(url_of(other))
         resume = {
             "type": "register",
+            "protocol": 2,
             "id": 7,
             "peer_id": "P",
             "room_id": grant.room_id,
@@ -215,6 +218,7 @@ async def test_a_room_of_no_node_is_taken_by_the_first_node_a_peer_dials(api: st
         await second.send(
             {
                 "type": "register",
+                "protocol": 2,
                 "peer_id": "Q",
                 "room_id": body["room_id"],
                 "token": body["token"],

@@ -17,8 +17,15 @@ from support import TIMEOUT, Peer, User, create_room, gated_relay, peer_ids_in_t
 pytestmark = pytest.mark.integration
 
 
-def register(peer_id: str, room_id: str, token: str, user: User) -> dict[str, str]:
-    return {"type": "register", "peer_id": peer_id, "room_id": room_id, "token": token, "id_token": user.id_token}
+def register(peer_id: str, room_id: str, token: str, user: User) -> dict[str, str | int]:
+    return {
+        "type": "register",
+        "protocol": 2,
+        "peer_id": peer_id,
+        "room_id": room_id,
+        "token": token,
+        "id_token": user.id_token,
+    }
 
 
 @pytest.mark.parametrize("held", ["get_room", "claim_peer"])

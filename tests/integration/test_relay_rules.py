@@ -76,6 +76,7 @@ async def test_peer_id_of_another_identity_is_refused_and_nobody_is_evicted(
     await intruder.send(
         {
             "type": "register",
+            "protocol": 2,
             "peer_id": worker.peer_id,
             "room_id": room.room_id,
             "token": room.token,
@@ -116,6 +117,7 @@ async def test_failed_register_changes_nothing(api: str, relay: str, stack: Stac
     retry = await Peer.connect(relay)
     base = {
         "type": "register",
+        "protocol": 2,
         "peer_id": worker.peer_id,
         "room_id": room.room_id,
         "token": room.token,
@@ -144,6 +146,7 @@ async def test_register_errors(api: str, relay: str, stack: StackInfo) -> None:
     peer = await Peer.connect(relay)
     base = {
         "type": "register",
+        "protocol": 2,
         "peer_id": unique("P"),
         "room_id": room.room_id,
         "token": room.token,
@@ -174,7 +177,7 @@ async def test_malformed_frames_get_typed_errors_and_others_keep_going(api: str,
     frames: list[tuple[str | bytes, str]] = [
         ("{not json", "INVALID_JSON"),
         ("[]", "INVALID_MESSAGE"),
-        ('{"type": "query"}', "UNKNOWN_MESSAGE_TYPE"),
+        ('{"type": "subscribe"}', "UNKNOWN_MESSAGE_TYPE"),
         ('{"type": "offer", "target": "x"}', "INVALID_MESSAGE"),
         ('{"type": "offer", "target": "x", "sdp": NaN}', "INVALID_JSON"),
         ("[" * 50_000, "INVALID_JSON"),

@@ -91,6 +91,7 @@ def test_a_property_of_another_type_does_not_match(value: Any, condition: Any) -
         {"properties": {"p": {"$gt": True}}},
         {"properties": {"p": {"$in": 5}}},
         {"properties": {"p": {"$gt": float("inf")}}},
+        {"room_id": 7},
     ],
 )
 def test_malformed_filters_are_refused(filters: dict[str, Any]) -> None:
@@ -146,3 +147,13 @@ def test_discovery_never_raises_on_any_input(metadata: dict[str, Any], filters: 
 def test_same_is_reflexive(value: Any) -> None:
     """JSON equality holds for any value and itself."""
     assert same(value, value)
+
+
+def test_tags_match_all_of_or_for_the_successor_any_of() -> None:
+    """Ours: every listed tag. The successor's clients list tags any one of which will do."""
+    metadata = {"tags": ["sleap-rtc", "training-worker"]}
+    wanted = {"tags": ["training-worker", "inference-worker"], "room_id": "r"}
+    validate_filters(wanted)  # room_id is accepted: the relay compares it with the caller's room
+    assert not matches(wanted, "worker", metadata)
+    assert matches(wanted, "worker", metadata, any_tag=True)
+    assert not matches({"tags": ["other"]}, "worker", metadata, any_tag=True)

@@ -29,7 +29,7 @@ from support import scaled
 from tools import require
 
 CADDYFILE = ROOT / "services" / "edge" / "Caddyfile"
-OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+OPS_PATHS = frozenset({"/healthz", "/health", "/readyz", "/metrics"})
 
 
 class Action(NamedTuple):

@@ -149,3 +149,19 @@ def test_confirming_a_frame_settles_what_waits_on_it_and_leaving_returns_the_res
     assert target.unsettled() == [ack_4]
     assert target.confirm(4) == []
     assert [Owed.from_json(o.to_json()) for o in (ack_1, held_2)] == [ack_1, held_2]
+
+
+def test_a_rooms_first_admin_claim_wins_until_its_peer_leaves() -> None:
+    """The successor's admin per room: a second claimant hears who holds it; leaving frees it."""
+    hub = Hub(max_peers_per_room=4)
+    first, second = seat(hub, "r", "w1", "s1"), seat(hub, "r", "w2", "s2")
+    elsewhere = seat(hub, "other", "w3", "s3")
+    assert hub.claim_admin(first) == "w1"
+    assert hub.claim_admin(second) == "w1"
+    assert hub.claim_admin(elsewhere) == "w3"
+    assert hub.claim_admin(first) == "w1"  # claiming again is harmless
+    hub.leave(second)
+    assert hub.admin_of("r") == "w1"
+    hub.leave(first)
+    assert hub.admin_of("r") is None
+    assert hub.admin_of("other") == "w3"

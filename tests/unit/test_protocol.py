@@ -37,7 +37,7 @@ def test_register_parses_with_seed_fields() -> None:
         ('"register"', InvalidMessage),
         ("{}", InvalidMessage),
         ('{"type": 5}', InvalidMessage),
-        ('{"type": "query"}', UnknownMessageType),
+        ('{"type": "subscribe"}', UnknownMessageType),
         ('{"type": "offer", "target": "w"}', InvalidMessage),
         ('{"type": "offer", "target": "has space", "sdp": "v=0"}', InvalidMessage),
         ('{"type": "offer", "target": "w", "sdp": 5}', InvalidMessage),

@@ -59,6 +59,7 @@ class SessionLost(SignalingError):
 
 _BY_CODE: dict[str, type[SignalingError]] = {
     "INVALID_ID_TOKEN": AuthError,
+    "UNSUPPORTED_AUTH": AuthError,
     "ROOM_NOT_FOUND": RoomError,
     "INVALID_ROOM_TOKEN": RoomError,
     "ROOM_EXPIRED": RoomError,
@@ -67,6 +68,8 @@ _BY_CODE: dict[str, type[SignalingError]] = {
     "PEER_ID_TAKEN": PeerError,
     "PEER_NOT_FOUND": PeerError,
     "SENDER_MISMATCH": PeerError,
+    "UNSUPPORTED_BY_PEER": PeerError,
+    "PEER_ERROR": PeerError,
     "DELIVERY_FAILED": DeliveryFailed,
     "QUEUE_FULL": QueueFull,
     "RATE_LIMITED": RateLimited,

@@ -279,6 +279,7 @@ class Session:
         ws = await connect(url, open_timeout=self.open_timeout, max_size=None, **tls)
         message: dict[str, Any] = {
             "type": "register",
+            "protocol": 2,  # every frame of this page (docs/protocol.md, Versions)
             "id": f"{self._prefix}-register-{next(self._ids)}",  # errors then say when to retry
             "peer_id": self.state.peer_id,
             "room_id": self.room.room_id,

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Path
 
 from rooms_api.schemas import (
     CreateRoomResponse,
+    DeletePeerRequest,
     DeleteRoomRequest,
     DeleteRoomResponse,
     IceServersResponse,
@@ -89,6 +90,15 @@ def rooms_router(
             return _deleted(await service.delete(caller, body.room_id))
         assert body.peer_id is not None  # the request model requires one of the two
         return _deleted(await service.delete_by_peer(caller, body.peer_id))
+
+    @router.post(
+        "/delete-peer",
+        response_model=DeleteRoomResponse,
+        summary="Remove a peer from its rooms (the seed's successor's route); the room's creator or the peer itself.",
+        responses=error_responses(*_ALWAYS),
+    )
+    async def delete_peer(body: DeletePeerRequest, caller: Caller) -> DeleteRoomResponse:
+        return _deleted(await service.delete_peer(caller, body.peer_id))
 
     @router.get(
         "/rooms/{room_id}",

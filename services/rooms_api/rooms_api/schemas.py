@@ -20,6 +20,12 @@ class CreateRoomResponse(BaseModel):
     )
 
 
+class DeletePeerRequest(BaseModel):
+    """The seed's successor's body: the peer to remove from its room."""
+
+    peer_id: str = Field(pattern=ID_PATTERN)
+
+
 class DeleteRoomRequest(BaseModel):
     """The seed's body: a ``room_id``, or a ``peer_id`` whose room is meant."""
 

@@ -131,6 +131,26 @@ class RoomsService:
             raise RoomNotFound("no live room holds this peer")
         return await self._delete_rooms(owned)
 
+    async def delete_peer(self, caller: Identity, peer_id: str) -> Deleted:
+        """Remove ``peer_id`` from each live room where ``caller`` created the room or is that
+        peer (the seed's successor's ``/delete-peer``); the rooms stay. The relay closes the
+        peer at its next lease refresh (4002). Rooms the caller may not touch are neither
+        changed nor named, so the answer does not tell where a peer id is live."""
+        removed_from = []
+        for room_id in await self._repo.rooms_of_peer(peer_id, now=self._clock()):
+            entry = await self._repo.peer_entry(room_id, peer_id)
+            if entry is None:
+                continue
+            if entry.owner_sub != caller.sub:
+                try:
+                    await self._owned_room(caller, room_id)
+                except (RoomNotFound, NotRoomCreator):
+                    continue
+            await self._repo.delete_peers(room_id, [peer_id])
+            removed_from.append(room_id)
+        log.info("peer_deleted", peer_id=peer_id, room_ids=removed_from)
+        return Deleted(room_ids=removed_from, peers_removed=len(removed_from), users_deleted=0)
+
     async def _delete_rooms(self, room_ids: list[str]) -> Deleted:
         """The room first (no peer can claim a place in it after that, and the relay closes
         its peers at their next lease refresh), then its routing entries and held messages,

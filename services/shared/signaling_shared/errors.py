@@ -25,6 +25,7 @@ class ErrorCode(StrEnum):
     ALREADY_REGISTERED = "ALREADY_REGISTERED"
     RESUME_FAILED = "RESUME_FAILED"
     INVALID_ID_TOKEN = "INVALID_ID_TOKEN"
+    UNSUPPORTED_AUTH = "UNSUPPORTED_AUTH"
     # Rooms
     ROOM_NOT_FOUND = "ROOM_NOT_FOUND"
     INVALID_ROOM_TOKEN = "INVALID_ROOM_TOKEN"
@@ -35,6 +36,8 @@ class ErrorCode(StrEnum):
     PEER_ID_TAKEN = "PEER_ID_TAKEN"
     SENDER_MISMATCH = "SENDER_MISMATCH"
     PEER_NOT_FOUND = "PEER_NOT_FOUND"
+    UNSUPPORTED_BY_PEER = "UNSUPPORTED_BY_PEER"
+    PEER_ERROR = "PEER_ERROR"
     DELIVERY_FAILED = "DELIVERY_FAILED"
     QUEUE_FULL = "QUEUE_FULL"
     # Limits and dependencies
@@ -106,6 +109,15 @@ class AlreadyRegistered(SignalingError):
     default_reason = "this connection is already registered"
 
 
+class UnsupportedAuth(SignalingError):
+    code = ErrorCode.UNSUPPORTED_AUTH
+    http_status = 401
+    default_reason = (
+        "this relay signs peers in with a Cognito ID token (id_token, from /anonymous-signin); "
+        "API keys and GitHub JWTs are not supported"
+    )
+
+
 class ResumeFailed(SignalingError):
     code = ErrorCode.RESUME_FAILED
     http_status = 409
@@ -164,6 +176,12 @@ class PeerNotFound(SignalingError):
     code = ErrorCode.PEER_NOT_FOUND
     http_status = 404
     default_reason = "target peer is not in this room"
+
+
+class UnsupportedByPeer(SignalingError):
+    code = ErrorCode.UNSUPPORTED_BY_PEER
+    http_status = 409
+    default_reason = "the target peer's client cannot receive this message type"
 
 
 class DeliveryFailed(SignalingError):

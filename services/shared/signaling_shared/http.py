@@ -181,6 +181,7 @@ def ops_router(metrics: ServiceMetrics, checks: Mapping[str, ReadinessCheck]) ->
     readiness = Readiness(checks, metrics.dependency_up)
 
     @router.get("/healthz", response_model=HealthBody, summary="Liveness: the process serves requests.")
+    @router.get("/health", response_model=HealthBody, summary="/healthz, by the name the seed's successor uses.")
     async def healthz() -> HealthBody:
         return HealthBody(status="ok")
 

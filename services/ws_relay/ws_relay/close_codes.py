@@ -20,6 +20,7 @@ class CloseCode(IntEnum):
     ROOM_DELETED = 4003
     ROOM_EXPIRED = 4004
     OVERFLOW = 4005
+    QUIT = 4006
     SERVER_SHUTDOWN = 4500
     SLOW_CONSUMER = 4501
     REDIRECTED = 4502
@@ -35,6 +36,7 @@ REASONS: dict[CloseCode, str] = {
     CloseCode.ROOM_DELETED: "room deleted by its creator",
     CloseCode.ROOM_EXPIRED: "room expired",
     CloseCode.OVERFLOW: "too many messages owed to this peer; register again",
+    CloseCode.QUIT: "the peer quit the room",
     CloseCode.SERVER_SHUTDOWN: "server shutting down, reconnect",
     CloseCode.SLOW_CONSUMER: "too many unread messages, reconnect",
     CloseCode.REDIRECTED: "the room is served by another relay node: register at redirect's ws_url",

@@ -1,11 +1,12 @@
 """Which peers a ``discover_peers`` filter matches. Pure functions, no I/O.
 
-A peer matches when it has the filter's role, every listed tag (``metadata["tags"]``)
-and every property condition (on ``metadata["properties"]``). A condition is a value
-(equality) or an object of operators: ``$eq``, ``$ne``, ``$gt``, ``$gte``, ``$lt``,
-``$lte``, ``$in``. Types are strict: a number never equals a string or a boolean, and a
-property of another type (or a missing one) simply does not match, whatever the
-operator. Nothing here can raise on a peer's metadata, however it is shaped.
+A peer matches when it has the filter's role, every listed tag (``metadata["tags"]``;
+any one of them for the successor's clients: ``any_tag``) and every property condition
+(on ``metadata["properties"]``). A condition is a value (equality) or an object of
+operators: ``$eq``, ``$ne``, ``$gt``, ``$gte``, ``$lt``, ``$lte``, ``$in``. Types are
+strict: a number never equals a string or a boolean, and a property of another type (or a
+missing one) simply does not match, whatever the operator. Nothing here can raise on a
+peer's metadata, however it is shaped.
 """
 
 from __future__ import annotations
@@ -57,12 +58,14 @@ def _is_operator_object(condition: Any) -> bool:
 
 def validate_filters(filters: Mapping[str, Any]) -> None:
     """Raise FilterError if ``filters`` is not a well-formed filter."""
-    unknown = set(filters) - {"role", "tags", "properties"}
+    unknown = set(filters) - {"role", "tags", "properties", "room_id"}
     if unknown:
         raise FilterError(f"unknown filter key {sorted(unknown)[0]!r}")
     role = filters.get("role")
     if role is not None and not isinstance(role, str):
         raise FilterError("filters.role must be a string")
+    if not isinstance(filters.get("room_id", ""), str):
+        raise FilterError("filters.room_id must be a string (the caller's own room)")
     tags = filters.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags) or len(tags) > MAX_TAGS:
         raise FilterError(f"filters.tags must be a list of at most {MAX_TAGS} strings")
@@ -111,15 +114,19 @@ def condition_holds(value: Any, condition: Any) -> bool:
     return same(value, condition)
 
 
-def matches(filters: Mapping[str, Any], role: str, metadata: Mapping[str, Any]) -> bool:
-    """Whether a peer with ``role`` and ``metadata`` matches validated ``filters``."""
+def matches(filters: Mapping[str, Any], role: str, metadata: Mapping[str, Any], *, any_tag: bool = False) -> bool:
+    """Whether a peer with ``role`` and ``metadata`` matches validated ``filters`` (``room_id``
+    is the caller's to check). ``any_tag``: one listed tag is enough."""
     wanted_role = filters.get("role")
     if wanted_role is not None and role != wanted_role:
         return False
     wanted_tags: Sequence[str] = filters.get("tags") or []
     if wanted_tags:
         tags = metadata.get("tags")
-        if not isinstance(tags, list) or not all(tag in tags for tag in wanted_tags):
+        if not isinstance(tags, list):
+            return False
+        present = (tag in tags for tag in wanted_tags)
+        if not (any(present) if any_tag else all(present)):
             return False
     conditions: Mapping[str, Any] = filters.get("properties") or {}
     if conditions:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from asyncio import TimerHandle
 
 from signaling_shared.errors import PeerIdTaken, RoomFull
+from ws_relay.compat import Profile
 
 
 class Link(Protocol):
@@ -83,6 +84,7 @@ class Member:
     room_expires_at: int
     role: str = "peer"
     metadata: dict[str, Any] = field(default_factory=dict)
+    profile: Profile = Profile.V2  # what its client understands (ws_relay.compat)
     # One registration and its resumes: what is owed to this member is owed to this session,
     # not to a later registration of the same peer id (whose ids may start over).
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -101,8 +103,8 @@ class Member:
     # For frames whose receipt someone waits on: (seq, what it settles), oldest first.
     owed: deque[tuple[int, Owed]] = field(default_factory=deque)
     # While the messages held for a new member are read, live frames wait here behind them
-    # (frame, relay start, what it settles, whether it is an answer).
-    waiting: list[tuple[str, float | None, Owed | None, bool]] | None = None
+    # (frame, relay start, what it settles, whether it is an answer, its type).
+    waiting: list[tuple[str, float | None, Owed | None, bool, str]] | None = None
     gone: bool = False  # left the room: frames for it are not delivered
     # Ids of the messages this member sent that are on their way (no outcome yet): a resent
     # one (a client retransmitting after a resume) is not delivered twice.
@@ -168,6 +170,8 @@ class Hub:
     _rooms: dict[str, dict[str, Member]] = field(default_factory=dict)
     # (room, peer) -> whether the pending registration takes over a live member
     _pending: dict[tuple[str, str], bool] = field(default_factory=dict)
+    # room -> the peer id of its admin (the successor's mesh: one admin worker per room)
+    _admins: dict[str, str] = field(default_factory=dict)
 
     def reserve(self, room_id: str, peer_id: str, owner_sub: str) -> Reservation:
         """Hold ``peer_id`` in ``room_id`` for ``owner_sub`` or raise why it cannot be had.
@@ -206,7 +210,17 @@ class Hub:
         del members[member.peer_id]
         if not members:
             del self._rooms[member.room_id]
+        if self._admins.get(member.room_id) == member.peer_id:
+            del self._admins[member.room_id]
         return True
+
+    def claim_admin(self, member: Member) -> str:
+        """``member`` claims to be its room's admin: granted unless another peer of the room
+        holds it. The room's admin after the claim (``member``'s peer id if granted)."""
+        return self._admins.setdefault(member.room_id, member.peer_id)
+
+    def admin_of(self, room_id: str) -> str | None:
+        return self._admins.get(room_id)
 
     def get(self, room_id: str, peer_id: str) -> Member | None:
         return self._rooms.get(room_id, {}).get(peer_id)

@@ -24,6 +24,16 @@ Version 2 adds, all optional for v1 clients:
                                                       delivered when it registers, or
                                                       expired {id, to_peer_id} to the sender
     server -> client  go_away {reason, reconnect_after_ms} before a shutdown
+    query             {}                           -> available_peers {peers: [peer_id]}
+    quit              {}                           the peer leaves the room (reason "quit")
+
+The seed's successor's (webRTC-connect, used by sleap-RTC; see ws_relay.compat):
+
+    register          + is_admin                   -> admin_conflict {room_id, current_admin}
+    mesh_connect      {target_peer_id, offer}      -> target: mesh_offer {from_peer_id, offer}
+    mesh_answer       {target_peer_id, answer}     -> target: mesh_answer {from_peer_id, answer}
+    ice_candidate     {target_peer_id, candidate}  -> target: ice_candidate {from_peer_id, candidate}
+    error             {target, reason, ...}        -> target: error {code: PEER_ERROR, sender, ...}
     every frame after registered_auth carries seq (1, 2, ...), so a resume can say
     what it last saw
 
@@ -41,10 +51,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from signaling_shared.errors import (
+    ErrorCode,
     InvalidJson,
     InvalidMessage,
     SignalingError,
     UnknownMessageType,
+    UnsupportedAuth,
     describe_validation_error,
 )
 from signaling_shared.tokens import ID_PATTERN
@@ -78,6 +90,8 @@ class Register(_ClientMessage):
     metadata: dict[str, Any] = Field(default_factory=dict)
     resume_token: str | None = Field(default=None, min_length=1, max_length=128)
     last_seq: int = Field(default=0, ge=0, lt=2**53, description="The last seq the client received.")
+    protocol: int | None = Field(default=None, ge=1, le=2, description="1: the seed's frames only; 2: all.")
+    is_admin: bool | None = Field(default=None, description="The successor's admin claim for its room.")
 
 
 class _Relayed(_ClientMessage):
@@ -110,11 +124,14 @@ class Candidate(_Relayed):
 class UpdateMetadata(_ClientMessage):
     type: Literal["update_metadata"]
     metadata: dict[str, Any]
+    merge: bool = Field(default=False, description="Merge into the current metadata (ws_relay.compat).")
+    peer_id: str | None = None  # the successor names itself: it must be the sender
 
 
 class DiscoverPeers(_ClientMessage):
     type: Literal["discover_peers"]
     filters: dict[str, Any] = Field(default_factory=dict)
+    from_peer_id: str | None = None  # the successor names itself: it must be the sender
 
 
 class PeerMessage(_ClientMessage):
@@ -124,6 +141,46 @@ class PeerMessage(_ClientMessage):
     to_peer_id: str = PeerId
     payload: Any = None
     ttl_seconds: int | None = QueueTtl
+    from_peer_id: str | None = None  # the successor names itself: it must be the sender
+
+
+class _Mesh(_ClientMessage):
+    """The successor's worker-to-worker signaling, relayed like an offer."""
+
+    from_peer_id: str | None = None
+    target_peer_id: str = PeerId
+    ttl_seconds: int | None = QueueTtl
+
+
+class MeshConnect(_Mesh):
+    type: Literal["mesh_connect"]
+    offer: dict[str, Any]
+
+
+class MeshAnswer(_Mesh):
+    type: Literal["mesh_answer"]
+    answer: dict[str, Any]
+
+
+class IceCandidate(_Mesh):
+    type: Literal["ice_candidate"]
+    candidate: dict[str, Any] | str | None
+
+
+class PeerError(_Relayed):
+    """A peer's own error for another (the successor's worker: ``worker_busy``), relayed
+    with the code ``PEER_ERROR``; its other fields travel along."""
+
+    type: Literal["error"]
+    reason: str = Field(min_length=1, max_length=256)
+
+
+class Query(_ClientMessage):
+    type: Literal["query"]
+
+
+class Quit(_ClientMessage):
+    type: Literal["quit"]
 
 
 class Broadcast(_ClientMessage):
@@ -135,10 +192,26 @@ class Ping(_ClientMessage):
     type: Literal["ping"]
 
 
-RelayedMessage = Offer | Answer | Candidate
-DirectMessage = PeerMessage | Offer | Answer | Candidate  # for one peer: may be held for it
+RelayedMessage = Offer | Answer | Candidate | PeerError
+MeshMessage = MeshConnect | MeshAnswer | IceCandidate
+# For one peer: may be held for it.
+DirectMessage = PeerMessage | Offer | Answer | Candidate | PeerError | MeshConnect | MeshAnswer | IceCandidate
 AnyClientMessage = (
-    Register | Offer | Answer | Candidate | UpdateMetadata | DiscoverPeers | PeerMessage | Broadcast | Ping
+    Register
+    | Offer
+    | Answer
+    | Candidate
+    | PeerError
+    | MeshConnect
+    | MeshAnswer
+    | IceCandidate
+    | UpdateMetadata
+    | DiscoverPeers
+    | PeerMessage
+    | Broadcast
+    | Ping
+    | Query
+    | Quit
 )
 ClientMessage = Annotated[AnyClientMessage, Field(discriminator="type")]
 _CLIENT_MESSAGE: TypeAdapter[AnyClientMessage] = TypeAdapter(ClientMessage)
@@ -178,6 +251,8 @@ def parse_message(data: dict[str, Any]) -> AnyClientMessage:
     kind = data.get("type")
     if not isinstance(kind, str):
         raise InvalidMessage("type: a string is required")
+    if kind == "register" and "id_token" not in data and ("api_key" in data or "jwt" in data):
+        raise UnsupportedAuth()
     try:
         return _CLIENT_MESSAGE.validate_python(data)
     except ValidationError as exc:
@@ -199,7 +274,7 @@ def _encode_relayed(message: dict[str, Any]) -> str:
 
 
 # Keys the server owns in what a target receives: a sender cannot set them.
-SERVER_KEYS = frozenset({"id", "seq", "sender", "ttl_seconds", "message_id"})
+SERVER_KEYS = frozenset({"id", "seq", "sender", "from_peer_id", "ttl_seconds", "message_id", "code"})
 
 
 def _message_id(correlation_id: str | int | None) -> dict[str, Any]:
@@ -218,6 +293,41 @@ def relayed_frame(data: dict[str, Any], sender: str, correlation_id: str | int |
     """
     kept = {k: v for k, v in data.items() if k not in SERVER_KEYS}
     return _encode_relayed({**kept, "sender": sender, **_message_id(correlation_id)})
+
+
+def peer_error_frame(data: dict[str, Any], sender: str, correlation_id: str | int | None = None) -> str:
+    """A peer's error for its target: as relayed frames are, with the code ``PEER_ERROR``
+    (so no client takes it for the relay's own)."""
+    kept = {k: v for k, v in data.items() if k not in SERVER_KEYS}
+    return _encode_relayed(
+        {**kept, "code": ErrorCode.PEER_ERROR.value, "sender": sender, **_message_id(correlation_id)}
+    )
+
+
+MESH_RELAYED_AS = {"mesh_connect": "mesh_offer", "mesh_answer": "mesh_answer", "ice_candidate": "ice_candidate"}
+
+
+def mesh_frame(message: MeshMessage, sender: str) -> str:
+    """What the target of a mesh message receives, in the successor's shape."""
+    body: dict[str, Any]
+    if isinstance(message, MeshConnect):
+        body = {"offer": message.offer}
+    elif isinstance(message, MeshAnswer):
+        body = {"answer": message.answer}
+    else:
+        body = {"candidate": message.candidate}
+    frame = {"type": MESH_RELAYED_AS[message.type], "from_peer_id": sender, **body}
+    return _encode_relayed({**frame, **_message_id(message.id)})
+
+
+def available_peers(peer_ids: list[str], correlation_id: str | int | None) -> str:
+    """The seed's ``query`` answer: the other peers of the room."""
+    return encode(with_id({"type": "available_peers", "peers": peer_ids}, correlation_id))
+
+
+def admin_conflict(room_id: str, current_admin: str) -> str:
+    """The successor's answer to an admin claim in a room that has another admin."""
+    return encode({"type": "admin_conflict", "room_id": room_id, "current_admin": current_admin})
 
 
 def peer_message(sender: str, target: str, payload: Any, correlation_id: str | int | None = None) -> str:
@@ -281,6 +391,7 @@ def registered_auth(
     resumed: bool = False,
     last_seq: int = 0,
     recovered: bool = False,
+    extras: dict[str, Any] | None = None,
 ) -> str:
     """The seed's confirmation, plus (v2) the peers already in the room, the ICE servers and
     what a resume needs. Not numbered: numbering starts with the frame after it. ``recovered``:
@@ -296,6 +407,7 @@ def registered_auth(
         "resumed": resumed,
         "last_seq": last_seq,
         **({"recovered": True} if recovered else {}),
+        **(extras or {}),
     }
     return encode(with_id(message, correlation_id))
 
@@ -320,6 +432,13 @@ def error_frame(error: SignalingError, correlation_id: str | int | None = None) 
     if error.retry_after is not None and correlation_id is not None:
         frame["retry_after_ms"] = max(1, math.ceil(error.retry_after * 1000))
     return encode(with_id(frame, correlation_id))
+
+
+def frame_type(frame: str) -> str | None:
+    """The ``type`` of an encoded frame of ours (a held message's, to know who may get it)."""
+    data = try_decode_frame(frame)
+    kind = data.get("type") if data is not None else None
+    return kind if isinstance(kind, str) else None
 
 
 def correlation_id_of(data: Any) -> str | int | None:

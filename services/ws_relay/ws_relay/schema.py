@@ -65,6 +65,49 @@ class RegisteredAuth(_Server):
         "was replayed, numbering goes on after last_seq, and a message may arrive twice (same message_id).",
     )
     id: CorrelationId | None = None
+    # The successor's extras (ws_relay.compat), for a client that registered with is_admin.
+    admin_peer_id: str | None = Field(default=None, description="successor: the room's admin worker, if any.")
+    peer_list: list[str] | None = Field(default=None, description="successor: the other peers' ids.")
+    peer_metadata: dict[str, dict[str, Any]] | None = Field(default=None, description="successor: their metadata.")
+    mesh_ice_servers: list[IceServer] | None = Field(default=None, description="successor: STUN for the mesh.")
+
+
+class AdminConflict(_Server):
+    """successor: an admin claim refused, before registered_auth (not numbered)."""
+
+    type: Literal["admin_conflict"]
+    room_id: str
+    current_admin: str
+
+
+class AvailablePeers(_Numbered):
+    """The answer to the seed's query: the other peers of the room."""
+
+    type: Literal["available_peers"]
+    peers: list[str]
+    id: CorrelationId | None = None
+
+
+class _MeshDelivered(_Numbered):
+    """successor: a worker-to-worker message as its target receives it, sender stamped."""
+
+    from_peer_id: str
+    message_id: CorrelationId | None = None
+
+
+class MeshOfferDelivered(_MeshDelivered):
+    type: Literal["mesh_offer"]
+    offer: dict[str, Any]
+
+
+class MeshAnswerDelivered(_MeshDelivered):
+    type: Literal["mesh_answer"]
+    answer: dict[str, Any]
+
+
+class IceCandidateDelivered(_MeshDelivered):
+    type: Literal["ice_candidate"]
+    candidate: dict[str, Any] | str | None
 
 
 class IceServers(_Numbered):
@@ -180,9 +223,18 @@ class Pong(_Numbered):
 
 
 class Error(_Numbered):
+    """The relay's error (code, reason: the v1 shape), or with the code PEER_ERROR a peer's
+    own error relayed to its target: then ``sender`` is stamped and the peer's other fields
+    travel along."""
+
+    model_config = ConfigDict(extra="allow")
+
     type: Literal["error"]
     code: ErrorCode
     reason: str
+    sender: str | None = Field(default=None, description="PEER_ERROR only: the peer that sent it.")
+    target: str | None = Field(default=None, description="PEER_ERROR only: the peer it is for.")
+    message_id: CorrelationId | None = Field(default=None, description="PEER_ERROR only: the sender's id.")
     id: CorrelationId | None = Field(default=None, description="Only when the request carried one.")
     retry_after_ms: int | None = Field(
         default=None, ge=1, description="v2, RATE_LIMITED for a request with an id: it is accepted after this wait."
@@ -207,6 +259,11 @@ AnyServerMessage = (
     | Redirect
     | Pong
     | Error
+    | AdminConflict
+    | AvailablePeers
+    | MeshOfferDelivered
+    | MeshAnswerDelivered
+    | IceCandidateDelivered
 )
 ServerMessage = Annotated[AnyServerMessage, Field(discriminator="type")]
 SERVER_MESSAGE: TypeAdapter[AnyServerMessage] = TypeAdapter(ServerMessage)

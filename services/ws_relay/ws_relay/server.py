@@ -334,7 +334,7 @@ class RelayServer:
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
-        if path == "/healthz":
+        if path in ("/healthz", "/health"):  # /health: the seed's successor's name
             return _with_type(ws.respond(HTTPStatus.OK, HealthBody(status="ok").model_dump_json()), "application/json")
         if path == "/readyz":
             if self.service.closing:  # draining: send no one here

@@ -38,12 +38,13 @@ from signaling_shared.errors import (
     SenderMismatch,
     ServerBusy,
     SignalingError,
+    UnsupportedByPeer,
     as_signaling_error,
 )
 from signaling_shared.ratelimit import KeyedRateLimiter, TokenBucket
 from signaling_shared.settings import RelaySettings
 from signaling_shared.tokens import hash_room_token, new_room_token, room_token_matches
-from ws_relay import discovery, protocol
+from ws_relay import compat, discovery, protocol
 from ws_relay.close_codes import REASONS, CloseCode
 from ws_relay.hub import Hub, Link, Member, Owed, Reservation
 from ws_relay.mailbox import Mailbox
@@ -65,6 +66,7 @@ class Session:
     bucket: TokenBucket
     member: Member | None = None
     deadline: asyncio.TimerHandle | None = None
+    profile: compat.Profile = compat.Profile.V2  # set by its register (ws_relay.compat)
 
 
 class RelayService:
@@ -170,7 +172,7 @@ class RelayService:
         self._settle_departed(member, reason)
         frame = protocol.peer_left(member.peer_id, reason)
         for other in self.hub.others(member):
-            self._push(other, frame)
+            self._push(other, frame, kind="peer_left")
         await self._release_quietly(member.room_id, member.peer_id, member.connection_id)
 
     def _settle_departed(self, member: Member, reason: str) -> None:
@@ -187,7 +189,7 @@ class RelayService:
         if not self.hub.in_room(member.room_id):
             self._watched.discard(member.room_id)
         waiting, member.waiting = member.waiting or [], None
-        owed = member.unsettled() + [item for _, _, item, _ in waiting if item is not None]
+        owed = member.unsettled() + [item for _, _, item, _, _ in waiting if item is not None]
         for item in owed:
             if item.correlation_id is not None or item.held_key is not None or reason in LOST:
                 self._fail(member.room_id, member.peer_id, item)
@@ -198,9 +200,9 @@ class RelayService:
             self.mailbox.release(room_id, [owed.held_key])
         else:
             error = DeliveryFailed(f"peer {target_peer_id!r} left before receiving the message")
-            self._answer(room_id, owed, protocol.error_frame(error, owed.correlation_id))
+            self._answer(room_id, owed, protocol.error_frame(error, owed.correlation_id), kind="error")
 
-    def _answer(self, room_id: str, owed: Owed, frame: str) -> None:
+    def _answer(self, room_id: str, owed: Owed, frame: str, *, kind: str) -> None:
         """Send the outcome of a message to its sender's session: now if it is here, else
         held for it (it may be resuming here after a relay restart) for the resume window."""
         if owed.sender_peer_id is None or owed.sender_session is None:
@@ -209,11 +211,13 @@ class RelayService:
         if sender is not None and sender.session_id == owed.sender_session:
             if owed.correlation_id is not None:
                 sender.in_flight.discard(owed.correlation_id)
-            self._push(sender, frame, answer=True)
+            self._push(sender, frame, kind=kind, answer=True)
         elif sender is None and owed.sender_session not in self._departed:
-            self._spawn(self._hold_answer(room_id, owed.sender_peer_id, owed.sender_session, owed, frame))
+            self._spawn(self._hold_answer(room_id, owed.sender_peer_id, owed.sender_session, owed, frame, kind))
 
-    async def _hold_answer(self, room_id: str, peer_id: str, session_id: str, owed: Owed, frame: str) -> None:
+    async def _hold_answer(
+        self, room_id: str, peer_id: str, session_id: str, owed: Owed, frame: str, kind: str
+    ) -> None:
         def arrived() -> bool:
             return self.hub.get(room_id, peer_id) is not None
 
@@ -233,7 +237,7 @@ class RelayService:
             log.warning("answer_hold_failed", room_id=room_id, error=type(exc).__name__)
             return
         if not held:  # it came back meanwhile
-            self._answer(room_id, owed, frame)
+            self._answer(room_id, owed, frame, kind=kind)
 
     def _confirmed(self, member: Member, seq: int) -> None:
         """``member``'s client has received every frame up to ``seq``: ack their senders."""
@@ -242,7 +246,7 @@ class RelayService:
             if owed.held_key is not None:
                 held.append(owed.held_key)
             elif owed.correlation_id is not None:
-                self._answer(member.room_id, owed, protocol.ack(owed.correlation_id))
+                self._answer(member.room_id, owed, protocol.ack(owed.correlation_id), kind="ack")
         if held:
             self.metrics.held.labels("delivered").inc(len(held))
             self._spawn(self.mailbox.delivered(member.room_id, held))
@@ -254,6 +258,7 @@ class RelayService:
         started: float | None = None,
         owed: Owed | None = None,
         *,
+        kind: str,
         answer: bool = False,
     ) -> bool:
         """Number ``frame`` for ``member`` and send it, or keep it for a resume if detached.
@@ -263,15 +268,16 @@ class RelayService:
         ``owed`` is settled when the client confirms receipt (or fails if it never does).
         An ``answer`` (ack, expired, a failed delivery: one at most per message the member
         sent) is owed to it already and passes the buffer limits, which exist for what
-        others send it.
+        others send it. A frame of a ``kind`` the member's client does not know (a v1 peer's:
+        ``ws_relay.compat``) is not sent either.
         """
-        if member.gone:
+        if member.gone or not compat.receives(member.profile, kind):
             return False
         if member.waiting is not None:  # behind the messages held for it, being read
             if not answer and len(member.waiting) >= self.settings.resume_buffer_messages:
                 self._end(member, CloseCode.OVERFLOW, "overflow")
                 return False
-            member.waiting.append((frame, started, owed, answer))
+            member.waiting.append((frame, started, owed, answer, kind))
             return True
         if not answer:
             frames, size = member.kept()
@@ -283,12 +289,13 @@ class RelayService:
             member.link.send(stamped, started, seq, replay=answer)  # a slow reader is cut off and detached
         return True
 
-    def _reply(self, session: Session, frame: str) -> None:
-        """A reply on this connection: numbered once the connection holds a member."""
+    def _reply(self, session: Session, frame: str, *, kind: str) -> None:
+        """A reply on this connection: numbered once the connection holds a member; not sent
+        at all if the client does not know its ``kind``."""
         member = session.member
         if member is not None and member.link is session.link:
-            self._push(member, frame)
-        else:
+            self._push(member, frame, kind=kind)
+        elif compat.receives(session.profile, kind):
             session.link.send(frame)
 
     # Frames ------------------------------------------------------------------------
@@ -315,37 +322,51 @@ class RelayService:
         self, session: Session, message: protocol.AnyClientMessage, data: dict[str, Any], started: float
     ) -> None:
         if isinstance(message, protocol.Register):
-            await self._register(session, message)
+            await self._register(session, message, data)
             return
         if isinstance(message, protocol.Ping):
-            self._reply(session, protocol.pong(message.id))
+            self._reply(session, protocol.pong(message.id), kind="pong")
             return
         member = session.member
         if member is None:
             raise NotRegistered()
+        named = getattr(message, "from_peer_id", None) or getattr(message, "peer_id", None)
+        if named is not None and named != member.peer_id:  # the successor names its sender
+            raise SenderMismatch(f"sender must be {member.peer_id!r}, the peer registered on this connection")
         if isinstance(message, protocol.DiscoverPeers):
-            self._reply(session, protocol.peer_list(self._discover(member, message.filters), message.id))
+            peers = self._discover(member, message.filters, any_tag=compat.successor_shaped(data))
+            self._reply(session, protocol.peer_list(peers, message.id), kind="peer_list")
+            return
+        if isinstance(message, protocol.Query):
+            peer_ids = [other.peer_id for other in self.hub.others(member)]
+            self._reply(session, protocol.available_peers(peer_ids, message.id), kind="available_peers")
+            return
+        if isinstance(message, protocol.Quit):
+            self._end(member, CloseCode.QUIT, "quit")
             return
         if isinstance(message, protocol.UpdateMetadata):
-            await self._update_metadata(member, message.metadata)
+            merge = message.merge or compat.successor_shaped(data)
+            view = await self._update_metadata(member, message.metadata, merge=merge)
+            if compat.successor_shaped(data):  # the successor confirms to the sender
+                self._reply(session, protocol.metadata_updated(view), kind="metadata_updated")
         elif isinstance(message, protocol.Broadcast):
             frame = protocol.broadcast(member.peer_id, message.payload)
             for other in self.hub.others(member):
-                self._push(other, frame, started)
+                self._push(other, frame, started, kind="broadcast")
         else:
             await self._direct(session, member, message, data, started)
             self.metrics.relayed.labels(message.type).inc()
             return  # acked when the target confirms receipt, or when held
         self.metrics.relayed.labels(message.type).inc()
         if message.id is not None:
-            self._reply(session, protocol.ack(message.id))
+            self._reply(session, protocol.ack(message.id), kind="ack")
 
     def _reply_error(self, session: Session, exc: Exception, correlation_id: str | int | None) -> None:
         error = as_signaling_error(exc)
         if not isinstance(exc, SignalingError | RepositoryError):
             log.error("unhandled_error", error_type=type(exc).__name__, exc_info=exc)
         self.metrics.errors.labels(error.code.value).inc()
-        self._reply(session, protocol.error_frame(error, correlation_id))
+        self._reply(session, protocol.error_frame(error, correlation_id), kind="error")
 
     # Relay -------------------------------------------------------------------------
 
@@ -359,14 +380,22 @@ class RelayService:
     ) -> None:
         """A message for one peer of the room. With an id, it is acked once the target confirms
         receipt; and if the target is not in the room yet, it is held for it instead."""
+        kind: str = message.type
         if isinstance(message, protocol.PeerMessage):
             to_peer_id = message.to_peer_id
             frame = protocol.peer_message(member.peer_id, to_peer_id, message.payload, message.id)
+        elif isinstance(message, protocol.MeshConnect | protocol.MeshAnswer | protocol.IceCandidate):
+            to_peer_id = message.target_peer_id
+            kind = protocol.MESH_RELAYED_AS[message.type]
+            frame = protocol.mesh_frame(message, member.peer_id)
         else:
             if message.sender is not None and message.sender != member.peer_id:
                 raise SenderMismatch(f"sender must be {member.peer_id!r}, the peer registered on this connection")
             to_peer_id = message.target
-            frame = protocol.relayed_frame(data, member.peer_id, message.id)
+            if isinstance(message, protocol.PeerError):
+                frame = protocol.peer_error_frame(data, member.peer_id, message.id)
+            else:
+                frame = protocol.relayed_frame(data, member.peer_id, message.id)
         if message.ttl_seconds is not None and message.ttl_seconds > self.settings.queue_ttl_max_seconds:
             raise InvalidMessage(f"ttl_seconds: at most {self.settings.queue_ttl_max_seconds}")
         if message.id is not None and message.id in member.in_flight:
@@ -375,14 +404,18 @@ class RelayService:
         if target is None and message.id is not None:
             if await self._hold(member, to_peer_id, message.id, message.ttl_seconds, frame):
                 self.metrics.held.labels("held").inc()
-                self._reply(session, protocol.ack(message.id, queued=True))
+                self._reply(session, protocol.ack(message.id, queued=True), kind="ack")
                 return
             target = self.hub.get(member.room_id, to_peer_id)  # it registered while we checked
         if target is None:
+            if message.id is None and isinstance(message, protocol.IceCandidate | protocol.PeerError):
+                return  # as the successor: a candidate or error for a peer gone is dropped, not answered
             raise PeerNotFound(f"peer {to_peer_id!r} is not in this room")
+        if not compat.receives(target.profile, kind):
+            raise UnsupportedByPeer(f"peer {target.peer_id!r} is a v1 (seed) client: it cannot receive {kind!r}")
         # Its receipt acks it (with an id); if it never arrives, the sender is told (v1 too).
         owed = Owed(member.peer_id, member.session_id, message.id)
-        if not self._push(target, frame, started, owed):
+        if not self._push(target, frame, started, owed, kind=kind):
             raise DeliveryFailed(f"peer {target.peer_id!r} cannot take more messages")
         if message.id is not None:
             member.in_flight.add(message.id)
@@ -416,7 +449,7 @@ class RelayService:
             log.info("expired_sender_gone", room_id=message.room_id, peer_id=message.from_peer_id)
             return
         self.metrics.held.labels("expired").inc()
-        self._push(sender, protocol.expired(message.correlation_id, message.to_peer_id), answer=True)
+        self._push(sender, protocol.expired(message.correlation_id, message.to_peer_id), kind="expired", answer=True)
 
     async def _open_inbox(self, member: Member) -> None:
         """Deliver what is held for a newly registered member, then what arrived meanwhile."""
@@ -433,16 +466,17 @@ class RelayService:
         self,
         member: Member,
         held: list[QueuedMessage],
-        waiting: list[tuple[str, float | None, Owed | None, bool]],
+        waiting: list[tuple[str, float | None, Owed | None, bool, str]],
     ) -> None:
         for message in held:
             answer = bool(message.for_session)
             if answer:
                 member.in_flight.discard(message.correlation_id)
-            if not self._push(member, message.frame, owed=Owed(held_key=message.key), answer=answer):
-                self.mailbox.release(member.room_id, [message.key])
-        for frame, started, owed, answer in waiting:
-            if not self._push(member, frame, started, owed, answer=answer) and owed is not None:
+            kind = protocol.frame_type(message.frame) or "error"
+            if not self._push(member, message.frame, owed=Owed(held_key=message.key), kind=kind, answer=answer):
+                self.mailbox.release(member.room_id, [message.key])  # held on (a v1 peer's: until it expires)
+        for frame, started, owed, answer, kind in waiting:
+            if not self._push(member, frame, started, owed, kind=kind, answer=answer) and owed is not None:
                 self._fail(member.room_id, member.peer_id, owed)
         if held:
             log.info("held_delivered", count=len(held))
@@ -454,7 +488,10 @@ class RelayService:
         if size > self.settings.max_metadata_bytes:
             raise InvalidMessage(f"metadata is {size} bytes; the limit is {self.settings.max_metadata_bytes}")
 
-    async def _update_metadata(self, member: Member, metadata: dict[str, Any]) -> None:
+    async def _update_metadata(self, member: Member, update: dict[str, Any], *, merge: bool) -> dict[str, Any]:
+        """Replace (or ``merge`` into: ``compat.merge_metadata``) ``member``'s metadata; the
+        room hears it. The member's view after the update."""
+        metadata = compat.merge_metadata(member.metadata, update) if merge else update
         self._check_metadata(metadata)
         try:
             await self.repository.update_peer_metadata(member.room_id, member.peer_id, member.connection_id, metadata)
@@ -463,19 +500,25 @@ class RelayService:
         if not self.hub.is_current(member):
             raise PeerNotFound("this connection no longer holds its peer id")
         member.metadata = metadata
-        frame = protocol.metadata_updated(self._view(member))
+        view = self._view(member)
+        frame = protocol.metadata_updated(view)
         for other in self.hub.others(member):
-            self._push(other, frame)
+            self._push(other, frame, kind="metadata_updated")
+        return view
 
-    def _discover(self, member: Member, filters: dict[str, Any]) -> list[dict[str, Any]]:
+    def _discover(self, member: Member, filters: dict[str, Any], *, any_tag: bool) -> list[dict[str, Any]]:
+        """The room's other peers that match ``filters`` (``room_id``, if given, must be this
+        room's: discovery never looks into another room)."""
         try:
             discovery.validate_filters(filters)
         except discovery.FilterError as exc:
             raise InvalidMessage(str(exc)) from None
+        if filters.get("room_id", member.room_id) != member.room_id:
+            return []
         return [
             self._view(other)
             for other in self.hub.others(member)
-            if discovery.matches(filters, other.role, other.metadata)
+            if discovery.matches(filters, other.role, other.metadata, any_tag=any_tag)
         ]
 
     @staticmethod
@@ -484,9 +527,14 @@ class RelayService:
 
     # Registration ------------------------------------------------------------------
 
-    async def _register(self, session: Session, message: protocol.Register) -> None:
+    async def _register(self, session: Session, message: protocol.Register, data: dict[str, Any]) -> None:
+        if session.member is None:
+            session.profile = compat.profile_of(data)
         try:
-            outcome = await self._do_register(session, message)
+            if session.member is not None and session.profile is compat.Profile.SUCCESSOR:
+                outcome = await self._register_again(session, session.member, message)
+            else:
+                outcome = await self._do_register(session, message)
         except (SignalingError, RepositoryError) as exc:
             code = as_signaling_error(exc).code.value
             self.metrics.registrations.labels(code).inc()
@@ -583,22 +631,71 @@ class RelayService:
         structlog.contextvars.bind_contextvars(room_id=member.room_id, peer_id=member.peer_id)
         log.info("peer_registered", takeover=replaced is not None)
         others = self.hub.others(member)
+        self._send_registered(session, member, message, resume_token, now)
+        joined = protocol.peer_joined(self._view(member))
+        for other in others:
+            self._push(other, joined, kind="peer_joined")
+        await self._open_inbox(member)
+        return "ok"
+
+    def _send_registered(
+        self, session: Session, member: Member, message: protocol.Register, resume_token: str, now: float
+    ) -> None:
+        """``registered_auth`` for a new registration (after ``admin_conflict``, if its admin
+        claim was refused), with the successor's extras for a successor's client."""
+        others = self.hub.others(member)
         ice = self._ice(member, now)
+        extras: dict[str, Any] | None = None
+        if member.profile is compat.Profile.SUCCESSOR:
+            admin = self.hub.admin_of(member.room_id)
+            if message.is_admin:
+                admin = self.hub.claim_admin(member)
+                if admin != member.peer_id:
+                    session.link.send(protocol.admin_conflict(member.room_id, admin))
+            extras = {
+                "admin_peer_id": admin,
+                "peer_list": [other.peer_id for other in others],
+                "peer_metadata": {other.peer_id: other.metadata for other in others},
+                "mesh_ice_servers": compat.mesh_ice_servers(ice["ice_servers"]),
+            }
         session.link.send(
             protocol.registered_auth(
-                message.room_id,
+                member.room_id,
                 message.token,
-                message.peer_id,
+                member.peer_id,
                 peers=[self._view(other) for other in others],
                 ice=ice,
                 resume_token=resume_token,
                 correlation_id=message.id,
+                last_seq=member.seq,  # 0 when new; a second register's numbering goes on
+                extras=extras,
             )
         )
-        joined = protocol.peer_joined(self._view(member))
-        for other in others:
-            self._push(other, joined)
-        await self._open_inbox(member)
+
+    async def _register_again(self, session: Session, member: Member, message: protocol.Register) -> str:
+        """The successor's second ``register`` on a registered socket (a worker announcing
+        itself admin, or discoverable again after a job): the same peer in the same room, by
+        the same identity, with the room's token. Its role and metadata are replaced (the room
+        hears ``metadata_updated``), its admin claim is judged, and ``registered_auth`` answers."""
+        if (message.room_id, message.peer_id) != (member.room_id, member.peer_id):
+            raise AlreadyRegistered("this connection is registered as another peer or in another room")
+        if message.role != member.role:
+            raise AlreadyRegistered(f"this connection is registered with role {member.role!r}")
+        identity = await self.verifier.verify(message.id_token)
+        if identity.sub != member.owner_sub:
+            raise AlreadyRegistered("this connection is registered by another identity")
+        try:
+            room = await self.repository.get_room(message.room_id)
+        except NotFound:
+            raise RoomNotFound() from None
+        if not room_token_matches(message.token, room.token_hash):
+            self._room_limiter.enforce(message.room_id, "failed registrations in this room")
+            raise InvalidRoomToken()
+        await self._update_metadata(member, message.metadata, merge=False)
+        resume_token = new_room_token()
+        member.resume_hashes = (hash_room_token(resume_token), *member.resume_hashes[:1])
+        log.info("peer_registered_again", room_id=member.room_id, peer_id=member.peer_id)
+        self._send_registered(session, member, message, resume_token, self._clock())
         return "ok"
 
     def _seat(self, session: Session, reservation: Reservation, member: Member, now: float) -> Member | None:
@@ -613,7 +710,8 @@ class RelayService:
         return replaced
 
     def _redirect(self, session: Session, node: RelayNode, room_id: str, correlation_id: str | int | None) -> str:
-        session.link.send(protocol.redirect(node.ws_url, node.node_id, correlation_id))
+        if compat.receives(session.profile, "redirect"):  # a v1 client is closed (4502), no more
+            session.link.send(protocol.redirect(node.ws_url, node.node_id, correlation_id))
         self._close(session.link, CloseCode.REDIRECTED)
         log.info("peer_redirected", room_id=room_id, node_id=node.node_id)
         return "redirected"
@@ -874,7 +972,7 @@ class RelayService:
         # The peers already here lost it with the dead node (their lists came from this one).
         joined = protocol.peer_joined(self._view(member))
         for other in others:
-            self._push(other, joined)
+            self._push(other, joined, kind="peer_joined")
         await self._open_inbox(member)
         return "resumed"
 
@@ -973,11 +1071,12 @@ class RelayService:
         if left:
             frame = protocol.peer_left(peer_id, "timeout")
             for member in self.hub.in_room(room_id):
-                self._push(member, frame)
+                self._push(member, frame, kind="peer_left")
         await self.repository.delete_session_frames(saved)
 
     def _attach(self, session: Session, member: Member) -> None:
         session.member = member
+        member.profile = session.profile
         member.link = session.link
         session.link.on_confirm = lambda seq: self._confirmed(member, seq)
         detached = member.timers.pop("detached", None)
@@ -998,7 +1097,7 @@ class RelayService:
 
     def _refresh_ice(self, member: Member) -> None:
         if self.hub.is_current(member):
-            self._push(member, protocol.ice_servers(self._ice(member, self._clock())))
+            self._push(member, protocol.ice_servers(self._ice(member, self._clock())), kind="ice_servers")
 
     def _record(self, member: Member, now: float) -> PeerRecord:
         """The routing-table entry of ``member`` with a fresh lease."""
@@ -1085,7 +1184,7 @@ class RelayService:
         drain_ms = int(self.settings.drain_seconds * 1000)
         for session in list(self.sessions):
             frame = protocol.go_away("SERVER_SHUTDOWN", drain_ms + secrets.randbelow(self.settings.drain_jitter_ms + 1))
-            self._reply(session, frame)
+            self._reply(session, frame, kind="go_away")
 
     async def _finish_tasks(self) -> None:
         while self._tasks:
