@@ -259,7 +259,7 @@ def _peer_message(seq: int, sender: str, payload: str, message_id: str | None) -
 async def test_a_message_that_arrives_twice_is_received_once() -> None:
     """After a relay node fails, a message its sender sent again may arrive twice: the same
     sender and message_id is one message. Another sender's same id, and messages without an
-    id (v1 senders), are never dropped."""
+    id (v1 senders), are never dropped; the sender is what the server stamps."""
 
     async def relay(ws: ServerConnection) -> None:
         await ws.send(json.dumps(_registered(json.loads(await ws.recv()), resumed=False, last_seq=0)))
@@ -271,7 +271,18 @@ async def test_a_message_that_arrives_twice_is_received_once() -> None:
             _peer_message(5, "B", "no id", None),
             {"seq": 6, "type": "offer", "target": "A", "sdp": "v=0", "sender": "B", "message_id": 7},
             {"seq": 7, "type": "offer", "target": "A", "sdp": "v=0", "sender": "B", "message_id": 7},
-            _peer_message(8, "B", "last", "m2"),
+            # C claims to be B in a field the server does not stamp on offers: it must not
+            # make B's own m2 look like a duplicate (the server strips it too).
+            {
+                "seq": 8,
+                "type": "offer",
+                "target": "A",
+                "sdp": "v=0",
+                "sender": "C",
+                "from_peer_id": "B",
+                "message_id": "m2",
+            },
+            _peer_message(9, "B", "last", "m2"),
         ]
         for frame in frames:
             await ws.send(json.dumps(frame))
@@ -287,7 +298,7 @@ async def test_a_message_that_arrives_twice_is_received_once() -> None:
             await session.close()
     assert received == ["first", "C's own m1", "no id", "no id", "last"]
     assert offer["message_id"] == 7
-    assert session.state.last_seq == 8
+    assert session.state.last_seq == 9
 
 
 async def test_redirects_to_a_node_that_died_are_retried_until_a_live_node_takes_the_room() -> None:

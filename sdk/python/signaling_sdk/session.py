@@ -122,7 +122,7 @@ class Session:
         self._ids = itertools.count(1)
         self._prefix = uuid.uuid4().hex[:12]
         self._pending: dict[str, _Pending] = {}  # by id, in the order sent
-        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()  # the last SEEN_MESSAGES received
+        self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()  # the last SEEN_MESSAGES received
         self._inbox: asyncio.Queue[dict[str, Any] | SignalingError] = asyncio.Queue()
         # offer, answer and candidate: for ``connect``/``accept`` (or ``next_signal``).
         self._signals: asyncio.Queue[dict[str, Any] | SignalingError] = asyncio.Queue()
@@ -401,11 +401,14 @@ class Session:
             self._inbox.put_nowait(message)
 
     def _seen_before(self, message: dict[str, Any]) -> bool:
-        """Whether this relayed message arrived already (sent again after a relay node failed)."""
-        sender = message.get("from_peer_id", message.get("sender"))
-        key = (str(sender), json.dumps(message["message_id"]))
+        """Whether this relayed message arrived already (sent again after a relay node failed).
+        Keyed on what the server stamps, never on a field the sender could set: ``sender`` on
+        relayed offers, answers and candidates, ``from_peer_id`` on peer messages, broadcasts
+        and mesh messages (the server strips each from the other kind)."""
+        stamped = "sender" if message.get("type") in ("offer", "answer", "candidate", "error") else "from_peer_id"
+        key = (str(message.get("type")), str(message.get(stamped)), json.dumps(message["message_id"]))
         if key in self._seen:
-            log.info("dropped a message that arrived twice (from %s)", sender)
+            log.info("dropped a message that arrived twice (from %s)", key[1])
             return True
         self._seen[key] = None
         if len(self._seen) > SEEN_MESSAGES:

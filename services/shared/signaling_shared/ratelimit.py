@@ -32,17 +32,20 @@ class TokenBucket:
             self.tokens = min(float(self.burst), self.tokens + (now - self.updated) * self.rate)
             self.updated = now
 
-    def take(self, now: float) -> bool:
+    def take(self, now: float, cost: float = 1.0) -> bool:
+        """Take ``cost`` tokens (at most ``burst``) if there are that many."""
+        cost = min(cost, float(self.burst))
         self._refill(now)
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.tokens >= cost:
+            self.tokens -= cost
             return True
         return False
 
-    def retry_after(self, now: float) -> float:
-        """Seconds until one token is available."""
+    def retry_after(self, now: float, cost: float = 1.0) -> float:
+        """Seconds until ``cost`` tokens (at most ``burst``) are available."""
+        cost = min(cost, float(self.burst))
         self._refill(now)
-        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / self.rate
+        return 0.0 if self.tokens >= cost else (cost - self.tokens) / self.rate
 
     def is_full(self, now: float) -> bool:
         self._refill(now)

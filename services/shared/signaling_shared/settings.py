@@ -178,6 +178,8 @@ class RelaySettings(CommonSettings):
     max_frame_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     max_peers_per_room: int = Field(default=32, ge=2, le=10_000)
     max_metadata_bytes: int = Field(default=4096, ge=2, le=32 * 1024, description="A peer's metadata, as JSON.")
+    max_metadata_depth: int = Field(default=8, ge=1, le=16, description="Levels of nesting in a peer's metadata.")
+    max_filter_bytes: int = Field(default=2048, ge=64, le=32 * 1024, description="A discover_peers filter, as JSON.")
     max_connections: int = Field(default=10_000, ge=1)
     turn_probe_interval_seconds: float = Field(
         default=60.0,

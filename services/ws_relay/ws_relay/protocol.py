@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -231,6 +232,45 @@ def try_decode_frame(frame: str | bytes) -> dict[str, Any] | None:
 
 # One decoder for every frame: json.loads with an option builds a new one per call.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+MAX_DEPTH = 32  # levels of nesting in a frame: every reply that embeds it can still be encoded
+
+
+def depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether ``value`` (decoded JSON) nests deeper than ``limit`` levels of arrays and
+    objects. Iterative: no recursion limit, and it stops at the first level too deep."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth + 1 > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+# A client's own id in a raw frame, found without decoding it (a frame refused by the rate
+# limit is answered with its id, at the cost of one bounded scan).
+_ID_IN_FRAME = re.compile(r'"id"\s*:\s*("(?:[^"\\\x00-\x1f]|\\.){1,64}"|\d{1,16}(?![\d.eE]))')
+
+
+def scan_correlation_id(frame: str | bytes) -> str | int | None:
+    """The correlation id of an undecoded frame, if its first ``"id":`` is one; a guess that
+    costs one scan of the text (enough to answer a refused frame with its id)."""
+    if not isinstance(frame, str):
+        return None
+    match = _ID_IN_FRAME.search(frame)
+    if match is None:
+        return None
+    try:
+        value = json.loads(match.group(1))
+    except ValueError:
+        return None
+    return correlation_id_of({"id": value})
 
 
 def decode_frame(frame: str | bytes) -> dict[str, Any]:
@@ -243,6 +283,8 @@ def decode_frame(frame: str | bytes) -> dict[str, Any]:
         raise InvalidJson() from None
     if not isinstance(data, dict):
         raise InvalidMessage("a message is a JSON object")
+    if depth_exceeds(data, MAX_DEPTH):
+        raise InvalidJson(f"nested deeper than {MAX_DEPTH} levels")
     return data
 
 

@@ -57,6 +57,8 @@ DEPARTED_SESSIONS_KEPT = 10_000
 SAVE_ATTEMPTS = 3
 LOST = frozenset({"timeout", "overflow"})  # departures in which the client surely missed frames
 ICE_REFRESH_AT = 0.8  # of the credentials' lifetime
+UNHANDLED_LOGS_PER_MINUTE, UNHANDLED_LOGS_BURST = 6, 3  # tracebacks logged per kind of unhandled error
+MAX_REFUSED_PAUSE = 0.25  # seconds a socket over its rate limit is not read, at most
 
 
 @dataclass(eq=False)
@@ -94,6 +96,7 @@ class RelayService:
         self._room_limiter = KeyedRateLimiter.per_minute(
             settings.register_rate_per_minute_per_room, settings.register_burst_per_room
         )
+        self._unhandled_logs = KeyedRateLimiter.per_minute(UNHANDLED_LOGS_PER_MINUTE, UNHANDLED_LOGS_BURST)
         self.sessions: set[Session] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         # Rooms whose sessions saved by a previous process are watched, and their timers.
@@ -303,14 +306,18 @@ class RelayService:
     async def handle_frame(self, session: Session, frame: str | bytes) -> None:
         started = time.perf_counter()
         correlation_id: str | int | None = None
+        if not session.bucket.take(time.monotonic()):
+            # Refused on cheap facts, without decoding; answered with the request's id (found by
+            # one scan) so a v2 client can match it and send it again. The socket is then not
+            # read until a token is due: a flood is held back by TCP, not paid for frame by frame.
+            retry_after = session.bucket.retry_after(time.monotonic())
+            error = RateLimited(
+                f"more than {self.settings.messages_per_second:g} messages per second", retry_after=retry_after
+            )
+            self._reply_error(session, error, protocol.scan_correlation_id(frame))
+            await asyncio.sleep(min(retry_after, MAX_REFUSED_PAUSE))
+            return
         try:
-            if not session.bucket.take(time.monotonic()):
-                # Answered with the request's id, so a v2 client can match it and send it again.
-                correlation_id = protocol.correlation_id_of(protocol.try_decode_frame(frame))
-                raise RateLimited(
-                    f"more than {self.settings.messages_per_second:g} messages per second",
-                    retry_after=session.bucket.retry_after(time.monotonic()),
-                )
             data = protocol.decode_frame(frame)
             correlation_id = protocol.correlation_id_of(data)
             message = protocol.parse_message(data)
@@ -350,8 +357,16 @@ class RelayService:
             if compat.successor_shaped(data):  # the successor confirms to the sender
                 self._reply(session, protocol.metadata_updated(view), kind="metadata_updated")
         elif isinstance(message, protocol.Broadcast):
+            others = self.hub.others(member)
+            # A broadcast costs one message per recipient (its first was paid on arrival).
+            if len(others) > 1 and not session.bucket.take(time.monotonic(), len(others) - 1):
+                raise RateLimited(
+                    f"a broadcast to {len(others)} peers counts as {len(others)} messages;"
+                    f" more than {self.settings.messages_per_second:g} per second",
+                    retry_after=session.bucket.retry_after(time.monotonic(), len(others) - 1),
+                )
             frame = protocol.broadcast(member.peer_id, message.payload)
-            for other in self.hub.others(member):
+            for other in others:
                 self._push(other, frame, started, kind="broadcast")
         else:
             await self._direct(session, member, message, data, started)
@@ -363,7 +378,10 @@ class RelayService:
 
     def _reply_error(self, session: Session, exc: Exception, correlation_id: str | int | None) -> None:
         error = as_signaling_error(exc)
-        if not isinstance(exc, SignalingError | RepositoryError):
+        # A bug a client can trigger at will: logged with its traceback a few times per kind,
+        # then counted only (the errors metric, INTERNAL_ERROR), so logs cannot be flooded.
+        unhandled = not isinstance(exc, SignalingError | RepositoryError)
+        if unhandled and self._unhandled_logs.hit(type(exc).__name__) is None:
             log.error("unhandled_error", error_type=type(exc).__name__, exc_info=exc)
         self.metrics.errors.labels(error.code.value).inc()
         self._reply(session, protocol.error_frame(error, correlation_id), kind="error")
@@ -484,6 +502,10 @@ class RelayService:
     # Metadata and discovery --------------------------------------------------------
 
     def _check_metadata(self, metadata: dict[str, Any]) -> None:
+        """Metadata is stored and sent to every peer of the room: it must stay small and
+        shallow enough for every reply that embeds it."""
+        if protocol.depth_exceeds(metadata, self.settings.max_metadata_depth):
+            raise InvalidMessage(f"metadata nests deeper than {self.settings.max_metadata_depth} levels")
         size = len(protocol.encode(metadata))
         if size > self.settings.max_metadata_bytes:
             raise InvalidMessage(f"metadata is {size} bytes; the limit is {self.settings.max_metadata_bytes}")
@@ -509,6 +531,9 @@ class RelayService:
     def _discover(self, member: Member, filters: dict[str, Any], *, any_tag: bool) -> list[dict[str, Any]]:
         """The room's other peers that match ``filters`` (``room_id``, if given, must be this
         room's: discovery never looks into another room)."""
+        size = len(protocol.encode(filters))  # evaluated against every peer: bounded first
+        if size > self.settings.max_filter_bytes:
+            raise InvalidMessage(f"filters are {size} bytes; the limit is {self.settings.max_filter_bytes}")
         try:
             discovery.validate_filters(filters)
         except discovery.FilterError as exc:
