@@ -59,6 +59,9 @@ GENEROUS_LIMITS: dict[str, Any] = {
     "register_burst_per_ip": 10_000,
     "register_rate_per_minute_per_room": 100_000,
     "register_burst_per_room": 10_000,
+    # Every test peer comes from 127.0.0.1 (test_abuse.py sets the per-address caps itself).
+    "max_connections_per_ip": 10_000,
+    "max_unregistered_per_ip": 10_000,
     # Test relays stop often, mostly with peers still connected: a short drain.
     "drain_seconds": scaled(0.2),
 }

@@ -4,6 +4,7 @@ relay goes on serving everyone else."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import AsyncIterator
@@ -11,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
 
 from conftest import RelayFactory
 from support import TIMEOUT, Peer, RoomGrant, User, create_room, sign_in, unique
@@ -187,3 +189,38 @@ async def test_frames_over_the_rate_limit_are_refused_without_being_decoded(
         assert {reply.get("code") for reply in replies[5:]} == {"RATE_LIMITED"}
         assert [reply["id"] for reply in replies[5:]] == [f"p{i}" for i in range(5, 10)]
         assert len(decoded) == 5
+
+
+async def test_one_address_cannot_take_every_connection(api: str, relay_with: RelayFactory) -> None:
+    """Finding 5: one address held 3,000 unregistered sockets until the registration deadline,
+    and legitimate peers got 503. An address may hold only so many sockets, fewer of them
+    unregistered: past either cap its handshakes are refused with 429, and the others'
+    are not (a socket that registers, or closes, makes room)."""
+    async with relay_with(max_connections_per_ip=4, max_unregistered_per_ip=2) as server:
+        user = await sign_in(api)
+        room = await create_room(api, user)
+        idle = [await Peer.connect(url(server)) for _ in range(2)]
+        with pytest.raises(InvalidStatus) as refused:
+            await Peer.connect(url(server))
+        assert refused.value.response.status_code == 429
+        await idle[0].register(unique("P"), room, user)  # registered: no longer counts as idle
+        idle.append(await Peer.connect(url(server)))
+        await idle[1].register(unique("P"), room, user)
+        idle.append(await Peer.connect(url(server)))  # four open now: the address's total
+        with pytest.raises(InvalidStatus) as refused:
+            await Peer.connect(url(server))
+        assert refused.value.response.status_code == 429
+        await idle[2].register(unique("P"), room, user)
+        closed = asyncio.Event()  # the relay sees the close a moment after the client
+        close_session = server.service.close_session
+
+        async def noting_close(session: Any, **options: Any) -> None:
+            await close_session(session, **options)
+            closed.set()
+
+        server.service.close_session = noting_close  # type: ignore[method-assign]
+        await idle[0].close()
+        await asyncio.wait_for(closed.wait(), TIMEOUT)
+        await Peer.connect(url(server))
+        metrics = server.metrics.render()[0].decode()
+        assert 'signaling_ws_connections_refused_total{reason="per_ip"} 2.0' in metrics

@@ -181,6 +181,12 @@ class RelaySettings(CommonSettings):
     max_metadata_depth: int = Field(default=8, ge=1, le=16, description="Levels of nesting in a peer's metadata.")
     max_filter_bytes: int = Field(default=2048, ge=64, le=32 * 1024, description="A discover_peers filter, as JSON.")
     max_connections: int = Field(default=10_000, ge=1)
+    max_connections_per_ip: int = Field(
+        default=256, ge=1, description="Open sockets from one client address (behind a NAT, a lab shares one)."
+    )
+    max_unregistered_per_ip: int = Field(
+        default=32, ge=1, description="Sockets from one address that have not registered yet."
+    )
     turn_probe_interval_seconds: float = Field(
         default=60.0,
         ge=0,

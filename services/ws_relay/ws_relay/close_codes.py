@@ -24,6 +24,7 @@ class CloseCode(IntEnum):
     SERVER_SHUTDOWN = 4500
     SLOW_CONSUMER = 4501
     REDIRECTED = 4502
+    TOO_MANY_CONNECTIONS = 4503
 
     @property
     def retryable(self) -> bool:
@@ -39,5 +40,6 @@ REASONS: dict[CloseCode, str] = {
     CloseCode.QUIT: "the peer quit the room",
     CloseCode.SERVER_SHUTDOWN: "server shutting down, reconnect",
     CloseCode.SLOW_CONSUMER: "too many unread messages, reconnect",
+    CloseCode.TOO_MANY_CONNECTIONS: "too many connections from this address: close some, or retry later",
     CloseCode.REDIRECTED: "the room is served by another relay node: register at redirect's ws_url",
 }

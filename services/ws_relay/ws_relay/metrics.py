@@ -23,6 +23,12 @@ class RelayMetrics(ServiceMetrics):
         self.connections_opened = Counter(
             "signaling_ws_connections_opened", "WebSocket connections accepted.", registry=r
         )
+        self.refused = Counter(
+            "signaling_ws_connections_refused",
+            "Handshakes refused: 'capacity' (max_connections) or 'per_ip' (one address's caps).",
+            ["reason"],
+            registry=r,
+        )
         self.closes = Counter(
             "signaling_ws_closes", "Connections closed by the relay, by close code.", ["code"], registry=r
         )

@@ -351,7 +351,12 @@ class RelayServer:
             return _with_type(ws.respond(HTTPStatus.OK, payload.decode()), content_type)
         if len(self.service.sessions) >= self.settings.max_connections:
             self.metrics.errors.labels("SERVER_BUSY").inc()
+            self.metrics.refused.labels("capacity").inc()
             return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "server is at capacity, retry later\n")
+        refused = self.service.refuses(self._client_ip(ws))
+        if refused is not None:
+            self.metrics.refused.labels("per_ip").inc()
+            return ws.respond(HTTPStatus.TOO_MANY_REQUESTS, f"{refused}; close some, or retry later\n")
         return None
 
     def _client_ip(self, ws: ServerConnection) -> str:
@@ -379,8 +384,14 @@ class RelayServer:
     # WebSocket ---------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
+        remote_ip = self._client_ip(ws)
+        if self.service.refuses(remote_ip) is not None:  # handshakes that passed the check together
+            self.metrics.refused.labels("per_ip").inc()
+            self.metrics.closes.labels(str(int(CloseCode.TOO_MANY_CONNECTIONS))).inc()
+            await ws.close(CloseCode.TOO_MANY_CONNECTIONS, REASONS[CloseCode.TOO_MANY_CONNECTIONS])
+            return
         link = WebSocketLink(ws, outbox_max=self.settings.outbox_max_messages, metrics=self.metrics)
-        session = self.service.open_session(link, self._client_ip(ws))
+        session = self.service.open_session(link, remote_ip)
         self.metrics.connections_opened.inc()
         with structlog.contextvars.bound_contextvars(connection_id=link.connection_id):
             log.info("connection_opened")

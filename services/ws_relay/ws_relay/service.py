@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
@@ -98,6 +98,9 @@ class RelayService:
         )
         self._unhandled_logs = KeyedRateLimiter.per_minute(UNHANDLED_LOGS_PER_MINUTE, UNHANDLED_LOGS_BURST)
         self.sessions: set[Session] = set()
+        # Per client address: open sockets, and those not registered yet (the handshake's caps).
+        self._open_by_ip: Counter[str] = Counter()
+        self._unregistered_by_ip: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
         # Rooms whose sessions saved by a previous process are watched, and their timers.
         self._watched: set[str] = set()
@@ -110,6 +113,29 @@ class RelayService:
 
     # Connections -------------------------------------------------------------------
 
+    def refuses(self, remote_ip: str) -> str | None:
+        """Why a new socket from ``remote_ip`` is refused at the handshake (HTTP 429), if it is:
+        one address may hold only so many sockets, and fewer that have not registered, so it
+        cannot take the relay's capacity from everyone else."""
+        if self._open_by_ip[remote_ip] >= self.settings.max_connections_per_ip:
+            return f"more than {self.settings.max_connections_per_ip} connections from this address"
+        if self._unregistered_by_ip[remote_ip] >= self.settings.max_unregistered_per_ip:
+            return f"more than {self.settings.max_unregistered_per_ip} unregistered connections from this address"
+        return None
+
+    def _registered_once(self, session: Session) -> None:
+        """``session`` holds a member for the first time: it no longer counts as unregistered."""
+        if session.deadline is not None:
+            session.deadline.cancel()
+            session.deadline = None
+            self._count_down(self._unregistered_by_ip, session.remote_ip)
+
+    @staticmethod
+    def _count_down(counts: Counter[str], key: str) -> None:
+        counts[key] -= 1
+        if counts[key] <= 0:
+            del counts[key]
+
     def open_session(self, link: Link, remote_ip: str) -> Session:
         session = Session(
             link=link,
@@ -119,6 +145,8 @@ class RelayService:
             ),
         )
         self.sessions.add(session)
+        self._open_by_ip[remote_ip] += 1
+        self._unregistered_by_ip[remote_ip] += 1
         session.deadline = asyncio.get_running_loop().call_later(
             self.settings.register_timeout_seconds, self._registration_deadline, session
         )
@@ -141,11 +169,12 @@ class RelayService:
     async def close_session(self, session: Session, *, resumable: bool = False, reason: str = "closed") -> None:
         """The connection is gone. A dropped connection (``resumable``) detaches its member for
         the resume window; otherwise the member leaves the room now, with ``reason``."""
-        self.sessions.discard(session)
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self._count_down(self._open_by_ip, session.remote_ip)
+            self._registered_once(session)  # no longer unregistered either: it is gone
         if self.closing and not self.sessions:
             self.drained.set()
-        if session.deadline is not None:
-            session.deadline.cancel()
         member = session.member
         if member is None or member.link is not session.link or not self.hub.is_current(member):
             return  # never registered, resumed elsewhere, or replaced
@@ -1100,6 +1129,7 @@ class RelayService:
         await self.repository.delete_session_frames(saved)
 
     def _attach(self, session: Session, member: Member) -> None:
+        self._registered_once(session)
         session.member = member
         member.profile = session.profile
         member.link = session.link
