@@ -224,3 +224,32 @@ async def test_one_address_cannot_take_every_connection(api: str, relay_with: Re
         await Peer.connect(url(server))
         metrics = server.metrics.render()[0].decode()
         assert 'signaling_ws_connections_refused_total{reason="per_ip"} 2.0' in metrics
+
+
+def turn_user(frame: dict[str, Any]) -> str:
+    (entry,) = [server for server in frame["ice_servers"] if "username" in server]
+    return str(entry["username"]).partition(":")[2]
+
+
+async def test_turn_quota_is_counted_per_identity_not_per_chosen_peer_id(api: str, relay: str) -> None:
+    """Finding 6: the TURN username was '<expiry>:<peer_id>' with a peer id the client chose,
+    and coturn counts its quota per username: every room's "Worker-1" shared one quota, and
+    one identity with many peer ids had many. The user is now a hash of the identity, in
+    registered_auth and in GET /ice-servers alike; and /ice-servers is rate-limited."""
+    alice, bob = await sign_in(api), await sign_in(api)
+    alice_room, bob_room = await create_room(api, alice), await create_room(api, bob)
+    users = []
+    for room, user, peer_id in (
+        (alice_room, alice, "Worker-1"),
+        (alice_room, alice, "Worker-2"),
+        (bob_room, bob, "Worker-1"),
+    ):
+        peer = await Peer.connect(relay)
+        users.append(turn_user(await peer.register(peer_id, room, user)))
+    assert users[0] == users[1] != users[2]
+    assert "Worker" not in users[0]
+    async with httpx.AsyncClient(base_url=api, timeout=TIMEOUT) as http:
+        answers = [await http.get("/ice-servers", headers=alice.bearer) for _ in range(11)]
+    assert [answer.status_code for answer in answers] == [200] * 10 + [429]
+    assert answers[-1].json()["error"] == "RATE_LIMITED"
+    assert turn_user(answers[0].json()) == users[0]

@@ -16,12 +16,13 @@ import httpx
 import pytest
 from aioice.stun import TransactionFailed
 from aioice.turn import create_turn_endpoint
+from jose import jwt
 
 from conftest import RelayFactory
 from coturn import coturn_server
 from devstack.stack import StackInfo
 from signaling_shared.settings import CommonSettings
-from signaling_shared.turn import ice_servers
+from signaling_shared.turn import ice_servers, identity_tag
 from support import TIMEOUT, Peer, create_room, scaled_whole, sign_in
 
 pytestmark = pytest.mark.integration
@@ -109,7 +110,7 @@ async def test_registration_carries_ice_servers_and_the_relay_refreshes_them(
         registered = await peer.register("P", room, user)
         first = turn_entry(registered)
         assert registered["ttl"] == ttl
-        assert first["username"].endswith(":P")
+        assert first["username"].partition(":")[2] == identity_tag(jwt.get_unverified_claims(user.id_token)["sub"])
         await allocate(coturn, first["username"], first["credential"])
         pushed = await peer.expect("ice_servers")  # at 80% of their lifetime
         second = turn_entry(pushed)

@@ -29,9 +29,10 @@ from signaling_shared.errors import (
     StorageUnavailable,
 )
 from signaling_shared.http import error_responses
-from signaling_shared.settings import CommonSettings
+from signaling_shared.ratelimit import KeyedRateLimiter
+from signaling_shared.settings import RoomsSettings
 from signaling_shared.tokens import ID_PATTERN
-from signaling_shared.turn import ice_servers
+from signaling_shared.turn import ice_servers, identity_tag
 
 # The dependencies of every route: the ID token is checked (JWKS may be unreachable) and
 # DynamoDB is called.
@@ -57,9 +58,10 @@ def _deleted(result: Deleted) -> DeleteRoomResponse:
 
 
 def rooms_router(
-    service: RoomsService, identity: Callable[..., Awaitable[Identity]], settings: CommonSettings
+    service: RoomsService, identity: Callable[..., Awaitable[Identity]], settings: RoomsSettings
 ) -> APIRouter:
     router = APIRouter(tags=["rooms"])
+    ice_limiter = KeyedRateLimiter.per_minute(settings.ice_servers_rate_per_minute, settings.ice_servers_burst)
     Caller = Annotated[Identity, Depends(identity)]
     RoomId = Annotated[str, Path(pattern=ID_PATTERN, description="Room id from /create-room.")]
 
@@ -133,9 +135,10 @@ def rooms_router(
         response_model=IceServersResponse,
         response_model_exclude_none=True,  # STUN entries carry no username/credential at all
         summary="STUN/TURN servers with TURN credentials that expire after 'ttl' seconds.",
-        responses=error_responses(InvalidIdToken, AuthProviderUnavailable),
+        responses=error_responses(InvalidIdToken, AuthProviderUnavailable, RateLimited),
     )
     async def get_ice_servers(caller: Caller) -> IceServersResponse:
-        return IceServersResponse.model_validate(ice_servers(settings, caller.username or "peer", time.time()))
+        ice_limiter.enforce(caller.sub, "ICE server requests by this identity")
+        return IceServersResponse.model_validate(ice_servers(settings, identity_tag(caller.sub), time.time()))
 
     return router

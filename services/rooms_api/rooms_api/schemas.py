@@ -73,7 +73,7 @@ class RoomView(BaseModel):
 
 class IceServer(BaseModel):
     urls: list[str]
-    username: str | None = Field(default=None, description="TURN only: '<expiry>:<peer>'.")
+    username: str | None = Field(default=None, description="TURN only: '<expiry>:<user>', user a hash of the identity.")
     credential: str | None = Field(default=None, description="TURN only: base64 HMAC-SHA1 of the username.")
 
 

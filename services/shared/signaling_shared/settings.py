@@ -158,6 +158,10 @@ class RoomsSettings(CommonSettings):
     room_ttl_seconds: int = Field(default=7200, ge=60, le=7 * 24 * 3600)
     room_create_rate_per_minute: float = Field(default=30.0, gt=0, description="Rooms per identity per minute.")
     room_create_burst: int = Field(default=10, ge=1)
+    ice_servers_rate_per_minute: float = Field(
+        default=30.0, gt=0, description="GET /ice-servers per identity per minute (each signs TURN credentials)."
+    )
+    ice_servers_burst: int = Field(default=10, ge=1)
 
 
 class RelaySettings(CommonSettings):

@@ -1,8 +1,11 @@
 """ICE servers for peers, with ephemeral TURN credentials (the TURN REST API scheme).
 
-coturn's ``use-auth-secret`` checks ``username = "<expiry unix time>:<peer>"`` and
+coturn's ``use-auth-secret`` checks ``username = "<expiry unix time>:<user>"`` and
 ``credential = base64(HMAC-SHA1(secret, username))``; the credential is worthless after
-its expiry, so a leaked one expires by itself. The first configured secret signs; coturn
+its expiry, so a leaked one expires by itself. ``<user>`` is a hash of the server-side
+identity (``identity_tag``), never a name the client chose: coturn counts its per-user
+quota by it, so one identity's allocations are counted together and nobody can spend
+another's. The first configured secret signs; coturn
 accepts every secret it is configured with, which is how a secret is rotated.
 """
 
@@ -21,9 +24,14 @@ def turn_credential(secret: str, username: str) -> str:
     return base64.b64encode(digest).decode()
 
 
+def identity_tag(sub: str) -> str:
+    """The TURN user for a Cognito identity: 16 hex digits of its SHA-256 (no identity in the clear)."""
+    return hashlib.sha256(f"turn-user:{sub}".encode()).hexdigest()[:16]
+
+
 def rest_credentials(settings: CommonSettings, peer: str, now: float) -> tuple[str, str] | None:
-    """TURN username and credential for ``peer``, valid for the configured TTL from ``now``,
-    signed with the first secret; None without TURN URLs and secrets."""
+    """TURN username and credential for the TURN user ``peer`` (``identity_tag``), valid for
+    the configured TTL from ``now``, signed with the first secret; None without TURN."""
     if not (settings.turn_urls and settings.turn_secrets):
         return None
     username = f"{int(now) + settings.turn_credential_ttl_seconds}:{peer}"

@@ -44,7 +44,7 @@ class PeerView(_Server):
 
 class IceServer(_Server):
     urls: list[str]
-    username: str | None = Field(default=None, description="TURN only: '<expiry>:<peer>'.")
+    username: str | None = Field(default=None, description="TURN only: '<expiry>:<user>', user a hash of the identity.")
     credential: str | None = Field(default=None, description="TURN only: base64 HMAC-SHA1 of the username.")
 
 

@@ -1140,7 +1140,7 @@ class RelayService:
 
     def _ice(self, member: Member, now: float) -> dict[str, Any]:
         """ICE servers for ``member``, with a refresh scheduled before the credentials expire."""
-        ice = turn.ice_servers(self.settings, member.peer_id, now)
+        ice = turn.ice_servers(self.settings, turn.identity_tag(member.owner_sub), now)
         previous = member.timers.pop("ice", None)
         if previous is not None:
             previous.cancel()
