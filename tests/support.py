@@ -62,6 +62,10 @@ GENEROUS_LIMITS: dict[str, Any] = {
     # Every test peer comes from 127.0.0.1 (test_abuse.py sets the per-address caps itself).
     "max_connections_per_ip": 10_000,
     "max_unregistered_per_ip": 10_000,
+    # Held messages: tests hold many, and some for a moment (test_abuse.py tests the defaults).
+    "queue_ttl_min_seconds": 1,
+    "queue_holds_per_minute": 100_000,
+    "queue_hold_burst": 10_000,
     # Test relays stop often, mostly with peers still connected: a short drain.
     "drain_seconds": scaled(0.2),
 }

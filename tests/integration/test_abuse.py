@@ -253,3 +253,37 @@ async def test_turn_quota_is_counted_per_identity_not_per_chosen_peer_id(api: st
     assert [answer.status_code for answer in answers] == [200] * 10 + [429]
     assert answers[-1].json()["error"] == "RATE_LIMITED"
     assert turn_user(answers[0].json()) == users[0]
+
+
+async def test_held_messages_have_a_minimum_lifetime_a_rate_and_a_share_per_sender(
+    api: str, relay_with: RelayFactory
+) -> None:
+    """Finding 4: one room wrote and deleted 2,530 held 60 KB messages in 30 s (ttl_seconds 1),
+    and one sender could fill the room's cap so that another identity got QUEUE_FULL. A hold
+    lasts at least 30 s, an identity has so many holds per minute, and a sender so many of
+    the room's."""
+    limits = {"queue_ttl_min_seconds": 30, "queue_holds_per_minute": 0.01, "queue_hold_burst": 3}
+    async with relay_with(**limits, queue_max_per_sender=2, queue_max_per_room=10) as server:
+        alice, bob = await sign_in(api), await sign_in(api)
+        room = await create_room(api, alice)
+        sender = await peer_in(url(server), room, alice)
+        other = await peer_in(url(server), room, bob)
+        await sender.expect("peer_joined")
+
+        def held(i: int, **extra: Any) -> dict[str, Any]:
+            return {"type": "peer_message", "to_peer_id": "Absent", "payload": "x" * 100, "id": i, **extra}
+
+        await sender.send(held(0, ttl_seconds=1))
+        await sender.expect_error_with_id("INVALID_MESSAGE", 0)
+        for i in (1, 2):
+            await sender.send(held(i, ttl_seconds=30))
+            assert (await sender.expect("ack"))["queued"] is True
+        await sender.send(held(3))
+        await sender.expect_error_with_id("QUEUE_FULL", 3)  # its share of the room: 2
+        await other.send(held(4))
+        assert (await other.expect("ack"))["queued"] is True  # the room still has room
+        # Three holds tried (the third refused by the share): the identity's burst is spent,
+        # and the next is refused before anything is read or written.
+        await sender.send(held(5))
+        refused = await sender.expect("error")
+        assert (refused["code"], refused["id"]) == ("RATE_LIMITED", 5)

@@ -231,6 +231,12 @@ class RelaySettings(CommonSettings):
     )
     queue_max_per_peer: int = Field(default=100, ge=1, description="Messages held for one absent peer.")
     queue_max_per_room: int = Field(default=1000, ge=1, description="Messages held in one room, for all absent peers.")
+    queue_max_per_sender: int = Field(default=100, ge=1, description="Messages one peer has held in its room.")
+    queue_ttl_min_seconds: int = Field(
+        default=30, ge=1, description="The shortest hold a sender may ask for: a hold is a write and a delete."
+    )
+    queue_holds_per_minute: float = Field(default=60.0, gt=0, description="Messages one identity may have held.")
+    queue_hold_burst: int = Field(default=20, ge=1)
     ping_interval_seconds: float | None = Field(default=20.0, gt=0)
     ping_timeout_seconds: float | None = Field(default=20.0, gt=0)
     drain_seconds: float = Field(

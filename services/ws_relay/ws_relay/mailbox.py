@@ -158,6 +158,9 @@ class Mailbox:
                 raise QueueFull(f"{for_target} messages are already held for peer {to_peer_id!r}")
             if len(live) >= self.settings.queue_max_per_room and not for_session:
                 raise QueueFull(f"{len(live)} messages are already held in this room")
+            from_sender = sum(1 for m in live if m.from_peer_id == from_peer_id)
+            if from_sender >= self.settings.queue_max_per_sender and not for_session:
+                raise QueueFull(f"{from_sender} messages from this peer are already held in this room")
             message = QueuedMessage(
                 room_id=room_id,
                 key=QueuedMessage.key_for(to_peer_id, now_ms, self.settings.node_id, next(self._counter)),

@@ -96,6 +96,7 @@ class RelayService:
         self._room_limiter = KeyedRateLimiter.per_minute(
             settings.register_rate_per_minute_per_room, settings.register_burst_per_room
         )
+        self._hold_limiter = KeyedRateLimiter.per_minute(settings.queue_holds_per_minute, settings.queue_hold_burst)
         self._unhandled_logs = KeyedRateLimiter.per_minute(UNHANDLED_LOGS_PER_MINUTE, UNHANDLED_LOGS_BURST)
         self.sessions: set[Session] = set()
         # Per client address: open sockets, and those not registered yet (the handshake's caps).
@@ -445,6 +446,8 @@ class RelayService:
                 frame = protocol.relayed_frame(data, member.peer_id, message.id)
         if message.ttl_seconds is not None and message.ttl_seconds > self.settings.queue_ttl_max_seconds:
             raise InvalidMessage(f"ttl_seconds: at most {self.settings.queue_ttl_max_seconds}")
+        if message.ttl_seconds is not None and message.ttl_seconds < self.settings.queue_ttl_min_seconds:
+            raise InvalidMessage(f"ttl_seconds: at least {self.settings.queue_ttl_min_seconds}")
         if message.id is not None and message.id in member.in_flight:
             return  # sent again after a resume: already on its way, its outcome will come
         target = self.hub.get(member.room_id, to_peer_id)
@@ -470,6 +473,8 @@ class RelayService:
     async def _hold(
         self, member: Member, to_peer_id: str, correlation_id: str | int, ttl_seconds: int | None, frame: str
     ) -> bool:
+        # Each hold is a write (and later a delete) in DynamoDB: an identity has only so many.
+        self._hold_limiter.enforce(member.owner_sub, "messages held by this identity")
         lifetime_ms = self.mailbox.lifetime_ms(ttl_seconds)
         return await self.mailbox.hold(
             room_id=member.room_id,
