@@ -241,7 +241,6 @@ def test_only_https_and_turn_are_open_to_the_internet(applied: Applied) -> None:
         ("udp", 443, 443, "0.0.0.0/0"),
         ("udp", 3478, 3478, "0.0.0.0/0"),
         ("tcp", 3478, 3478, "0.0.0.0/0"),
-        ("tcp", 5349, 5349, "0.0.0.0/0"),
         ("udp", 49152, 65535, "0.0.0.0/0"),
     }
     egress = {

@@ -116,7 +116,9 @@ class RoomsService:
         return await self._delete_rooms([room_id])
 
     async def delete_by_peer(self, caller: Identity, peer_id: str) -> Deleted:
-        """Delete the caller's rooms in which ``peer_id`` is live (the seed's fallback)."""
+        """Delete the caller's rooms in which ``peer_id`` is live (the seed's fallback). A peer
+        live only in others' rooms is answered as one live nowhere: the answer must not tell
+        a stranger where a peer id is in use."""
         room_ids = await self._repo.rooms_of_peer(peer_id, now=self._clock())
         owned = []
         for room_id in room_ids:
@@ -126,9 +128,7 @@ class RoomsService:
                 continue
             owned.append(room_id)
         if not owned:
-            if room_ids:
-                raise NotRoomCreator("the peer's room was not created by this identity")
-            raise RoomNotFound("no live room holds this peer")
+            raise RoomNotFound("no live room of this identity holds this peer")
         return await self._delete_rooms(owned)
 
     async def delete_peer(self, caller: Identity, peer_id: str) -> Deleted:

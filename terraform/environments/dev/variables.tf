@@ -66,6 +66,7 @@ variable "host" {
     key_name             = optional(string)
     public_ingress_cidrs = optional(list(string))
     enable_turn          = optional(bool)
+    enable_turn_tls      = optional(bool)
     turn_relay_ports = optional(object({
       from = optional(number)
       to   = optional(number)

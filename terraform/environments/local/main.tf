@@ -60,6 +60,7 @@ module "host" {
   key_name               = var.host.key_name
   public_ingress_cidrs   = var.host.public_ingress_cidrs
   enable_turn            = var.host.enable_turn
+  enable_turn_tls        = var.host.enable_turn_tls
   turn_relay_ports       = var.host.turn_relay_ports
   enable_http            = var.host.enable_http
   enable_seed_ports      = var.host.enable_seed_ports

@@ -39,8 +39,10 @@ locals {
     var.enable_turn ? {
       turn-udp   = { protocol = "udp", from = 3478, to = 3478, description = "TURN/STUN over UDP (coturn)" }
       turn-tcp   = { protocol = "tcp", from = 3478, to = 3478, description = "TURN over TCP (coturn)" }
-      turn-tls   = { protocol = "tcp", from = 5349, to = 5349, description = "TURN over TLS (coturn)" }
       turn-relay = { protocol = "udp", from = var.turn_relay_ports.from, to = var.turn_relay_ports.to, description = "TURN relayed media (coturn min-port to max-port)" }
+    } : {},
+    var.enable_turn && var.enable_turn_tls ? {
+      turn-tls = { protocol = "tcp", from = 5349, to = 5349, description = "TURN over TLS (coturn, enable_turn_tls)" }
     } : {},
     var.enable_http ? {
       http = { protocol = "tcp", from = 80, to = 80, description = "HTTP redirect to HTTPS and ACME HTTP-01 (enable_http)" }
@@ -236,7 +238,10 @@ resource "aws_instance" "this" {
   metadata_options {
     http_endpoint               = "enabled"
     http_tokens                 = "required" # IMDSv2 only
-    http_put_response_hop_limit = 2          # the containers reach the instance role through the Docker bridge
+    # 2, not 1: auth-api, rooms-api and ws-relay call Cognito and DynamoDB with the instance
+    # role, from containers (compose's "egress" network), one hop past the host. The edge's
+    # "public" network is a bridge too, so Caddy could reach IMDS as well (docs/security.md).
+    http_put_response_hop_limit = 2
     instance_metadata_tags      = "disabled"
   }
 

@@ -130,9 +130,16 @@ variable "public_ingress_cidrs" {
 }
 
 variable "enable_turn" {
-  description = "Open the TURN ports (3478 UDP/TCP, 5349 TLS) and the relay port range for coturn."
+  description = "Open the TURN ports (3478 UDP/TCP) and the relay port range for coturn."
   type        = bool
   default     = true
+  nullable    = false
+}
+
+variable "enable_turn_tls" {
+  description = "Also open 5349/tcp, TURN over TLS: only once coturn has a certificate (its role runs no-tls by default)."
+  type        = bool
+  default     = false
   nullable    = false
 }
 

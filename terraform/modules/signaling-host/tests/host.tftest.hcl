@@ -108,17 +108,17 @@ run "only_https_and_turn_are_open_by_default" {
   assert {
     condition = toset(keys(aws_vpc_security_group_ingress_rule.this)) == toset([
       "https:0.0.0.0/0", "https-udp:0.0.0.0/0",
-      "turn-udp:0.0.0.0/0", "turn-tcp:0.0.0.0/0", "turn-tls:0.0.0.0/0", "turn-relay:0.0.0.0/0",
+      "turn-udp:0.0.0.0/0", "turn-tcp:0.0.0.0/0", "turn-relay:0.0.0.0/0",
     ])
-    error_message = "By default only HTTPS (TCP and UDP) and TURN may be open."
+    error_message = "By default only HTTPS (TCP and UDP) and TURN (not TURN over TLS: coturn runs no-tls) may be open."
   }
 
   assert {
     condition = alltrue([
       for rule in aws_vpc_security_group_ingress_rule.this :
-      contains([443, 3478, 5349, 49152], rule.from_port) && (rule.from_port == 49152 ? rule.to_port == 65535 && rule.ip_protocol == "udp" : rule.to_port == rule.from_port)
+      contains([443, 3478, 49152], rule.from_port) && (rule.from_port == 49152 ? rule.to_port == 65535 && rule.ip_protocol == "udp" : rule.to_port == rule.from_port)
     ])
-    error_message = "Public ports are 443, 3478, 5349 and the UDP relay range 49152-65535, nothing else."
+    error_message = "Public ports are 443, 3478 and the UDP relay range 49152-65535, nothing else."
   }
 
   assert {
@@ -148,6 +148,19 @@ run "egress_is_https_http_and_turn_relay_only" {
   assert {
     condition     = length(aws_vpc_security_group_egress_rule.turn_probe) == 1 && aws_vpc_security_group_egress_rule.turn_probe[0].ip_protocol == "tcp" && aws_vpc_security_group_egress_rule.turn_probe[0].from_port == 3478 && aws_vpc_security_group_egress_rule.turn_probe[0].to_port == 3478
     error_message = "The relay's TURN probe reaches this host's TCP 3478, and nothing else."
+  }
+}
+
+run "turn_over_tls_opens_5349_only_when_asked" {
+  command = plan
+
+  variables {
+    enable_turn_tls = true
+  }
+
+  assert {
+    condition     = contains(keys(aws_vpc_security_group_ingress_rule.this), "turn-tls:0.0.0.0/0") && aws_vpc_security_group_ingress_rule.this["turn-tls:0.0.0.0/0"].from_port == 5349
+    error_message = "enable_turn_tls opens 5349/tcp."
   }
 }
 
@@ -208,7 +221,7 @@ run "seed_ports_and_http_open_only_when_enabled" {
   }
 
   assert {
-    condition     = length(aws_vpc_security_group_ingress_rule.this) == 9
+    condition     = length(aws_vpc_security_group_ingress_rule.this) == 8
     error_message = "Nothing else opens with them."
   }
 }
@@ -351,7 +364,7 @@ run "three_relay_nodes_share_the_host_s_one_elastic_ip_and_ports" {
   }
 
   assert {
-    condition     = aws_eip.this.domain == "vpc" && length(aws_vpc_security_group_ingress_rule.this) == 6
+    condition     = aws_eip.this.domain == "vpc" && length(aws_vpc_security_group_ingress_rule.this) == 5
     error_message = "More relay nodes add no address and no port: they are reached through the edge on 443."
   }
 }
