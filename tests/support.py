@@ -66,6 +66,10 @@ GENEROUS_LIMITS: dict[str, Any] = {
     "queue_ttl_min_seconds": 1,
     "queue_holds_per_minute": 100_000,
     "queue_hold_burst": 10_000,
+    # The emulators' first calls can be slow (LocalStack starts DynamoDB Local on the first):
+    # the production budget (2 s, 2 attempts) is tested on its own (test_aws_clients.py).
+    "aws_timeout_seconds": scaled(10.0),
+    "aws_max_attempts": 3,
     # Test relays stop often, mostly with peers still connected: a short drain.
     "drain_seconds": scaled(0.2),
 }

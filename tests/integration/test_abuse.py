@@ -15,7 +15,9 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from conftest import RelayFactory
-from support import TIMEOUT, Peer, RoomGrant, User, create_room, sign_in, unique
+from devstack.stack import StackInfo
+from signaling_shared.errors import StorageUnavailable
+from support import TIMEOUT, Peer, RoomGrant, User, create_room, gated_relay, scaled, sign_in, unique
 from ws_relay import protocol
 from ws_relay.server import RelayServer
 
@@ -287,3 +289,33 @@ async def test_held_messages_have_a_minimum_lifetime_a_rate_and_a_share_per_send
         await sender.send(held(5))
         refused = await sender.expect("error")
         assert (refused["code"], refused["id"]) == ("RATE_LIMITED", 5)
+
+
+async def test_a_registration_held_up_by_storage_ends_with_a_retryable_error_not_4001(
+    api: str, stack: StackInfo
+) -> None:
+    """Finding 11: with DynamoDB hanging, a registration in progress ended with 4001 ("no
+    register message within the deadline", terminal). The deadline waits for a register under
+    way: it ends with its own typed, retryable error (STORAGE_UNAVAILABLE)."""
+    async with gated_relay(stack, "claim_peer", register_timeout_seconds=scaled(0.5)) as (server, gated):
+        fired = asyncio.Event()
+        deadline = server.service._registration_deadline
+
+        def noting(session: Any) -> None:
+            deadline(session)
+            fired.set()
+
+        server.service._registration_deadline = noting  # type: ignore[method-assign]
+        user = await sign_in(api)
+        room = await create_room(api, user)
+        peer = await Peer.connect(url(server))
+        gated.fail_with = StorageUnavailable("DynamoDB did not answer")
+        gated.arm()
+        await peer.send(
+            {"type": "register", "protocol": 2, "peer_id": "P", "room_id": room.room_id}
+            | {"token": room.token, "id_token": user.id_token}
+        )
+        await asyncio.wait_for(gated.reached.wait(), TIMEOUT)
+        await asyncio.wait_for(fired.wait(), TIMEOUT)  # the deadline passed mid-registration
+        gated.gate.set()
+        await peer.expect_error("STORAGE_UNAVAILABLE")

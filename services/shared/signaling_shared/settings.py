@@ -60,6 +60,12 @@ class CommonSettings(BaseSettings):
         validation_alias=_env("cognito_endpoint_url", "AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER"),
     )
     aws_max_connections: int = Field(default=32, ge=1, le=512)
+    aws_timeout_seconds: float = Field(
+        default=2.0, gt=0, le=60, description="Connect and read time limit of one DynamoDB or Cognito call."
+    )
+    aws_max_attempts: int = Field(
+        default=2, ge=1, le=10, description="Attempts per call (botocore's standard retries): a fault is answered fast."
+    )
 
     table_prefix: str = Field(
         default="", pattern=r"^[A-Za-z0-9_.-]{0,64}$", description="Prefix of every table name, e.g. 'prod-'."

@@ -69,6 +69,7 @@ class Session:
     member: Member | None = None
     deadline: asyncio.TimerHandle | None = None
     profile: compat.Profile = compat.Profile.V2  # set by its register (ws_relay.compat)
+    registering: bool = False  # a register is being handled
 
 
 class RelayService:
@@ -154,8 +155,17 @@ class RelayService:
         return session
 
     def _registration_deadline(self, session: Session) -> None:
-        if session.member is None:
-            self._close(session.link, CloseCode.REGISTRATION_TIMEOUT)
+        if session.member is not None:
+            return
+        if session.registering:
+            # A register is under way (its storage calls may be slow): it ends with its own
+            # answer (registered_auth, or a typed, retryable error), not with 4001. The
+            # socket gets one more period to register after that.
+            session.deadline = asyncio.get_running_loop().call_later(
+                self.settings.register_timeout_seconds, self._registration_deadline, session
+            )
+            return
+        self._close(session.link, CloseCode.REGISTRATION_TIMEOUT)
 
     def _close(self, link: Link | None, code: CloseCode) -> None:
         if link is not None:
@@ -589,6 +599,7 @@ class RelayService:
     async def _register(self, session: Session, message: protocol.Register, data: dict[str, Any]) -> None:
         if session.member is None:
             session.profile = compat.profile_of(data)
+        session.registering = True
         try:
             if session.member is not None and session.profile is compat.Profile.SUCCESSOR:
                 outcome = await self._register_again(session, session.member, message)
@@ -599,6 +610,8 @@ class RelayService:
             self.metrics.registrations.labels(code).inc()
             log.info("registration_refused", code=code, room_id=message.room_id, remote_ip=session.remote_ip)
             raise
+        finally:
+            session.registering = False
         self.metrics.registrations.labels(outcome).inc()
 
     async def _do_register(self, session: Session, message: protocol.Register) -> str:
