@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -24,8 +25,13 @@ from api_checks import (
     scrape,
 )
 from auth_api.main import create_app
+from auth_api.service import SignInService
 from devstack.stack import StackInfo
-from signaling_shared.settings import AuthSettings
+from signaling_shared.aws import make_client
+from signaling_shared.bootstrap import ensure_user_pool
+from signaling_shared.cognito import CognitoGateway
+from signaling_shared.ratelimit import KeyedRateLimiter
+from signaling_shared.settings import AuthSettings, CommonSettings
 from support import TIMEOUT, scaled, serving
 
 pytestmark = pytest.mark.integration
@@ -176,3 +182,26 @@ async def test_request_id_is_echoed_when_valid_and_generated_otherwise(api: str)
     generated = [response.headers["X-Request-ID"] for response in (*missing, *malformed)]
     assert all(GENERATED_REQUEST_ID.match(value) for value in generated), generated
     assert len(set(generated)) == len(generated)
+
+
+async def test_old_anonymous_users_are_swept_and_young_ones_kept(stack: StackInfo) -> None:
+    """Issue 16, finding 10: every sign-in created a Cognito user that was never removed.
+    Sign-ins pay for a sweep (one page of the pool, at most once per interval) that deletes
+    the users older than their lifetime; younger users stay. A pool of its own, so that the
+    sweep touches no other test's users."""
+    own = CommonSettings(**{**stack.common.model_dump(), "table_prefix": f"sweep-{uuid.uuid4().hex[:8]}-"})
+    client = make_client(own, "cognito-idp")
+    pool_id, client_id = ensure_user_pool(client, own)
+    gateway = CognitoGateway(client, user_pool_id=pool_id, client_id=client_id)
+    lifetime = 7200.0
+    service = SignInService(gateway, KeyedRateLimiter(1000, 1000), user_lifetime=lifetime, sweep_interval=3600)
+    users = [await service.sign_in("127.0.0.1") for _ in range(3)]
+
+    def names() -> set[str]:
+        return {user["Username"] for user in client.list_users(UserPoolId=pool_id)["Users"]}
+
+    assert names() == {user.username for user in users}  # the sign-ins' own sweep: nothing old yet
+    await service.sweep_once(time.time())
+    assert len(names()) == 3
+    await service.sweep_once(time.time() + lifetime + 60)  # as if their lifetime had passed
+    assert names() == set()

@@ -26,7 +26,16 @@ def create_app(settings: AuthSettings, metrics: ServiceMetrics | None = None) ->
         description="Anonymous sign-in through AWS Cognito for the signaling service.",
         metrics=metrics,
         checks={"cognito": cognito.check, "jwks": verifier.check},
-        routers=[signin_router(SignInService(cognito, limiter))],
+        routers=[
+            signin_router(
+                SignInService(
+                    cognito,
+                    limiter,
+                    user_lifetime=settings.anonymous_user_lifetime_seconds,
+                    sweep_interval=settings.user_sweep_interval_seconds,
+                )
+            )
+        ],
     )
 
 

@@ -113,7 +113,7 @@ class RoomsService:
 
     async def delete(self, caller: Identity, room_id: str) -> Deleted:
         await self._owned_room(caller, room_id)
-        return await self._delete_rooms([room_id])
+        return await self._delete_rooms(caller, [room_id])
 
     async def delete_by_peer(self, caller: Identity, peer_id: str) -> Deleted:
         """Delete the caller's rooms in which ``peer_id`` is live (the seed's fallback). A peer
@@ -129,7 +129,7 @@ class RoomsService:
             owned.append(room_id)
         if not owned:
             raise RoomNotFound("no live room of this identity holds this peer")
-        return await self._delete_rooms(owned)
+        return await self._delete_rooms(caller, owned)
 
     async def delete_peer(self, caller: Identity, peer_id: str) -> Deleted:
         """Remove ``peer_id`` from each live room where ``caller`` created the room or is that
@@ -151,10 +151,12 @@ class RoomsService:
         log.info("peer_deleted", peer_id=peer_id, room_ids=removed_from)
         return Deleted(room_ids=removed_from, peers_removed=len(removed_from), users_deleted=0)
 
-    async def _delete_rooms(self, room_ids: list[str]) -> Deleted:
+    async def _delete_rooms(self, caller: Identity, room_ids: list[str]) -> Deleted:
         """The room first (no peer can claim a place in it after that, and the relay closes
         its peers at their next lease refresh), then its routing entries and held messages,
-        then the users."""
+        then the creator's own Cognito user, if one of the peers (the seed's clean-up: "this
+        user, its worker and their room"). Other identities' users are theirs: they are
+        swept by auth-api once their token has expired, never deleted by someone else."""
         now = self._clock()
         usernames: set[str] = set()
         removed = 0
@@ -164,7 +166,9 @@ class RoomsService:
             await self._repo.delete_peers(room_id, [p.peer_id for p in peers])
             await self._repo.delete_room_messages(room_id)
             removed += len(peers)
-            usernames.update(p.owner_username for p in peers if p.owner_username and p.expires_at > now)
+            usernames.update(
+                p.owner_username for p in peers if p.owner_username and p.expires_at > now and p.owner_sub == caller.sub
+            )
         deleted_users = 0
         for username in sorted(usernames):
             try:

@@ -98,6 +98,22 @@ class CognitoGateway:
             raise
         return AnonymousUser(username=username, id_token=id_token)
 
+    async def sweep(self, *, older_than: float, page: str | None) -> tuple[int, str | None]:
+        """Delete the users of one page of the pool (60) created before ``older_than`` (Unix
+        time); how many, and the next page (None: the pool's end, start again)."""
+        options: dict[str, Any] = {"UserPoolId": self.user_pool_id, "Limit": 60}
+        if page:
+            options["PaginationToken"] = page
+        response = await self._call("list_users", self._client.list_users, **options)
+        assert response is not None
+        deleted = 0
+        for user in response.get("Users", []):
+            created = user.get("UserCreateDate")
+            if created is not None and created.timestamp() < older_than:
+                deleted += await self.delete_user(str(user["Username"]))
+        next_page = response.get("PaginationToken")
+        return deleted, str(next_page) if next_page else None
+
     async def delete_user(self, username: str) -> bool:
         """Delete a user; False if it no longer exists."""
         result = await self._call(

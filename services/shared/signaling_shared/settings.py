@@ -155,6 +155,14 @@ class AuthSettings(CommonSettings):
     port: int = Field(default=8001, ge=0, le=65535)
     signin_rate_per_minute: float = Field(default=10.0, gt=0, description="Sustained sign-ins per client IP.")
     signin_burst: int = Field(default=5, ge=1, description="Sign-ins a client IP may make at once.")
+    anonymous_user_lifetime_seconds: int = Field(
+        default=7200,
+        ge=3900,
+        description="Anonymous users older than this are deleted (their one-hour ID token has expired).",
+    )
+    user_sweep_interval_seconds: float = Field(
+        default=60.0, gt=0, description="At most one sweep of old users (one page of the pool) this often."
+    )
 
 
 class RoomsSettings(CommonSettings):

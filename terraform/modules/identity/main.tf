@@ -1,6 +1,7 @@
 # The Cognito user pool and app client the auth-api needs: it signs up anonymous users
 # with random credentials (SignUp, AdminConfirmSignUp), signs them in with
-# USER_PASSWORD_AUTH, and deletes them with their rooms (AdminDeleteUser). The relay and
+# USER_PASSWORD_AUTH, deletes a room creator's own user with its room and sweeps users
+# older than their lifetime (ListUsers, AdminDeleteUser). The relay and
 # rooms-api verify the ID tokens against the pool's JWKS. No identity pool exists, so there
 # are no unauthenticated (guest) AWS identities at all.
 
