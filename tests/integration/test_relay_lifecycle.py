@@ -59,6 +59,27 @@ async def test_room_deleted_by_its_creator_closes_its_peers(
             assert reason == "room deleted by its creator"
 
 
+async def test_a_room_lost_in_a_storage_fault_is_not_reported_as_deleted_by_its_creator(
+    api: str, relay_with: RelayFactory, stack: StackInfo
+) -> None:
+    """Issue 16, finding 11: a room whose record vanished without a deletion (storage lost or
+    restored without it) closed its peers with 4003 "room deleted by its creator". A deletion
+    leaves a tombstone; without one, the peers are closed with 4007 ROOM_LOST."""
+    async with relay_with() as server:
+        user = await sign_in(api)
+        room = await create_room(api, user)
+        peer = await Peer.connect(ws_url(server))
+        await peer.register("A", room, user)
+        rooms = repository(stack)
+        await asyncio.to_thread(  # not through rooms-api: as a storage fault would
+            rooms._client.delete_item, TableName=rooms.rooms_table, Key={"room_id": {"S": room.room_id}}
+        )
+        await server.service.refresh_leases()
+        code, reason = await peer.closed()
+        assert code == 4007
+        assert "not deleted by its creator" in str(reason)
+
+
 async def test_leases_are_refreshed_while_connected(api: str, relay_with: RelayFactory, stack: StackInfo) -> None:
     """A live peer's routing entry is extended, never beyond the room's expiry."""
     async with relay_with(peer_lease_seconds=scaled_whole(30)) as server:

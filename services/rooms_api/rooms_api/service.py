@@ -162,7 +162,7 @@ class RoomsService:
         removed = 0
         for room_id in room_ids:
             peers = await self._repo.list_peers(room_id, now=now, include_expired=True)
-            await self._repo.delete_room(room_id)
+            await self._repo.delete_room(room_id, now=now)
             await self._repo.delete_peers(room_id, [p.peer_id for p in peers])
             await self._repo.delete_room_messages(room_id)
             removed += len(peers)

@@ -72,6 +72,10 @@ class Room:
 # The relay nodes live in one item of the rooms table (room ids never contain '#'): one
 # consistent read lists them all, and each node writes only its own entry of the map.
 NODES_ITEM = "#relay-nodes"
+# A deleted room leaves a tombstone for a day (the TTL removes it): a relay that finds a
+# room gone can tell a deletion by its creator from a record lost in a storage fault.
+TOMBSTONE_PREFIX = "#deleted:"
+TOMBSTONE_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,10 +367,25 @@ class Repository:
             raise NotFound("room not found", operation="get_room")
         return _room_from(item)
 
-    async def delete_room(self, room_id: str) -> None:
+    async def delete_room(self, room_id: str, *, now: float) -> None:
+        """Delete the room, leaving its tombstone first (see ``was_deleted``)."""
+        tombstone = {"room_id": _s(TOMBSTONE_PREFIX + room_id), "expires_at": _n(int(now) + TOMBSTONE_SECONDS)}
+        await self._call("delete_room", self._client.put_item, TableName=self.rooms_table, Item=tombstone)
         await self._call(
             "delete_room", self._client.delete_item, TableName=self.rooms_table, Key={"room_id": _s(room_id)}
         )
+
+    async def was_deleted(self, room_id: str) -> bool:
+        """Whether the room was deleted (through rooms-api) within the last day; a room that is
+        gone without a tombstone was lost (or expired and removed by the TTL)."""
+        response = await self._call(
+            "was_deleted",
+            self._client.get_item,
+            TableName=self.rooms_table,
+            Key={"room_id": _s(TOMBSTONE_PREFIX + room_id)},
+            ConsistentRead=True,
+        )
+        return bool(response.get("Item"))
 
     # Relay nodes -------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ class CloseCode(IntEnum):
     ROOM_EXPIRED = 4004
     OVERFLOW = 4005
     QUIT = 4006
+    ROOM_LOST = 4007
     SERVER_SHUTDOWN = 4500
     SLOW_CONSUMER = 4501
     REDIRECTED = 4502
@@ -38,6 +39,7 @@ REASONS: dict[CloseCode, str] = {
     CloseCode.ROOM_EXPIRED: "room expired",
     CloseCode.OVERFLOW: "too many messages owed to this peer; register again",
     CloseCode.QUIT: "the peer quit the room",
+    CloseCode.ROOM_LOST: "the room's record is gone, not deleted by its creator (a storage fault): create a room",
     CloseCode.SERVER_SHUTDOWN: "server shutting down, reconnect",
     CloseCode.SLOW_CONSUMER: "too many unread messages, reconnect",
     CloseCode.TOO_MANY_CONNECTIONS: "too many connections from this address: close some, or retry later",

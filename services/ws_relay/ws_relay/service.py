@@ -1224,6 +1224,15 @@ class RelayService:
         """
         now = self._clock()
         limit = asyncio.Semaphore(LEASE_REFRESH_CONCURRENCY)
+        gone: dict[str, asyncio.Task[bool]] = {}  # room -> whether it was deleted (one read per room)
+
+        async def deleted(room_id: str) -> bool:
+            if room_id not in gone:
+                gone[room_id] = asyncio.ensure_future(self.repository.was_deleted(room_id))
+            try:
+                return await asyncio.shield(gone[room_id])
+            except RepositoryError:
+                return True  # unknown: the creator's deletion is the likely one
 
         async def refresh(member: Member) -> None:
             async with limit:
@@ -1235,8 +1244,16 @@ class RelayService:
                         record.room_id, record.peer_id, record.connection_id, record.expires_at
                     )
                 except NotFound:
-                    if self.hub.is_current(member):
-                        self._end(member, CloseCode.ROOM_DELETED, "room_deleted")
+                    if await deleted(member.room_id):
+                        if self.hub.is_current(member):
+                            self._end(member, CloseCode.ROOM_DELETED, "room_deleted")
+                    elif self.hub.is_current(member):  # lost in a storage fault, or expired
+                        code, reason = (
+                            (CloseCode.ROOM_EXPIRED, "room_expired")
+                            if member.room_expires_at <= self._clock()
+                            else (CloseCode.ROOM_LOST, "room_lost")
+                        )
+                        self._end(member, code, reason)
                 except ConditionFailed:
                     # Taken over elsewhere; unless it was our own resume that moved the entry.
                     if self.hub.is_current(member) and member.connection_id == record.connection_id:
