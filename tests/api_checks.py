@@ -165,7 +165,7 @@ async def tokens_we_must_refuse(stack: StackInfo) -> dict[str, str]:
     def mint() -> dict[str, str]:
         client = make_client(stack.common, "cognito-idp")
         pool = stack.resources.user_pool_id
-        flows = ["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"]
+        flows = ["ALLOW_ADMIN_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"]
         other = client.create_user_pool_client(
             UserPoolId=pool, ClientName=f"other-app-{uuid.uuid4().hex[:8]}", ExplicitAuthFlows=flows
         )["UserPoolClient"]["ClientId"]
@@ -176,7 +176,9 @@ async def tokens_we_must_refuse(stack: StackInfo) -> dict[str, str]:
             params = {"USERNAME": username, "PASSWORD": password}
 
             def sign_in(client_id: str) -> dict[str, str]:
-                result = client.initiate_auth(ClientId=client_id, AuthFlow="USER_PASSWORD_AUTH", AuthParameters=params)
+                result = client.admin_initiate_auth(
+                    UserPoolId=pool, ClientId=client_id, AuthFlow="ADMIN_USER_PASSWORD_AUTH", AuthParameters=params
+                )
                 return dict(result["AuthenticationResult"])
 
             ours, theirs = sign_in(stack.resources.client_id), sign_in(other)

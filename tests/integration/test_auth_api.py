@@ -116,7 +116,10 @@ async def test_cognito_failure_is_a_typed_503_without_internals(stack: StackInfo
     for leak in ("Traceback", "botocore", "Exception", "Error", "Endpoint", "Connect", "http", port):
         assert leak not in response.text, body
     assert metric_value(metrics, "signaling_errors_total", code="AUTH_PROVIDER_UNAVAILABLE") == 1
-    assert metric_value(metrics, "signaling_dependency_errors_total", dependency="cognito", operation="sign_up") == 1
+    assert (
+        metric_value(metrics, "signaling_dependency_errors_total", dependency="cognito", operation="admin_create_user")
+        == 1
+    )
 
 
 async def test_healthz_and_readyz_on_the_stack(api: str) -> None:

@@ -202,12 +202,15 @@ def test_tables_are_what_the_services_bootstrap_creates(applied: Applied) -> Non
 
 
 def test_the_app_client_allows_user_password_auth_without_a_secret(applied: Applied) -> None:
-    """The auth-api's flow (USER_PASSWORD_AUTH, no secret) is what the client allows."""
+    """The auth-api's flow (ADMIN_USER_PASSWORD_AUTH, no secret) is what the client allows, and
+    only an administrator creates users (no SignUp past auth-api's rate limit)."""
     client = applied.client("cognito-idp").describe_user_pool_client(
         UserPoolId=applied.outputs["user_pool_id"], ClientId=applied.outputs["user_pool_client_id"]
     )["UserPoolClient"]
-    assert set(client["ExplicitAuthFlows"]) == {"ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"}
+    assert set(client["ExplicitAuthFlows"]) == {"ALLOW_ADMIN_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"}
     assert "ClientSecret" not in client
+    pool = applied.client("cognito-idp").describe_user_pool(UserPoolId=applied.outputs["user_pool_id"])["UserPool"]
+    assert pool["AdminCreateUserConfig"]["AllowAdminCreateUserOnly"] is True
 
 
 def test_the_host_requires_imdsv2_and_encrypts_its_volume(applied: Applied) -> None:

@@ -24,10 +24,15 @@ def stubbed() -> Iterator[tuple[CognitoGateway, Any]]:
 
 
 def expect_user_created(stubber: Any) -> None:
+    """As an administrator (the pool allows no SignUp): created, then given its password."""
     stubber.add_response(
-        "sign_up", {"UserConfirmed": False, "UserSub": "sub"}, {"ClientId": "app", "Username": ANY, "Password": ANY}
+        "admin_create_user",
+        {"User": {"Username": "u"}},
+        {"UserPoolId": "pool", "Username": ANY, "MessageAction": "SUPPRESS"},
     )
-    stubber.add_response("admin_confirm_sign_up", {}, {"UserPoolId": "pool", "Username": ANY})
+    stubber.add_response(
+        "admin_set_user_password", {}, {"UserPoolId": "pool", "Username": ANY, "Password": ANY, "Permanent": True}
+    )
 
 
 @pytest.mark.parametrize(
@@ -44,9 +49,9 @@ async def test_a_user_that_cannot_sign_in_is_deleted(
     gateway, stubber = stubbed
     expect_user_created(stubber)
     if "error" in initiate:
-        stubber.add_client_error("initiate_auth", initiate["error"])
+        stubber.add_client_error("admin_initiate_auth", initiate["error"])
     else:
-        stubber.add_response("initiate_auth", initiate["response"])
+        stubber.add_response("admin_initiate_auth", initiate["response"])
     stubber.add_response("admin_delete_user", {}, {"UserPoolId": "pool", "Username": ANY})
     with pytest.raises(AuthProviderUnavailable):
         await gateway.sign_up_anonymous()
@@ -56,7 +61,7 @@ async def test_a_user_that_cannot_sign_in_is_deleted(
 async def test_a_failed_sign_up_leaves_nothing_to_delete(stubbed: tuple[CognitoGateway, Any]) -> None:
     """If the user was never created there is nothing to clean up, and the error is typed."""
     gateway, stubber = stubbed
-    stubber.add_client_error("sign_up", "InvalidParameterException")
+    stubber.add_client_error("admin_create_user", "InvalidParameterException")
     with pytest.raises(AuthProviderUnavailable):
         await gateway.sign_up_anonymous()
     stubber.assert_no_pending_responses()

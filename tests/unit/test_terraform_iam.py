@@ -116,7 +116,7 @@ def test_the_scan_finds_the_known_calls() -> None:
     """The scan sees direct, referenced, paginated and transactional calls (it cannot silently find nothing)."""
     found = services_actions()
     assert {"GetItem", "Query", "BatchWriteItem", "ConditionCheckItem", "DescribeTable"} <= found["dynamodb"]
-    assert {"SignUp", "InitiateAuth", "AdminDeleteUser"} <= found["cognito-idp"]
+    assert {"AdminCreateUser", "AdminInitiateAuth", "AdminDeleteUser"} <= found["cognito-idp"]
 
 
 @pytest.mark.parametrize(

@@ -114,6 +114,7 @@ def ensure_user_pool(cognito: Any, settings: CommonSettings) -> tuple[str, str]:
     if pool_id is None:
         pool_id = cognito.create_user_pool(
             PoolName=pool_name,
+            AdminCreateUserConfig={"AllowAdminCreateUserOnly": True},  # as Terraform's (no SignUp)
             Policies={
                 "PasswordPolicy": {
                     "MinimumLength": 16,
@@ -132,7 +133,7 @@ def ensure_user_pool(cognito: Any, settings: CommonSettings) -> tuple[str, str]:
             UserPoolId=pool_id,
             ClientName=client_name,
             GenerateSecret=False,
-            ExplicitAuthFlows=["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
+            ExplicitAuthFlows=["ALLOW_ADMIN_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
         )["UserPoolClient"]["ClientId"]
     return str(pool_id), str(client_id)
 

@@ -69,23 +69,34 @@ class CognitoGateway:
         raise AuthProviderUnavailable(f"identity provider failed ({operation})") from failure
 
     async def sign_up_anonymous(self) -> AnonymousUser:
-        """Create, confirm and sign in a user with random credentials (the seed's flow)."""
+        """Create and sign in a user with random credentials. Only an administrator creates
+        users in the pool (AllowAdminCreateUserOnly): nobody can sign up past auth-api's rate
+        limit by calling Cognito's SignUp with the app client id."""
         username = str(uuid.uuid4())
         # Random, never stored or returned; the suffix satisfies any character-class policy.
         password = f"{secrets.token_urlsafe(32)}Aa1!"
-        await self._call("sign_up", self._client.sign_up, ClientId=self.client_id, Username=username, Password=password)
+        await self._call(
+            "admin_create_user",
+            self._client.admin_create_user,
+            UserPoolId=self.user_pool_id,
+            Username=username,
+            MessageAction="SUPPRESS",  # no invitation: the user has no e-mail or phone
+        )
         try:
             await self._call(
-                "admin_confirm_sign_up",
-                self._client.admin_confirm_sign_up,
+                "admin_set_user_password",
+                self._client.admin_set_user_password,
                 UserPoolId=self.user_pool_id,
                 Username=username,
+                Password=password,
+                Permanent=True,
             )
             response = await self._call(
-                "initiate_auth",
-                self._client.initiate_auth,
+                "admin_initiate_auth",
+                self._client.admin_initiate_auth,
+                UserPoolId=self.user_pool_id,
                 ClientId=self.client_id,
-                AuthFlow="USER_PASSWORD_AUTH",
+                AuthFlow="ADMIN_USER_PASSWORD_AUTH",
                 AuthParameters={"USERNAME": username, "PASSWORD": password},
             )
             try:

