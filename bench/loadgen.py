@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -500,6 +501,142 @@ async def datachannel_scenario(api: str, url: str, params: dict[str, Any]) -> di
     }
 
 
+# Abuse: one identity at its allowed maximum, a bystander in another room ---------------
+
+ABUSE_ATTACKS = ("discovery", "deep_frames", "connections", "broadcast", "flood")
+
+
+def _register_frame(peer_id: str, room: Room, identity: Identity, **extra: Any) -> str:
+    message = {"type": "register", "protocol": 2, "peer_id": peer_id, "room_id": room.room_id}
+    message.update(token=room.token, id_token=identity.id_token, **extra)
+    return json.dumps(message)
+
+
+async def _member(
+    url: str, peer_id: str, room: Room, identity: Identity, source: str = "127.0.0.1", **extra: Any
+) -> ClientConnection:
+    """A registered relay peer, from the loopback address ``source``."""
+    ws = await connect(url, open_timeout=TIMEOUT, max_size=None, compression=None, local_addr=(source, 0))
+    await ws.send(_register_frame(peer_id, room, identity, **extra))
+    async with asyncio.timeout(TIMEOUT):
+        while (reply := json.loads(await ws.recv())).get("type") != "registered_auth":
+            if reply.get("type") == "error":
+                raise Refused(str(reply.get("code")))
+    return ws
+
+
+async def _drain(ws: ClientConnection) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        async for _ in ws:
+            pass
+
+
+async def _paced(rate: float, until: float, send: Callable[[], Awaitable[None]]) -> int:
+    """``send()`` at ``rate`` per second until ``until`` (monotonic); how many were sent."""
+    sent, started = 0, time.monotonic()
+    while time.monotonic() < until:
+        await send()
+        sent += 1
+        delay = started + sent / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+    return sent
+
+
+async def _ping(bystander: ClientConnection, until: float, interval: float, rtts: list[float]) -> None:
+    """The bystander's pings, one at a time, every ``interval``: their round trips in ``rtts``."""
+    sequence = itertools.count()
+    with contextlib.suppress(ConnectionClosed):
+        while time.monotonic() < until:
+            sent = time.perf_counter()
+            await bystander.send(json.dumps({"type": "ping", "id": next(sequence)}))
+            reply = json.loads(await bystander.recv())
+            if reply.get("type") != "pong":  # the bystander keeps within its own limits
+                raise RuntimeError(f"the bystander's ping was answered by {reply}")
+            rtts.append(time.perf_counter() - sent)
+            await asyncio.sleep(interval)
+
+
+async def _flood(ws: ClientConnection, frame: str, until: float) -> int:
+    """``frame`` as fast as the socket takes it (the relay refuses, then stops reading)."""
+    sent = 0
+    with contextlib.suppress(ConnectionClosed, TimeoutError):
+        while time.monotonic() < until:
+            await asyncio.wait_for(ws.send(frame), max(0.01, until - time.monotonic()))
+            sent += 1
+    return sent
+
+
+async def _connection_flood(url: str, until: float, opened: list[ClientConnection]) -> int:
+    """Unregistered sockets opened as fast as they are accepted, and tried again when refused."""
+    attempts = 0
+    while time.monotonic() < until:
+        attempts += 1
+        try:
+            opened.append(await connect(url, open_timeout=TIMEOUT))
+        except Exception:  # noqa: BLE001 - refusals (HTTP 429) are the point
+            await asyncio.sleep(0.01)
+    return attempts
+
+
+async def abuse_scenario(system: System, params: dict[str, Any], clock: CpuClock) -> dict[str, Any]:
+    """Attacks 1, 3, 5, 8 and 9 of issue 16, each for ``duration`` seconds, by one identity at
+    the relay's default limits (``rate``: its messages per second), while a bystander in
+    another room, from another address (127.0.0.2), pings every ``ping_interval``: the
+    bystander's round trips and the relay's CPU per abusive frame, per attack."""
+    assert system.identity is not None
+    assert len(system.rooms) >= 3
+    identity, (room_a, room_b, quiet) = system.identity, system.rooms[:3]
+    duration, rate = float(params["duration"]), float(params["rate"])
+    url = system.url
+    bystander = await _member(url, "Bystander", quiet, identity, "127.0.0.2")
+    metadata = {"tags": ["gpu"], "properties": {f"p{i}": "x" * 100 for i in range(36)}}  # about 4 KB
+    # The rooms' other peers come from addresses of their own: the attacker's budget is its own.
+    fillers = [await _member(url, f"A{i}", room_a, identity, f"127.0.1.{i + 1}", metadata=metadata) for i in range(19)]
+    audience = [
+        await _member(url, f"B{i}", room_b, identity, f"127.0.2.{i + 1}") for i in range(int(params["audience"]))
+    ]
+    readers = [asyncio.create_task(_drain(ws)) for ws in fillers + audience]
+    attacker_a = await _member(url, "Mallory-A", room_a, identity)
+    attacker_b = await _member(url, "Mallory-B", room_b, identity)
+    readers += [asyncio.create_task(_drain(attacker_a)), asyncio.create_task(_drain(attacker_b))]
+    big_filter = {"properties": {f"p{i}": {"$in": [f"v{j}" for j in range(12)]} for i in range(6)}}
+    deep = '{"type":"update_metadata","metadata":' + '{"n":' * 40 + "1" + "}" * 40 + "}"
+    payload = "y" * 32_000
+    frames = {
+        "discovery": (attacker_a, json.dumps({"type": "discover_peers", "filters": big_filter})),
+        "deep_frames": (attacker_a, deep),
+        "broadcast": (attacker_b, json.dumps({"type": "broadcast", "payload": payload})),
+        "flood": (attacker_a, json.dumps({"type": "ping", "id": "x"})),
+    }
+    results: dict[str, Any] = {}
+    for attack in ABUSE_ATTACKS:
+        until = time.monotonic() + duration
+        rtts: list[float] = []
+        opened: list[ClientConnection] = []
+        clock.lap()
+        if attack == "connections":
+            attempt = _connection_flood(url, until, opened)
+        elif attack == "flood":
+            attempt = _flood(*frames[attack], until)
+        else:
+            ws, frame = frames[attack]
+            attempt = _paced(rate, until, partial(ws.send, frame))
+        sent, _ = await asyncio.gather(attempt, _ping(bystander, until, float(params["ping_interval"]), rtts))
+        cpu = clock.lap()
+        await close_all(opened)
+        results[attack] = {
+            "abusive_frames": sent,
+            "bystander_rtt": percentiles(rtts),
+            "relay_cpu_per_frame_us": round(cpu["server_cpu"] * duration / max(sent, 1) * 1e6, 1),
+            **cpu,
+        }
+    for task in readers:
+        task.cancel()
+    await close_all([bystander, attacker_a, attacker_b, *fillers, *audience])
+    return {"attacks": results}
+
+
 async def relay_setup(api: str, rooms: int) -> tuple[Identity, list[Room]]:
     """One identity and ``rooms`` rooms created through rooms-api."""
     async with ServiceClient(api, timeout=TIMEOUT) as http:
@@ -520,6 +657,8 @@ def rooms_needed(scenario: str, params: dict[str, Any], per_room: int) -> int:
         return int(params["concurrency"])
     if scenario == "latency":
         return int(params["pairs"])
+    if scenario == "abuse":
+        return 3
     return 0
 
 
@@ -544,6 +683,7 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
         "churn": churn_scenario,
         "latency": latency_scenario,
         "hold": hold_scenario,
+        "abuse": abuse_scenario,
     }
     result = await scenarios[scenario](system, params, clock)
     return {"params": params, **result}

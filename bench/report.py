@@ -369,6 +369,41 @@ def datachannel_section(results: dict[str, Any]) -> list[str]:
     ]
 
 
+ABUSE_LABELS = {
+    "discovery": "1. discovery: 2 KiB filters against 19 peers with 4 KB metadata",
+    "deep_frames": "3. frames nested past the limit (refused, logged at most a few times)",
+    "connections": "5. unregistered sockets from one address, past its cap",
+    "broadcast": "8. 32 KB broadcasts to a room of listeners",
+    "flood": "9. frames as fast as the socket takes them",
+}
+ABUSE_TARGET_P99_MS = 10.0
+
+
+def abuse_section(results: dict[str, Any]) -> list[str]:
+    entry = results.get("abuse")
+    if not entry:
+        return []
+    rows = []
+    for attack, label in ABUSE_LABELS.items():
+        measured = entry["attacks"].get(attack)
+        if measured is None:
+            continue
+        p99 = measured["bystander_rtt"].get("p99_ms")
+        verdict = "met" if p99 is not None and p99 <= ABUSE_TARGET_P99_MS else "missed"
+        rows.append([label, measured["abusive_frames"], measured["relay_cpu_per_frame_us"], p99, verdict])
+    params = entry["params"]
+    return [
+        "### Abuse at the default limits (ws-relay only, issue 16)",
+        "",
+        f"One identity runs each attack for {params['duration']} s at its allowed maximum ({params['rate']:g} frames/s"
+        " where a rate applies) on a relay with every limit at its default, while a bystander in another room, from"
+        f" another address, pings every {params['ping_interval'] * 1000:g} ms. Target: bystander p99 at most"
+        f" {ABUSE_TARGET_P99_MS:g} ms in every attack.",
+        "",
+        *table(["Attack", "Abusive frames", "Relay CPU per frame (µs)", "Bystander p99 (ms)", "Target"], rows),
+    ]
+
+
 def profile_section(results: dict[str, Any], key: str = "profile") -> list[str]:
     entry = results.get(key)
     if not entry:
@@ -482,6 +517,7 @@ def generated(results: dict[str, Any], plot_path: Path, doc: Path) -> str:
         *registration_section(results),
         *memory_section(results),
         *datachannel_section(results),
+        *abuse_section(results),
         *profile_section(results),
         *profile_section(results, "profile_registration"),
         *failures_section(results),

@@ -60,6 +60,8 @@ RELAY_BENCH_ENV = {
     "SIGNALING_MESSAGE_BURST": "1000000",
     "SIGNALING_TURN_PROBE_INTERVAL_SECONDS": "0",
 }
+# The abuse scenario's relay keeps every limit at its default (it is what is measured).
+RELAY_ABUSE_ENV = {"SIGNALING_TURN_PROBE_INTERVAL_SECONDS": "0"}
 # The APIs' per-IP and per-identity limits, for the rooms and identities the generator makes.
 STACK_BENCH_ENV = {
     "SIGNALING_SIGNIN_RATE_PER_MINUTE": "1000000",
@@ -79,6 +81,7 @@ class Sizes:
     ladder: dict[str, Any]
     memory: tuple[int, ...]
     datachannel: dict[str, Any]
+    abuse: dict[str, Any]
     profile_seconds: float
     profile_rate: float
 
@@ -95,6 +98,7 @@ FULL = Sizes(
     },
     memory=(1000, 10000),
     datachannel={"repeat": 5},
+    abuse={"duration": 10, "rate": 50, "audience": 30, "ping_interval": 0.04},  # 25 pings/s: within its limit
     profile_seconds=10,
     profile_rate=2000,
 )
@@ -105,6 +109,7 @@ QUICK = Sizes(
     ladder={"pairs": 4, "duration": 1, "rates": [1000, 4000, 16000], "stop_on_fail": True},
     memory=(100, 300),
     datachannel={"repeat": 1},
+    abuse={"duration": 2, "rate": 50, "audience": 5, "ping_interval": 0.04},
     profile_seconds=2,
     profile_rate=1000,
 )
@@ -245,8 +250,9 @@ def start_stack(*options: str) -> BackgroundStack:
 
 
 @contextlib.contextmanager
-def relay(logs: IO[str]) -> Iterator[Server]:
-    """The dev stack (emulator, APIs) and ws-relay as its own process on the stack's tables."""
+def relay(logs: IO[str], limits: dict[str, str] = RELAY_BENCH_ENV) -> Iterator[Server]:
+    """The dev stack (emulator, APIs) and ws-relay as its own process on the stack's tables,
+    with ``limits`` (raised for load, or the defaults for the abuse scenario)."""
     from devstack.stack import EMULATOR_CREDENTIALS
     from signaling_shared.bootstrap import bootstrap
     from signaling_shared.settings import CommonSettings, Environment
@@ -271,7 +277,7 @@ def relay(logs: IO[str]) -> Iterator[Server]:
             "SIGNALING_COGNITO_USER_POOL_ID": resources.user_pool_id,
             "SIGNALING_COGNITO_CLIENT_ID": resources.client_id,
             "SIGNALING_NODE_ID": "bench-relay",
-            **RELAY_BENCH_ENV,
+            **limits,
         }
         process = subprocess.Popen(  # this interpreter, the relay's own entry point
             [sys.executable, "-m", "ws_relay.main"], cwd=ROOT, env=env, stdout=logs, stderr=logs
@@ -464,6 +470,7 @@ SCENARIOS = (
     "profile",
     "profile_registration",
     "datachannel",
+    "abuse",
     "memory",
 )
 
@@ -512,6 +519,10 @@ def measure_one(server: Server, sizes: Sizes, results: dict[str, Any], scenario:
     if name == "relay" and "datachannel" in scenarios:
         log("relay: sign-in to open data channel (aiortc)")
         results["datachannel"] = loadgen(server, "datachannel", dict(sizes.datachannel))
+    if name == "relay" and "abuse" in scenarios:
+        log("relay: abuse at the default limits, a bystander pinging (a relay of its own)")
+        with tempfile.TemporaryFile("w") as logs, relay(logs, RELAY_ABUSE_ENV) as defaults:
+            results["abuse"] = loadgen(defaults, "abuse", dict(sizes.abuse))
     if "memory" in scenarios:
         results["memory"][name] = []
         for count in sizes.memory:
@@ -542,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "settings": {
             "relay": RELAY_BENCH_ENV,
+            "relay_abuse": RELAY_ABUSE_ENV,
             "stack": STACK_BENCH_ENV,
             "peerjs_concurrent_limit": PEERJS_CONCURRENT_LIMIT,
         },

@@ -7,7 +7,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,11 +21,13 @@ from websockets.exceptions import InvalidStatus
 from conftest import RelayFactory
 from devstack.stack import StackInfo
 from signaling_shared.errors import StorageUnavailable
+from signaling_shared.settings import RelaySettings
 from support import TIMEOUT, Peer, RoomGrant, User, create_room, gated_relay, scaled, sign_in, unique
 from ws_relay import protocol
 from ws_relay.server import RelayServer
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def url(server: RelayServer) -> str:
@@ -319,3 +325,30 @@ async def test_a_registration_held_up_by_storage_ends_with_a_retryable_error_not
         await asyncio.wait_for(fired.wait(), TIMEOUT)  # the deadline passed mid-registration
         gated.gate.set()
         await peer.expect_error("STORAGE_UNAVAILABLE")
+
+
+async def test_the_bench_abuse_scenario_runs_and_the_bystander_is_always_answered(
+    api: str, relay_with: RelayFactory
+) -> None:
+    """make bench's abuse scenario (bench.loadgen, a process of its own), at tiny sizes on a
+    relay with the default limits: every attack sends its frames, and the bystander's every
+    ping is answered with its pong (the scenario fails otherwise); times are make bench's."""
+    defaults = {
+        name: RelaySettings.model_fields[name].default
+        for name in ("max_connections_per_ip", "max_unregistered_per_ip", "register_rate_per_minute_per_ip")
+    }
+    async with relay_with(
+        **defaults, register_burst_per_ip=RelaySettings.model_fields["register_burst_per_ip"].default
+    ) as server:
+        params = {"duration": 0.5, "rate": 50, "audience": 3, "ping_interval": 0.04}
+        job = {"system": "relay", "url": url(server), "api": api, "server_pid": os.getpid()}
+        command = [sys.executable, "-m", "bench.loadgen", json.dumps({**job, "scenario": "abuse", "params": params})]
+        done = await asyncio.to_thread(
+            subprocess.run, command, cwd=ROOT, capture_output=True, text=True, timeout=scaled(120), check=False
+        )
+    assert done.returncode == 0, done.stderr[-2000:]
+    attacks = json.loads(done.stdout.strip().splitlines()[-1])["attacks"]
+    assert set(attacks) == {"discovery", "deep_frames", "connections", "broadcast", "flood"}
+    for measured in attacks.values():
+        assert measured["abusive_frames"] > 0
+        assert measured["bystander_rtt"]["count"] > 0
