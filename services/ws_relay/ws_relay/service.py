@@ -377,8 +377,10 @@ class RelayService:
         member = session.member
         if member is None:
             raise NotRegistered()
-        named = getattr(message, "from_peer_id", None) or getattr(message, "peer_id", None)
-        if named is not None and named != member.peer_id:  # the successor names its sender
+        # The successor's messages name their sender: from_peer_id (the server's field on
+        # whatever it relays), or peer_id in update_metadata. It must be this socket's peer.
+        named = data.get("from_peer_id", message.peer_id if isinstance(message, protocol.UpdateMetadata) else None)
+        if named is not None and named != member.peer_id:
             raise SenderMismatch(f"sender must be {member.peer_id!r}, the peer registered on this connection")
         if isinstance(message, protocol.DiscoverPeers):
             peers = self._discover(member, message.filters, any_tag=compat.successor_shaped(data))
