@@ -235,12 +235,12 @@ resource "aws_instance" "this" {
   })
   user_data_replace_on_change = false
 
+  # Hop limit 2, not 1: auth-api, rooms-api and ws-relay call Cognito and DynamoDB with the
+  # instance role from containers (compose's "egress" network), one hop past the host. The
+  # edge's "public" network is a bridge too, so Caddy could reach IMDS as well (docs/security.md).
   metadata_options {
     http_endpoint               = "enabled"
     http_tokens                 = "required" # IMDSv2 only
-    # 2, not 1: auth-api, rooms-api and ws-relay call Cognito and DynamoDB with the instance
-    # role, from containers (compose's "egress" network), one hop past the host. The edge's
-    # "public" network is a bridge too, so Caddy could reach IMDS as well (docs/security.md).
     http_put_response_hop_limit = 2
     instance_metadata_tags      = "disabled"
   }
