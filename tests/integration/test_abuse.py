@@ -174,6 +174,25 @@ async def test_a_broadcast_costs_one_message_per_recipient(api: str, relay_with:
             assert [message["payload"] for message in received] == [0, 1]
 
 
+async def test_a_metadata_update_costs_one_message_per_peer_told(api: str, relay_with: RelayFactory) -> None:
+    """Finding 8, the same fan-out through update_metadata: its view goes to every other peer
+    of the room, so it costs as many messages; the third of a burst of 10 with four peers is
+    refused before anything is written or sent."""
+    async with relay_with(messages_per_second=0.01, message_burst=10) as server:
+        user = await sign_in(api)
+        room = await create_room(api, user)
+        sender = await peer_in(url(server), room, user)
+        for _ in range(4):
+            await peer_in(url(server), room, await sign_in(api))
+            await sender.expect("peer_joined")
+        for i in range(2):
+            await sender.send({"type": "update_metadata", "metadata": {"n": i}, "id": i})
+            await sender.expect("ack")
+        await sender.send({"type": "update_metadata", "metadata": {"n": 2}, "id": 2})
+        refused = await sender.expect("error")
+        assert (refused["code"], refused["id"]) == ("RATE_LIMITED", 2)
+
+
 async def test_frames_over_the_rate_limit_are_refused_without_being_decoded(
     api: str, relay_with: RelayFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -78,6 +78,9 @@ async def test_a_v2_peer_in_a_seed_room_cannot_send_the_seed_peers_what_they_do_
     await modern.send({"type": "peer_message", "to_peer_id": worker_id, "payload": {"job": 1}, "id": "m"})
     refused = await modern.expect_error_with_id("UNSUPPORTED_BY_PEER", "m")
     assert worker_id in refused["reason"]
+    # Nor a peer's own error: the seed's worker would take it for the relay's, and exit.
+    await modern.send({"type": "error", "target": worker_id, "reason": "worker_busy", "id": "e"})
+    await modern.expect_error_with_id("UNSUPPORTED_BY_PEER", "e")
 
     await modern.send({"type": "offer", "target": worker_id, "sdp": "v=0 modern", "id": "o"})
     offer = await worker.expect("offer")

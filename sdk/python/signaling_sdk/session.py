@@ -172,7 +172,9 @@ class Session:
         if self._closing:
             raise SessionLost("CLOSED", "the session is closed")
         correlation_id = f"{self._prefix}-{next(self._ids)}"
-        pending = _Pending({**message, "id": correlation_id}, asyncio.get_running_loop().create_future())
+        # The id first: a frame the relay refuses unread (RATE_LIMITED) is answered with the
+        # first "id" it finds in the text, which must be this one, not one inside the payload.
+        pending = _Pending({"id": correlation_id, **message}, asyncio.get_running_loop().create_future())
         self._pending[correlation_id] = pending
         if self._connected.is_set() and self._ws is not None:
             with contextlib.suppress(ConnectionClosed):  # sent again after the resume

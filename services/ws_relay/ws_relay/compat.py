@@ -46,6 +46,19 @@ def profile_of(register: Mapping[str, Any]) -> Profile:
     return Profile.V2
 
 
+# A peer's own error relayed to another (code PEER_ERROR): of type "error" on the wire, but
+# not the seed's error, and a seed client would take it for the relay's (its worker exits).
+PEER_ERROR_KIND = "peer_error"
+
+
+def kind_of(frame_type: str, frame: str) -> str:
+    """The kind of an encoded frame of ours, for ``receives``: its type, but a relayed peer
+    error's own kind."""
+    if frame_type == "error" and '"code":"PEER_ERROR"' in frame:
+        return PEER_ERROR_KIND
+    return frame_type
+
+
 def receives(profile: Profile, kind: str) -> bool:
     """Whether a peer of ``profile`` may be sent a frame of type ``kind``."""
     return profile is not Profile.V1 or kind in V1_FRAMES
@@ -57,9 +70,11 @@ def successor_shaped(message: Mapping[str, Any]) -> bool:
 
 
 def merge_metadata(current: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """The successor's merge, keeping what the update does not mention: top-level keys are
-    replaced, ``tags`` become the union (in first-seen order), ``properties`` are merged key by
-    key (the update's win). A ``tags`` or ``properties`` of another type replaces as any key."""
+    """The successor's merge of ``tags`` (the union, in first-seen order) and ``properties``
+    (key by key, the update's win), keeping, unlike the successor, the top-level keys the
+    update does not mention (the successor drops them, ``tags`` included, so a status update
+    would make a worker undiscoverable by its tags). A ``tags`` or ``properties`` of another
+    type replaces as any key."""
     merged = {**current, **update}
     old_tags, new_tags = current.get("tags"), update.get("tags")
     if isinstance(old_tags, list) and isinstance(new_tags, list):

@@ -394,19 +394,14 @@ class RelayService:
             self._end(member, CloseCode.QUIT, "quit")
             return
         if isinstance(message, protocol.UpdateMetadata):
+            self._charge_fan_out(session, len(self.hub.others(member)), "an update_metadata")  # a frame to each
             merge = message.merge or compat.successor_shaped(data)
             view = await self._update_metadata(member, message.metadata, merge=merge)
             if compat.successor_shaped(data):  # the successor confirms to the sender
                 self._reply(session, protocol.metadata_updated(view), kind="metadata_updated")
         elif isinstance(message, protocol.Broadcast):
             others = self.hub.others(member)
-            # A broadcast costs one message per recipient (its first was paid on arrival).
-            if len(others) > 1 and not session.bucket.take(time.monotonic(), len(others) - 1):
-                raise RateLimited(
-                    f"a broadcast to {len(others)} peers counts as {len(others)} messages;"
-                    f" more than {self.settings.messages_per_second:g} per second",
-                    retry_after=session.bucket.retry_after(time.monotonic(), len(others) - 1),
-                )
+            self._charge_fan_out(session, len(others), "a broadcast")
             frame = protocol.broadcast(member.peer_id, message.payload)
             for other in others:
                 self._push(other, frame, started, kind="broadcast")
@@ -417,6 +412,18 @@ class RelayService:
         self.metrics.relayed.labels(message.type).inc()
         if message.id is not None:
             self._reply(session, protocol.ack(message.id), kind="ack")
+
+    def _charge_fan_out(self, session: Session, recipients: int, what: str) -> None:
+        """A frame sent to ``recipients`` peers costs one message per recipient (the first was
+        paid on arrival), at most the burst; RateLimited, before anything is sent, if short."""
+        extra = recipients - 1
+        now = time.monotonic()
+        if extra > 0 and not session.bucket.take(now, extra):
+            raise RateLimited(
+                f"{what} to {recipients} peers counts as {recipients} messages;"
+                f" more than {self.settings.messages_per_second:g} per second",
+                retry_after=session.bucket.retry_after(now, extra),
+            )
 
     def _reply_error(self, session: Session, exc: Exception, correlation_id: str | int | None) -> None:
         error = as_signaling_error(exc)
@@ -453,6 +460,7 @@ class RelayService:
                 raise SenderMismatch(f"sender must be {member.peer_id!r}, the peer registered on this connection")
             to_peer_id = message.target
             if isinstance(message, protocol.PeerError):
+                kind = compat.PEER_ERROR_KIND  # not the relay's error: never for a v1 peer
                 frame = protocol.peer_error_frame(data, member.peer_id, message.id)
             else:
                 frame = protocol.relayed_frame(data, member.peer_id, message.id)
@@ -536,7 +544,7 @@ class RelayService:
             answer = bool(message.for_session)
             if answer:
                 member.in_flight.discard(message.correlation_id)
-            kind = protocol.frame_type(message.frame) or "error"
+            kind = compat.kind_of(protocol.frame_type(message.frame) or "error", message.frame)
             if not self._push(member, message.frame, owed=Owed(held_key=message.key), kind=kind, answer=answer):
                 self.mailbox.release(member.room_id, [message.key])  # held on (a v1 peer's: until it expires)
         for frame, started, owed, answer, kind in waiting:
@@ -749,12 +757,17 @@ class RelayService:
     async def _register_again(self, session: Session, member: Member, message: protocol.Register) -> str:
         """The successor's second ``register`` on a registered socket (a worker announcing
         itself admin, or discoverable again after a job): the same peer in the same room, by
-        the same identity, with the room's token. Its role and metadata are replaced (the room
-        hears ``metadata_updated``), its admin claim is judged, and ``registered_auth`` answers."""
+        the same identity, with the room's token. Its metadata is replaced (the room
+        hears ``metadata_updated``), its admin claim is judged, and ``registered_auth`` answers.
+        A change of role is refused: the role is what others discovered it by."""
         if (message.room_id, message.peer_id) != (member.room_id, member.peer_id):
             raise AlreadyRegistered("this connection is registered as another peer or in another room")
         if message.role != member.role:
             raise AlreadyRegistered(f"this connection is registered with role {member.role!r}")
+        # Budgeted as a registration, before the identity check and the room read it causes.
+        self._check_metadata(message.metadata)
+        self._ip_limiter.enforce(session.remote_ip, "registrations from this address")
+        self._charge_fan_out(session, len(self.hub.others(member)), "a register again")
         identity = await self.verifier.verify(message.id_token)
         if identity.sub != member.owner_sub:
             raise AlreadyRegistered("this connection is registered by another identity")
