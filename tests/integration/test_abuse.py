@@ -124,7 +124,7 @@ async def test_an_unhandled_error_is_logged_a_few_times_not_once_per_frame(
         def broken(*_: Any, **__: Any) -> Any:
             raise ZeroDivisionError("a bug a client can reach")
 
-        server.service._discover = broken  # type: ignore[method-assign]
+        server.relay.discover = broken  # type: ignore[method-assign]
         before = captured_logs.getvalue().count('"unhandled_error"')
         for i in range(30):
             await peer.send({"type": "discover_peers", "id": i})
@@ -239,13 +239,13 @@ async def test_one_address_cannot_take_every_connection(api: str, relay_with: Re
         assert refused.value.response.status_code == 429
         await idle[2].register(unique("P"), room, user)
         closed = asyncio.Event()  # the relay sees the close a moment after the client
-        close_session = server.service.close_session
+        close_connection = server.relay.close_connection
 
-        async def noting_close(session: Any, **options: Any) -> None:
-            await close_session(session, **options)
+        async def noting_close(connection: Any, **options: Any) -> None:
+            await close_connection(connection, **options)
             closed.set()
 
-        server.service.close_session = noting_close  # type: ignore[method-assign]
+        server.relay.close_connection = noting_close  # type: ignore[method-assign]
         await idle[0].close()
         await asyncio.wait_for(closed.wait(), TIMEOUT)
         await Peer.connect(url(server))
@@ -324,13 +324,13 @@ async def test_a_registration_held_up_by_storage_ends_with_a_retryable_error_not
     way: it ends with its own typed, retryable error (STORAGE_UNAVAILABLE)."""
     async with gated_relay(stack, "claim_peer", register_timeout_seconds=scaled(0.5)) as (server, gated):
         fired = asyncio.Event()
-        deadline = server.service._registration_deadline
+        deadline = server.relay._registration_deadline
 
-        def noting(session: Any) -> None:
-            deadline(session)
+        def noting(connection: Any) -> None:
+            deadline(connection)
             fired.set()
 
-        server.service._registration_deadline = noting  # type: ignore[method-assign]
+        server.relay.connections._on_deadline = noting
         user = await sign_in(api)
         room = await create_room(api, user)
         peer = await Peer.connect(url(server))

@@ -52,7 +52,7 @@ async def test_room_deleted_by_its_creator_closes_its_peers(
         async with httpx.AsyncClient(base_url=api, timeout=TIMEOUT) as client:
             response = await client.delete(f"/rooms/{room.room_id}", headers=creator.bearer)
         assert response.status_code == 200, response.text
-        await server.service.refresh_leases()
+        await server.relay.refresh_leases()
         for peer in (a, b):
             code, reason = await peer.closed()
             assert code == 4003
@@ -74,7 +74,7 @@ async def test_a_room_lost_in_a_storage_fault_is_not_reported_as_deleted_by_its_
         await asyncio.to_thread(  # not through rooms-api: as a storage fault would
             rooms._client.delete_item, TableName=rooms.rooms_table, Key={"room_id": {"S": room.room_id}}
         )
-        await server.service.refresh_leases()
+        await server.relay.refresh_leases()
         code, reason = await peer.closed()
         assert code == 4007
         assert "not deleted by its creator" in str(reason)
@@ -88,7 +88,7 @@ async def test_leases_are_refreshed_while_connected(api: str, relay_with: RelayF
         peer = await Peer.connect(ws_url(server))
         await peer.register("A", room, user)
         before = await repository(stack).list_peers(room.room_id, now=0)
-        await server.service.refresh_leases()
+        await server.relay.refresh_leases()
         await peer.barrier()
         after = await repository(stack).list_peers(room.room_id, now=0)
         assert after[0].expires_at >= before[0].expires_at

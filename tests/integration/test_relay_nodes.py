@@ -96,13 +96,13 @@ async def test_a_peer_that_dials_another_node_is_redirected_and_the_sdk_follows(
         )
         assert await peer.recv() == {"type": "redirect", "ws_url": body["ws_url"], "node_id": home, "id": "r1"}
         assert await peer.closed() == (4502, "the room is served by another relay node: register at redirect's ws_url")
-        assert servers[other].service.hub.member_count == 0
+        assert servers[other].relay.hub.member_count == 0
 
         # A joining peer knows only the room id and token, and a relay URL: the SDK follows.
         room = Room(body["room_id"], body["token"])
         async with await Session.open(url_of(servers[other]), room, Identity(user.id_token, user.username), "Q") as q:
             assert q.url == body["ws_url"]
-            assert servers[home].service.hub.member_count == 1
+            assert servers[home].relay.hub.member_count == 1
 
 
 async def lapse(stack: StackInfo, name: str, url: str) -> None:

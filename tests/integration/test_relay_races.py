@@ -53,9 +53,9 @@ async def test_an_abandoned_registration_evicts_no_one(api: str, stack: StackInf
         await other.send({"type": "offer", "target": "X", "sdp": "to the holder"})
         assert (await holder.expect("offer"))["sdp"] == "to the holder"
         await other.barrier()  # no peer_left/peer_joined churn
-        await server.service.refresh_leases()
+        await server.relay.refresh_leases()
         await holder.barrier()  # still open: its lease refresh found its own entry
-        holder_member = next(m for m in server.service.hub.members() if m.peer_id == "X")
+        holder_member = next(m for m in server.relay.hub.members() if m.peer_id == "X")
         entries = {e.peer_id: e for e in await repository(stack).list_peers(room.room_id, now=0)}
         assert set(entries) == {"Other", "X"}
         assert entries["X"].connection_id == holder_member.connection_id

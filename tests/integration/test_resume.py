@@ -246,10 +246,10 @@ async def test_a_lease_refresh_during_a_resume_does_not_end_it(api: str, stack: 
         gated.arm()
         await b2.send(resume_message(b, room, b_user))
         await asyncio.wait_for(gated.reached.wait(), TIMEOUT)
-        await server.service.refresh_leases()
+        await server.relay.refresh_leases()
         gated.gate.set()
         assert (await b2.expect("registered_auth"))["resumed"] is True
-        await server.service.refresh_leases()
+        await server.relay.refresh_leases()
         b2.last_seq = b.last_seq
         await b2.barrier()  # still open
         await a.barrier()  # no peer_left
@@ -280,8 +280,8 @@ async def test_confirmed_frames_are_forgotten(api: str, relay_with: RelayFactory
         for i in range(300):
             await a.send({"type": "peer_message", "to_peer_id": "B", "payload": i})
             assert (await b.expect("peer_message"))["payload"] == i
-        member = server.service.hub.get(
-            *next((m.room_id, m.peer_id) for m in server.service.hub.members() if m.peer_id == "B")
+        member = server.relay.hub.get(
+            *next((m.room_id, m.peer_id) for m in server.relay.hub.members() if m.peer_id == "B")
         )
         assert member is not None
         assert len(member.unconfirmed) < 50  # without confirmation all 300 would still be kept

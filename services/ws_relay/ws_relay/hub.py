@@ -4,6 +4,17 @@ A ``Member`` is a peer's place in a room. It outlives its connection: when the s
 drops, the member is detached (``link`` is None) and keeps numbering and logging what
 is sent to it, so a resume within the window replays exactly what the client missed.
 
+A member is in one ``MemberState`` at a time::
+
+    OPENING --take_waiting()--> LIVE <--detach() / attach()--> DETACHED
+    OPENING, LIVE, DETACHED --begin_resume()--> RESUMING --end_resume()--> the state it left
+    any state --leave()--> GONE (terminal)
+
+OPENING: just seated, the messages held for it are being read; live frames wait behind
+them (``waiting``). LIVE: attached to a link. DETACHED: its link dropped, within the resume
+window. RESUMING: a resume's routing-table write is under way (from any of those three).
+GONE: it left the room; nothing more is delivered to it.
+
 A registration is two-phase because it writes the routing table in between:
 ``reserve`` checks the rules and holds the place (so concurrent registrations cannot
 overfill a room or both take one peer id), then ``commit`` or ``cancel``. Nothing
@@ -13,6 +24,7 @@ evicts no one.
 
 from __future__ import annotations
 
+import enum
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -24,6 +36,7 @@ if TYPE_CHECKING:
 
 from signaling_shared.errors import PeerIdTaken, RoomFull
 from ws_relay.compat import Profile
+from ws_relay.protocol import peer_view
 
 
 class Link(Protocol):
@@ -72,6 +85,14 @@ class Owed:
         return cls(data.get("sender_peer_id"), data.get("sender_session"), data.get("id"))
 
 
+class MemberState(enum.Enum):
+    OPENING = "opening"
+    LIVE = "live"
+    DETACHED = "detached"
+    RESUMING = "resuming"
+    GONE = "gone"
+
+
 @dataclass(eq=False, slots=True)
 class Member:
     room_id: str
@@ -91,7 +112,6 @@ class Member:
     # Hashes of the resume tokens accepted: the current one and the one before it (the
     # client may not have received the newest before its socket dropped again).
     resume_hashes: tuple[str, ...] = ()
-    resuming: bool = False  # a resume's routing-table write is under way
     seq: int = 0
     # Frames sent and not yet confirmed received, oldest first: what a resume replays.
     unconfirmed: deque[tuple[int, str]] = field(default_factory=deque)
@@ -102,15 +122,72 @@ class Member:
     answers_bytes: int = 0
     # For frames whose receipt someone waits on: (seq, what it settles), oldest first.
     owed: deque[tuple[int, Owed]] = field(default_factory=deque)
-    # While the messages held for a new member are read, live frames wait here behind them
+    # While OPENING (the messages held for it are read), live frames wait here behind them
     # (frame, relay start, what it settles, whether it is an answer, its type).
     waiting: list[tuple[str, float | None, Owed | None, bool, str]] | None = None
-    gone: bool = False  # left the room: frames for it are not delivered
+    state: MemberState = MemberState.LIVE
     # Ids of the messages this member sent that are on their way (no outcome yet): a resent
     # one (a client retransmitting after a resume) is not delivered twice.
     in_flight: set[str | int] = field(default_factory=set)
     # Timer handles owned by the service (room expiry, ICE refresh, resume window).
     timers: dict[str, TimerHandle] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.waiting is not None:
+            self.state = MemberState.OPENING
+        elif self.link is None:
+            self.state = MemberState.DETACHED
+
+    # States ------------------------------------------------------------------------
+
+    @property
+    def gone(self) -> bool:
+        return self.state is MemberState.GONE
+
+    @property
+    def resuming(self) -> bool:
+        return self.state is MemberState.RESUMING
+
+    def _settled_state(self) -> MemberState:
+        if self.waiting is not None:
+            return MemberState.OPENING
+        return MemberState.LIVE if self.link is not None else MemberState.DETACHED
+
+    def attach(self, link: Link) -> None:
+        """Served by ``link`` from now on (a registration, or a resume's new socket)."""
+        self.link = link
+        if self.state is MemberState.DETACHED:
+            self.state = MemberState.LIVE
+
+    def detach(self) -> None:
+        """Its link dropped: it waits for a resume (OPENING stays so: its inbox is being read)."""
+        self.link = None
+        if self.state is MemberState.LIVE:
+            self.state = MemberState.DETACHED
+
+    def take_waiting(self) -> list[tuple[str, float | None, Owed | None, bool, str]]:
+        """The frames that waited behind the held messages, in order; OPENING is over."""
+        waiting, self.waiting = self.waiting or [], None
+        if self.state is MemberState.OPENING:
+            self.state = self._settled_state()
+        return waiting
+
+    def begin_resume(self) -> None:
+        self.state = MemberState.RESUMING
+
+    def end_resume(self) -> None:
+        if self.state is MemberState.RESUMING:
+            self.state = self._settled_state()
+
+    def leave(self) -> None:
+        """GONE for good: nothing more is delivered to it."""
+        self.state = MemberState.GONE
+
+    def view(self) -> dict[str, Any]:
+        """What other peers see of this member (discovery, peer_joined, metadata_updated)."""
+        return peer_view(self.peer_id, self.role, self.metadata, self.connected_at)
+
+    # Delivery ----------------------------------------------------------------------
 
     def stamp(self, frame: str, owed: Owed | None = None, *, answer: bool = False) -> tuple[int, str]:
         """Number a frame (an encoded JSON object) and keep it until confirmed."""

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from signaling_shared.metrics import LATENCY_BUCKETS, ServiceMetrics
-
-if TYPE_CHECKING:
-    from ws_relay.service import RelayService
 
 
 class RelayMetrics(ServiceMetrics):
@@ -62,10 +57,3 @@ class RelayMetrics(ServiceMetrics):
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-
-    def track(self, service: RelayService) -> None:
-        """Gauges read from the service at scrape time."""
-        self.registered_peers.set_function(lambda: service.hub.member_count)
-        self.active_rooms.set_function(lambda: service.hub.room_count)
-        self.connections.set_function(lambda: len(service.sessions))
-        self.held_pending.set_function(lambda: service.mailbox.held_count)

@@ -1,9 +1,7 @@
-"""The socket side of the relay: ``websockets`` in, ``RelayService`` calls, bytes out.
-
-Each connection gets an outbox (a bounded queue) drained by its own writer task, so a
-peer that stops reading slows no one else down: when its outbox is full it is closed
-(4501) and senders are told (DELIVERY_FAILED). The same port answers ``/healthz``,
-``/readyz`` and ``/metrics`` over plain HTTP.
+"""The relay's process on one port: ``websockets`` in, ``Relay`` calls, a ``WebSocketLink``
+out; the same port answers ``/healthz``, ``/readyz`` and ``/metrics`` over plain HTTP.
+Here are the client's address (behind trusted proxies), the handshake's caps, the
+background tasks (leases, heartbeat, TURN probe) and the graceful stop.
 """
 
 from __future__ import annotations
@@ -12,154 +10,25 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-import time
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any
 
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
-from websockets.protocol import State
 
 from signaling_shared.auth import TokenVerifier
-from signaling_shared.dynamo import RelayNode, Repository
+from signaling_shared.dynamo import Repository
 from signaling_shared.health import HealthBody, Readiness, ReadinessBody
 from signaling_shared.settings import RelaySettings
 from ws_relay.close_codes import REASONS, CloseCode
+from ws_relay.link import WebSocketLink
 from ws_relay.metrics import RelayMetrics
-from ws_relay.service import RelayService
+from ws_relay.relay import Relay
 from ws_relay.turnprobe import TurnProbe
 
 log = structlog.stdlib.get_logger("ws_relay.server")
-
-# Under continuous traffic the outbox never drains: confirm at least every so many frames.
-CONFIRM_EVERY = 32
-
-
-@dataclass(frozen=True, slots=True)
-class _Close:
-    code: int
-    reason: str
-
-
-class WebSocketLink:
-    """A ``Link`` over a websockets connection, with a bounded outbox."""
-
-    def __init__(self, ws: ServerConnection, *, outbox_max: int, metrics: RelayMetrics) -> None:
-        self.connection_id = uuid.uuid4().hex
-        self.on_confirm: Callable[[int], None] | None = None
-        self._ws = ws
-        self._metrics = metrics
-        self._outbox_max = outbox_max
-        # One slot more than the limit, so a close always fits behind the frames.
-        # Unbounded underneath: send() applies the limit (replays are owed and may exceed it).
-        self._queue: asyncio.Queue[tuple[str, float | None, int | None, bool] | _Close] = asyncio.Queue()
-        self._limited = 0  # queued frames the limit applies to (not replays or answers)
-        self._closing = False
-        self._written_seq = 0  # the last numbered frame handed to the socket
-        self._pinged_seq = 0  # the last one a confirmation ping was sent after
-        self._confirming = False  # a confirmation ping is in flight
-        self._since_ping = 0  # numbered frames written since the last confirmation ping
-        self._confirm_task: asyncio.Task[None] | None = None
-        self._writer = asyncio.create_task(self._write())
-        self._writer.add_done_callback(self._writer_done)
-        self._abort_task: asyncio.Task[None] | None = None
-
-    def is_open(self) -> bool:
-        return not self._closing and self._ws.state is State.OPEN
-
-    def _writer_done(self, task: asyncio.Task[None]) -> None:
-        """A writer that died of a bug must not leave its peer silently stuck: drop the connection."""
-        if task.cancelled() or task.exception() is None:
-            return
-        log.error("writer_crashed", error_type=type(task.exception()).__name__, exc_info=task.exception())
-        self._closing = True
-        self._ws.transport.abort()
-
-    def send(
-        self, frame: str, relay_started: float | None = None, seq: int | None = None, *, replay: bool = False
-    ) -> bool:
-        if self._closing:
-            return False
-        if not replay:
-            if self._limited >= self._outbox_max:
-                self._abort(CloseCode.SLOW_CONSUMER)
-                return False
-            self._limited += 1
-        self._queue.put_nowait((frame, relay_started, seq, replay))
-        return True
-
-    def close(self, code: int, reason: str) -> None:
-        if not self._closing:
-            self._closing = True
-            self._queue.put_nowait(_Close(code, reason))
-
-    def _abort(self, code: CloseCode) -> None:
-        """Close now, dropping the queued frames (the reader is not reading them)."""
-        self._closing = True
-        self._metrics.closes.labels(str(int(code))).inc()
-        self._writer.cancel()
-        self._abort_task = asyncio.create_task(self._ws.close(code, REASONS[code]))
-
-    async def _write(self) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            while True:
-                item = await self._queue.get()
-                if isinstance(item, _Close):
-                    await self._ws.close(item.code, item.reason)
-                    return
-                frame, started, seq, replay = item
-                if not replay:
-                    self._limited -= 1
-                await self._ws.send(frame)
-                if started is not None:
-                    self._metrics.relay_latency.observe(time.perf_counter() - started)
-                if seq is not None:
-                    self._written_seq = seq
-                    self._since_ping += 1
-                if self._queue.empty() or self._since_ping >= CONFIRM_EVERY:
-                    await self._confirm_written()
-
-    async def _confirm_written(self) -> None:
-        """After a burst, ping: the pong proves the client received everything before it,
-        so those frames need not be kept for a resume any more."""
-        if self._confirming or self.on_confirm is None or self._written_seq <= self._pinged_seq:
-            return
-        seq, confirm = self._written_seq, self.on_confirm
-        self._pinged_seq = seq
-        self._confirming = True
-        self._since_ping = 0
-        # An explicit payload: websockets would draw one from the global random module.
-        try:
-            pong = await self._ws.ping(f"confirm:{seq}")
-        except ConnectionClosed:
-            self._confirming = False
-            return
-
-        def confirmed(waiter: asyncio.Future[float]) -> None:
-            self._confirming = False
-            if waiter.cancelled() or waiter.exception() is not None:
-                return
-            confirm(seq)
-            if self._written_seq > seq and not self._closing:  # more was written meanwhile
-                self._confirm_task = asyncio.get_running_loop().create_task(self._confirm_written())
-
-        cast("asyncio.Future[float]", pong).add_done_callback(confirmed)
-
-    async def finish(self) -> None:
-        """The connection has ended: stop the writer."""
-        self._closing = True
-        self._writer.cancel()
-        if self._confirm_task is not None:
-            self._confirm_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
-        if self._abort_task is not None:
-            await self._abort_task
 
 
 def _trusted_networks(spec: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None:
@@ -185,7 +54,8 @@ class RelayServer:
         self.metrics = metrics or RelayMetrics()
         self.repository = repository or Repository.from_settings(settings, self.metrics.dynamodb_error)
         self.verifier = verifier or TokenVerifier.from_settings(settings)
-        self.service = RelayService(settings, self.repository, self.verifier, self.metrics)
+        self.relay = Relay(settings, self.repository, self.verifier, self.metrics)
+        self._track(self.relay)
         self.readiness = Readiness(
             {"dynamodb": self.repository.check, "jwks": self.verifier.check}, self.metrics.dependency_up
         )
@@ -196,58 +66,18 @@ class RelayServer:
         self.turn_probe = TurnProbe(settings, self.metrics.turn_probes)
         self._probe_task: asyncio.Task[None] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
-        self._beat: asyncio.Future[None] | None = None
-        # When this node's entry was last renewed; set once it may have lapsed without it
-        # knowing (see _heartbeat_forever): main stops the process then.
-        self._renewed_at = 0.0
-        self.fenced = asyncio.Event()
 
-    async def _heartbeat(self, *, draining: bool = False) -> None:
-        """This node's entry in the placement table: its URL, load and a fresh expiry; and
-        the entries of nodes silent for ten TTLs go (crashed or scaled in)."""
-        s = self.settings
-        now = time.time()  # before the write: the entry lapses no later than now + TTL
-        node = RelayNode(
-            node_id=s.node_id,
-            ws_url=s.public_ws_url,
-            rooms=self.service.hub.room_count,
-            capacity=s.max_connections,
-            expires_at=now + s.node_ttl_seconds,
-            draining=draining,
-        )
-        try:
-            await self.repository.heartbeat_node(node)
-        except Exception as exc:  # noqa: BLE001 - the entry lapses if this keeps failing: see _heartbeat_forever
-            log.warning("node_heartbeat_failed", node_id=s.node_id, error=type(exc).__name__)
-            return
-        self._renewed_at = now
-        try:
-            pruned = await self.repository.prune_nodes(expired_before=int(now) - 10 * s.node_ttl_seconds)
-        except Exception as exc:  # noqa: BLE001 - the next heartbeat prunes
-            log.warning("node_prune_failed", node_id=s.node_id, error=type(exc).__name__)
-            return
-        if pruned:
-            log.info("nodes_pruned", node_ids=pruned)
+    @property
+    def fenced(self) -> asyncio.Event:
+        """Set once this node may no longer serve (``cluster.Cluster.heartbeat_forever``)."""
+        return self.relay.cluster.fenced
 
-    async def _heartbeat_forever(self) -> None:
-        """Renew the entry; and fence this node before an entry it failed to renew can lapse.
-        Once it lapses, the room's next peer moves the room to another node while the peers
-        here would stay: the room served twice, its peers split. So when the next renewal
-        could come too late, the node is fenced (``fenced`` set): main stops it as for a
-        SIGTERM (go_away; sessions saved if the table lets it, else recovered from their
-        entries) and exits 1 for its supervisor to start it again."""
-        s = self.settings
-        while True:
-            await asyncio.sleep(s.node_heartbeat_seconds)
-            # Shielded: a write runs on in its thread after a cancel, so stop() awaits it
-            # before removing the entry (else a late write would put this node back).
-            self._beat = asyncio.ensure_future(self._heartbeat())
-            # A write that hangs must not keep this node serving past its entry's lapse.
-            await asyncio.wait({self._beat}, timeout=max(0.0, self._renewed_at + s.node_ttl_seconds - time.time()))
-            if time.time() + s.node_heartbeat_seconds >= self._renewed_at + s.node_ttl_seconds:
-                log.error("node_fenced", node_id=s.node_id, renewed_at=self._renewed_at)
-                self.fenced.set()
-                return
+    def _track(self, relay: Relay) -> None:
+        """Gauges read from the relay at scrape time."""
+        self.metrics.registered_peers.set_function(lambda: relay.hub.member_count)
+        self.metrics.active_rooms.set_function(lambda: relay.hub.room_count)
+        self.metrics.connections.set_function(lambda: len(relay.connections))
+        self.metrics.held_pending.set_function(lambda: relay.ledger.mailbox.held_count)
 
     @property
     def port(self) -> int:
@@ -275,8 +105,8 @@ class RelayServer:
         if self.turn_probe.enabled:
             self._probe_task = asyncio.create_task(self.turn_probe.run_forever())
         if s.public_ws_url:
-            await self._heartbeat()  # placeable before the first room is asked for
-            self._heartbeat_task = asyncio.create_task(self._heartbeat_forever())
+            await self.relay.cluster.heartbeat()  # placeable before the first room is asked for
+            self._heartbeat_task = asyncio.create_task(self.relay.cluster.heartbeat_forever())
         log.info("relay_listening", host=self._server.sockets[0].getsockname()[0], port=self.port, node_id=s.node_id)
         return self.port
 
@@ -286,8 +116,10 @@ class RelayServer:
         with 4500, then save each peer's session for the next process to resume."""
         if self._server is None:
             return
-        log.info("relay_stopping", connections=len(self.service.sessions), drain_seconds=self.settings.drain_seconds)
-        self.service.begin_shutdown()
+        log.info(
+            "relay_stopping", connections=len(self.relay.connections.open), drain_seconds=self.settings.drain_seconds
+        )
+        self.relay.begin_shutdown()
         if self._heartbeat_task is not None:
             # No new rooms for a node on its way out, but it keeps its rooms (others redirect
             # here) for one TTL: the same node back by then resumes its peers; a node that
@@ -295,9 +127,7 @@ class RelayServer:
             self._heartbeat_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat_task
-            if self._beat is not None:
-                await self._beat  # _heartbeat never raises
-            await self._heartbeat(draining=True)
+            await self.relay.cluster.draining()
         for task in (self._lease_task, self._probe_task):
             if task is not None:
                 task.cancel()
@@ -305,8 +135,8 @@ class RelayServer:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.service.drained.wait(), timeout=self.settings.drain_seconds)
-        self.metrics.closes.labels(str(int(CloseCode.SERVER_SHUTDOWN))).inc(len(self.service.sessions))
+            await asyncio.wait_for(self.relay.drained.wait(), timeout=self.settings.drain_seconds)
+        self.metrics.closes.labels(str(int(CloseCode.SERVER_SHUTDOWN))).inc(len(self.relay.connections.open))
         self._server.close(code=CloseCode.SERVER_SHUTDOWN, reason=REASONS[CloseCode.SERVER_SHUTDOWN])
         grace = self.settings.shutdown_grace_seconds + self.settings.close_timeout_seconds
         try:
@@ -314,10 +144,10 @@ class RelayServer:
         except TimeoutError:
             # Handlers still stuck (e.g. in a slow DynamoDB call): detach their peers now,
             # since the process is about to end under them.
-            stuck = list(self.service.sessions)
+            stuck = list(self.relay.connections.open)
             log.warning("relay_stop_timeout", connections=len(stuck))
-            await asyncio.gather(*(self.service.close_session(session, resumable=True) for session in stuck))
-        await self.service.save_sessions()
+            await asyncio.gather(*(self.relay.close_connection(c, resumable=True) for c in stuck))
+        await self.relay.save_sessions()
         self._server = None
         log.info("relay_stopped")
 
@@ -326,7 +156,7 @@ class RelayServer:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.service.refresh_leases()
+                await self.relay.refresh_leases()
             except Exception:
                 log.exception("lease_refresh_crashed")
 
@@ -337,7 +167,7 @@ class RelayServer:
         if path in ("/healthz", "/health"):  # /health: the seed's successor's name
             return _with_type(ws.respond(HTTPStatus.OK, HealthBody(status="ok").model_dump_json()), "application/json")
         if path == "/readyz":
-            if self.service.closing:  # draining: send no one here
+            if self.relay.closing:  # draining: send no one here
                 body = ReadinessBody(status="draining", checks={}, failing=["draining"])
                 return _with_type(
                     ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, body.model_dump_json()), "application/json"
@@ -349,11 +179,11 @@ class RelayServer:
             await self.readiness.refresh()
             payload, content_type = self.metrics.render()
             return _with_type(ws.respond(HTTPStatus.OK, payload.decode()), content_type)
-        if len(self.service.sessions) >= self.settings.max_connections:
+        if len(self.relay.connections.open) >= self.settings.max_connections:
             self.metrics.errors.labels("SERVER_BUSY").inc()
             self.metrics.refused.labels("capacity").inc()
             return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "server is at capacity, retry later\n")
-        refused = self.service.refuses(self._client_ip(ws))
+        refused = self.relay.connections.refuses(self._client_ip(ws))
         if refused is not None:
             self.metrics.refused.labels("per_ip").inc()
             return ws.respond(HTTPStatus.TOO_MANY_REQUESTS, f"{refused}; close some, or retry later\n")
@@ -385,19 +215,19 @@ class RelayServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         remote_ip = self._client_ip(ws)
-        if self.service.refuses(remote_ip) is not None:  # handshakes that passed the check together
+        if self.relay.connections.refuses(remote_ip) is not None:  # handshakes that passed the check together
             self.metrics.refused.labels("per_ip").inc()
             self.metrics.closes.labels(str(int(CloseCode.TOO_MANY_CONNECTIONS))).inc()
             await ws.close(CloseCode.TOO_MANY_CONNECTIONS, REASONS[CloseCode.TOO_MANY_CONNECTIONS])
             return
         link = WebSocketLink(ws, outbox_max=self.settings.outbox_max_messages, metrics=self.metrics)
-        session = self.service.open_session(link, remote_ip)
+        connection = self.relay.open_connection(link, remote_ip)
         self.metrics.connections_opened.inc()
         with structlog.contextvars.bound_contextvars(connection_id=link.connection_id):
             log.info("connection_opened")
             try:
                 async for frame in ws:
-                    await self.service.handle_frame(session, frame)
+                    await self.relay.handle_frame(connection, frame)
                     # recv() does not yield while frames are buffered: yield here so the
                     # writers (this peer's replies, its targets' outboxes) keep pace with a
                     # pipelining sender instead of overflowing behind it.
@@ -406,7 +236,7 @@ class RelayServer:
                 pass
             finally:
                 resumable, reason = _how_it_ended(ws)
-                await self.service.close_session(session, resumable=resumable, reason=reason)
+                await self.relay.close_connection(connection, resumable=resumable, reason=reason)
                 await link.finish()
                 log.info("connection_closed", code=ws.close_code, resumable=resumable)
 
