@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from signaling_shared.errors import InvalidJson, InvalidMessage, SignalingError, UnknownMessageType
-from ws_relay import protocol
+from ws_relay import frames, protocol
 
 
 def parse(frame: str | bytes) -> tuple[protocol.AnyClientMessage, dict[str, Any]]:
@@ -66,7 +66,7 @@ def test_unknown_type_reason_is_bounded() -> None:
 def test_relayed_frame_stamps_sender_and_keeps_other_fields() -> None:
     """The target sees the registered sender and every field the sender put in."""
     data = {"type": "offer", "target": "w", "sdp": "v=0", "custom": {"a": [1, 2]}}
-    frame = json.loads(protocol.relayed_frame(data, "c"))
+    frame = json.loads(frames.relayed_frame(data, "c"))
     assert frame == {**data, "sender": "c"}
 
 
@@ -74,7 +74,7 @@ def test_relayed_frame_is_reencoded_so_duplicate_keys_cannot_spoof() -> None:
     """Duplicate 'sender' keys collapse to the stamped one in the relayed frame."""
     raw = '{"type":"offer","sender":"evil","target":"w","sdp":"v=0","sender":"c"}'
     _, data = parse(raw)
-    frame = protocol.relayed_frame(data, "c")
+    frame = frames.relayed_frame(data, "c")
     assert frame.count('"sender"') == 1
     assert json.loads(frame)["sender"] == "c"
 
@@ -82,23 +82,23 @@ def test_relayed_frame_is_reencoded_so_duplicate_keys_cannot_spoof() -> None:
 def test_lone_surrogates_stay_sendable() -> None:
     """A JSON escape of a lone surrogate is relayed as an escape (valid UTF-8 on the wire)."""
     _, data = parse('{"type":"offer","target":"w","sdp":"\\ud800"}')
-    frame = protocol.relayed_frame(data, "c")
+    frame = frames.relayed_frame(data, "c")
     frame.encode("utf-8")
     assert json.loads(frame)["sdp"] == "\ud800"
 
 
 def test_error_frame_has_the_v1_shape() -> None:
     """Errors are {type, code, reason} with an upper-case stable code."""
-    frame = json.loads(protocol.error_frame(InvalidJson()))
+    frame = json.loads(frames.error_frame(InvalidJson()))
     assert frame == {"type": "error", "code": "INVALID_JSON", "reason": "frame is not valid JSON"}
 
 
 def test_server_messages() -> None:
     """registered_auth, peer_joined and peer_left carry the seed's fields (v2 adds to them)."""
-    view = protocol.peer_view("q", "worker", {"tags": ["gpu"]}, 7)
+    view = frames.peer_view("q", "worker", {"tags": ["gpu"]}, 7)
     ice = {"ice_servers": [{"urls": ["stun:s"]}], "ttl": 60}
     assert json.loads(
-        protocol.registered_auth("r", "t", "p", peers=[view], ice=ice, resume_token="rt", correlation_id=None)
+        frames.registered_auth("r", "t", "p", peers=[view], ice=ice, resume_token="rt", correlation_id=None)
     ) == {
         "type": "registered_auth",
         "room_id": "r",
@@ -112,13 +112,11 @@ def test_server_messages() -> None:
         "last_seq": 0,
     }
     assert (
-        json.loads(protocol.registered_auth("r", "t", "p", peers=[], ice=ice, resume_token="rt", correlation_id=5))[
-            "id"
-        ]
+        json.loads(frames.registered_auth("r", "t", "p", peers=[], ice=ice, resume_token="rt", correlation_id=5))["id"]
         == 5
     )
-    assert json.loads(protocol.peer_joined(view)) == {"type": "peer_joined", **view}
-    assert json.loads(protocol.peer_left("p", "closed")) == {
+    assert json.loads(frames.peer_joined(view)) == {"type": "peer_joined", **view}
+    assert json.loads(frames.peer_left("p", "closed")) == {
         "type": "peer_left",
         "peer_id": "p",
         "reason": "closed",
@@ -128,7 +126,7 @@ def test_server_messages() -> None:
 def test_relayed_frame_drops_the_keys_the_server_owns() -> None:
     """The sender's id, a forged seq or sender never reach the target."""
     data = {"type": "offer", "target": "w", "sdp": "v", "id": 3, "seq": 999, "sender": "c"}
-    frame = protocol.relayed_frame(data, "c")
+    frame = frames.relayed_frame(data, "c")
     assert json.loads(frame) == {"type": "offer", "target": "w", "sdp": "v", "sender": "c"}
     assert frame.count('"seq"') == 0
 

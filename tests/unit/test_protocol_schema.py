@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from signaling_shared.errors import ErrorCode, InvalidJson, PeerNotFound
-from ws_relay import protocol, schema
+from ws_relay import frames, schema
 from ws_relay.close_codes import CloseCode
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-VIEW = protocol.peer_view("W", "worker", {"tags": ["gpu"]}, 1)
+VIEW = frames.peer_view("W", "worker", {"tags": ["gpu"]}, 1)
 ICE = {"ice_servers": [{"urls": ["stun:s"]}, {"urls": ["turn:t"], "username": "9:W", "credential": "c"}], "ttl": 60}
 
 
@@ -26,29 +26,29 @@ def test_checked_in_schema_is_what_the_code_generates() -> None:
 @pytest.mark.parametrize(
     "frame",
     [
-        protocol.registered_auth("r", "t", "p", peers=[VIEW], ice=ICE, resume_token="rt", correlation_id=None),
-        protocol.registered_auth(
+        frames.registered_auth("r", "t", "p", peers=[VIEW], ice=ICE, resume_token="rt", correlation_id=None),
+        frames.registered_auth(
             "r", "t", "p", peers=[], ice={"ice_servers": [], "ttl": 60}, resume_token="rt", correlation_id="x"
         ),
-        protocol.ice_servers(ICE),
-        protocol.peer_joined(VIEW),
-        protocol.metadata_updated(VIEW),
-        protocol.peer_left("p", "closed"),
-        protocol.peer_list([VIEW], 3),
-        protocol.peer_list([], None),
-        protocol.peer_message("a", "b", {"any": ["json"]}),
-        protocol.broadcast("a", None),
-        protocol.relayed_frame({"type": "offer", "target": "b", "sdp": "v=0", "extra": 1, "id": 4}, "a"),
-        protocol.relayed_frame({"type": "answer", "target": "b", "sdp": "v=0"}, "a"),
-        protocol.relayed_frame({"type": "candidate", "target": "b", "candidate": None}, "a"),
-        protocol.ack("m1"),
-        protocol.ack(2, queued=True),
-        protocol.expired("m3", "b"),
-        protocol.go_away("SERVER_SHUTDOWN", 5300),
-        protocol.pong(None),
-        protocol.pong(7),
-        protocol.error_frame(InvalidJson()),
-        protocol.error_frame(PeerNotFound(), "m2"),
+        frames.ice_servers(ICE),
+        frames.peer_joined(VIEW),
+        frames.metadata_updated(VIEW),
+        frames.peer_left("p", "closed"),
+        frames.peer_list([VIEW], 3),
+        frames.peer_list([], None),
+        frames.peer_message("a", "b", {"any": ["json"]}),
+        frames.broadcast("a", None),
+        frames.relayed_frame({"type": "offer", "target": "b", "sdp": "v=0", "extra": 1, "id": 4}, "a"),
+        frames.relayed_frame({"type": "answer", "target": "b", "sdp": "v=0"}, "a"),
+        frames.relayed_frame({"type": "candidate", "target": "b", "candidate": None}, "a"),
+        frames.ack("m1"),
+        frames.ack(2, queued=True),
+        frames.expired("m3", "b"),
+        frames.go_away("SERVER_SHUTDOWN", 5300),
+        frames.pong(None),
+        frames.pong(7),
+        frames.error_frame(InvalidJson()),
+        frames.error_frame(PeerNotFound(), "m2"),
     ],
 )
 def test_every_server_frame_matches_the_schema(frame: str) -> None:

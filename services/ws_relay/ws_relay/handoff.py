@@ -15,7 +15,7 @@ import structlog
 from signaling_shared.dynamo import PeerRecord, Repository, SavedSession
 from signaling_shared.errors import RepositoryError
 from signaling_shared.settings import RelaySettings
-from ws_relay import protocol
+from ws_relay import frames
 from ws_relay.cluster import LEASE_REFRESH_CONCURRENCY, Cluster
 from ws_relay.hub import Hub, Member, Owed
 from ws_relay.ledger import Ledger
@@ -122,7 +122,7 @@ class Handoff:
             if owed.held_key is None:
                 self.ledger.fail(room_id, peer_id, owed)
         if left:
-            frame = protocol.peer_left(peer_id, "timeout")
+            frame = frames.peer_left(peer_id, "timeout")
             for member in self.hub.in_room(room_id):
                 self.ledger.push(member, frame, kind="peer_left")
         await self.repository.delete_session_frames(saved)

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 from signaling_shared.errors import PeerIdTaken, RoomFull
 from ws_relay.compat import Profile
-from ws_relay.protocol import peer_view
+from ws_relay.frames import peer_view
 
 
 class Link(Protocol):

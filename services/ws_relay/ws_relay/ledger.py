@@ -19,7 +19,7 @@ import structlog
 from signaling_shared.dynamo import QueuedMessage, Repository
 from signaling_shared.errors import DeliveryFailed, RepositoryError
 from signaling_shared.settings import RelaySettings
-from ws_relay import compat, protocol
+from ws_relay import compat, frames, protocol
 from ws_relay.close_codes import CloseCode
 from ws_relay.connections import Connection
 from ws_relay.hub import Hub, Member, Owed
@@ -121,7 +121,7 @@ class Ledger:
             if owed.held_key is not None:
                 held.append(owed.held_key)
             elif owed.correlation_id is not None:
-                self.answer(member.room_id, owed, protocol.ack(owed.correlation_id), kind="ack")
+                self.answer(member.room_id, owed, frames.ack(owed.correlation_id), kind="ack")
         if held:
             self.metrics.held.labels("delivered").inc(len(held))
             self._spawn(self.mailbox.delivered(member.room_id, held))
@@ -149,7 +149,7 @@ class Ledger:
             self.mailbox.release(room_id, [owed.held_key])
         else:
             error = DeliveryFailed(f"peer {target_peer_id!r} left before receiving the message")
-            self.answer(room_id, owed, protocol.error_frame(error, owed.correlation_id), kind="error")
+            self.answer(room_id, owed, frames.error_frame(error, owed.correlation_id), kind="error")
 
     def answer(self, room_id: str, owed: Owed, frame: str, *, kind: str) -> None:
         """Send the outcome of a message to its sender's session: now if it is here, else
@@ -203,7 +203,7 @@ class Ledger:
             log.info("expired_sender_gone", room_id=message.room_id, peer_id=message.from_peer_id)
             return
         self.metrics.held.labels("expired").inc()
-        self.push(sender, protocol.expired(message.correlation_id, message.to_peer_id), kind="expired", answer=True)
+        self.push(sender, frames.expired(message.correlation_id, message.to_peer_id), kind="expired", answer=True)
 
     async def open_inbox(self, member: Member) -> None:
         """Deliver what is held for a newly registered member, then what arrived meanwhile."""

@@ -1,4 +1,4 @@
-"""The wire protocol: client frames to typed messages, server messages to frames.
+"""The wire protocol: client frames to typed messages (server frames: ``ws_relay.frames``).
 
 Pure functions, no I/O. The seed's (v1) messages work unchanged:
 
@@ -45,14 +45,12 @@ registered on the socket.
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from signaling_shared.errors import (
-    ErrorCode,
     InvalidJson,
     InvalidMessage,
     SignalingError,
@@ -301,179 +299,6 @@ def parse_message(data: dict[str, Any]) -> AnyClientMessage:
         if exc.errors()[0]["type"] == "union_tag_invalid":
             raise UnknownMessageType(f"unknown message type {kind[:40]!r}") from None
         raise InvalidMessage(describe_validation_error(exc.errors(), skip=1)) from None
-
-
-def encode(message: dict[str, Any]) -> str:
-    # ASCII escapes keep lone surrogates (valid in JSON, not in UTF-8) sendable.
-    return json.dumps(message, separators=(",", ":"))
-
-
-def _encode_relayed(message: dict[str, Any]) -> str:
-    try:
-        return encode(message)
-    except (ValueError, RecursionError):
-        raise InvalidMessage("message cannot be relayed (nesting too deep)") from None
-
-
-# Keys the server owns in what a target receives: a sender cannot set them.
-SERVER_KEYS = frozenset({"id", "seq", "sender", "from_peer_id", "ttl_seconds", "message_id", "code"})
-
-
-def _message_id(correlation_id: str | int | None) -> dict[str, Any]:
-    # The sender's id, as ``message_id``: after a relay node fails, a message may reach its
-    # target twice (sent again because its ack never came); the target drops the second.
-    return {} if correlation_id is None else {"message_id": correlation_id}
-
-
-def relayed_frame(data: dict[str, Any], sender: str, correlation_id: str | int | None = None) -> str:
-    """The frame the target receives: the sender's message, ``sender`` stamped, its id
-    (``correlation_id``) as ``message_id``, ``ttl_seconds`` and ``seq`` dropped (the target's ``seq`` is added when
-    the frame is numbered).
-
-    Always re-encoded, so a frame with duplicate keys cannot show one sender to us
-    and another to a client whose parser keeps the first key.
-    """
-    kept = {k: v for k, v in data.items() if k not in SERVER_KEYS}
-    return _encode_relayed({**kept, "sender": sender, **_message_id(correlation_id)})
-
-
-def peer_error_frame(data: dict[str, Any], sender: str, correlation_id: str | int | None = None) -> str:
-    """A peer's error for its target: as relayed frames are, with the code ``PEER_ERROR``
-    (so no client takes it for the relay's own)."""
-    kept = {k: v for k, v in data.items() if k not in SERVER_KEYS}
-    return _encode_relayed(
-        {**kept, "code": ErrorCode.PEER_ERROR.value, "sender": sender, **_message_id(correlation_id)}
-    )
-
-
-MESH_RELAYED_AS = {"mesh_connect": "mesh_offer", "mesh_answer": "mesh_answer", "ice_candidate": "ice_candidate"}
-
-
-def mesh_frame(message: MeshMessage, sender: str) -> str:
-    """What the target of a mesh message receives, in the successor's shape."""
-    body: dict[str, Any]
-    if isinstance(message, MeshConnect):
-        body = {"offer": message.offer}
-    elif isinstance(message, MeshAnswer):
-        body = {"answer": message.answer}
-    else:
-        body = {"candidate": message.candidate}
-    frame = {"type": MESH_RELAYED_AS[message.type], "from_peer_id": sender, **body}
-    return _encode_relayed({**frame, **_message_id(message.id)})
-
-
-def available_peers(peer_ids: list[str], correlation_id: str | int | None) -> str:
-    """The seed's ``query`` answer: the other peers of the room."""
-    return encode(with_id({"type": "available_peers", "peers": peer_ids}, correlation_id))
-
-
-def admin_conflict(room_id: str, current_admin: str) -> str:
-    """The successor's answer to an admin claim in a room that has another admin."""
-    return encode({"type": "admin_conflict", "room_id": room_id, "current_admin": current_admin})
-
-
-def peer_message(sender: str, target: str, payload: Any, correlation_id: str | int | None = None) -> str:
-    message = {"type": "peer_message", "from_peer_id": sender, "to_peer_id": target, "payload": payload}
-    return _encode_relayed({**message, **_message_id(correlation_id)})
-
-
-def broadcast(sender: str, payload: Any) -> str:
-    return _encode_relayed({"type": "broadcast", "from_peer_id": sender, "payload": payload})
-
-
-def with_id(message: dict[str, Any], correlation_id: str | int | None) -> dict[str, Any]:
-    return message if correlation_id is None else {**message, "id": correlation_id}
-
-
-def ack(correlation_id: str | int, *, queued: bool = False) -> str:
-    """Delivered (the target confirmed receipt), or ``queued``: held for a peer not in the room yet."""
-    return encode({"type": "ack", "id": correlation_id, "queued": queued})
-
-
-def expired(correlation_id: str | int, to_peer_id: str) -> str:
-    """A held message's lifetime ended before its target registered: it was not delivered."""
-    return encode({"type": "expired", "id": correlation_id, "to_peer_id": to_peer_id})
-
-
-def go_away(reason: str, reconnect_after_ms: int) -> str:
-    """The relay is about to close this connection; resume after ``reconnect_after_ms``."""
-    return encode({"type": "go_away", "reason": reason, "reconnect_after_ms": reconnect_after_ms})
-
-
-def redirect(ws_url: str, node_id: str, correlation_id: str | int | None) -> str:
-    """The room is served by another relay node: register there (this socket closes, 4502)."""
-    return encode(with_id({"type": "redirect", "ws_url": ws_url, "node_id": node_id}, correlation_id))
-
-
-def pong(correlation_id: str | int | None) -> str:
-    return encode(with_id({"type": "pong"}, correlation_id))
-
-
-def peer_view(peer_id: str, role: str, metadata: dict[str, Any], connected_at: int) -> dict[str, Any]:
-    return {"peer_id": peer_id, "role": role, "metadata": metadata, "connected_at": connected_at}
-
-
-def peer_list(peers: list[dict[str, Any]], correlation_id: str | int | None) -> str:
-    return encode(with_id({"type": "peer_list", "count": len(peers), "peers": peers}, correlation_id))
-
-
-def metadata_updated(view: dict[str, Any]) -> str:
-    return encode({"type": "metadata_updated", **view})
-
-
-def registered_auth(
-    room_id: str,
-    token: str,
-    peer_id: str,
-    *,
-    peers: list[dict[str, Any]],
-    ice: dict[str, Any],
-    resume_token: str,
-    correlation_id: str | int | None,
-    resumed: bool = False,
-    last_seq: int = 0,
-    recovered: bool = False,
-    extras: dict[str, Any] | None = None,
-) -> str:
-    """The seed's confirmation, plus (v2) the peers already in the room, the ICE servers and
-    what a resume needs. Not numbered: numbering starts with the frame after it. ``recovered``:
-    a resume of a session whose relay node died (nothing to replay; see docs/protocol.md)."""
-    message = {
-        "type": "registered_auth",
-        "room_id": room_id,
-        "token": token,
-        "peer_id": peer_id,
-        "peers": peers,
-        **ice,
-        "resume_token": resume_token,
-        "resumed": resumed,
-        "last_seq": last_seq,
-        **({"recovered": True} if recovered else {}),
-        **(extras or {}),
-    }
-    return encode(with_id(message, correlation_id))
-
-
-def ice_servers(ice: dict[str, Any]) -> str:
-    """Fresh ICE servers, pushed before the previous TURN credentials expire."""
-    return encode({"type": "ice_servers", **ice})
-
-
-def peer_joined(view: dict[str, Any]) -> str:
-    return encode({"type": "peer_joined", **view})
-
-
-def peer_left(peer_id: str, reason: str) -> str:
-    return encode({"type": "peer_left", "peer_id": peer_id, "reason": reason})
-
-
-def error_frame(error: SignalingError, correlation_id: str | int | None = None) -> str:
-    """v1 shape ``{type, code, reason}``; with the request's ``id`` when it had one (v2), and
-    then ``retry_after_ms`` when waiting that long makes the request acceptable (RATE_LIMITED)."""
-    frame: dict[str, Any] = {"type": "error", "code": error.code.value, "reason": error.reason}
-    if error.retry_after is not None and correlation_id is not None:
-        frame["retry_after_ms"] = max(1, math.ceil(error.retry_after * 1000))
-    return encode(with_id(frame, correlation_id))
 
 
 def frame_type(frame: str) -> str | None:

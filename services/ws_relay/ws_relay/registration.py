@@ -37,7 +37,7 @@ from signaling_shared.errors import (
 from signaling_shared.ratelimit import KeyedRateLimiter
 from signaling_shared.settings import RelaySettings
 from signaling_shared.tokens import hash_room_token, new_room_token, room_token_matches
-from ws_relay import compat, protocol
+from ws_relay import compat, frames, protocol
 from ws_relay.claims import Claim, FreshClaim, LiveClaim, OrphanClaim, SavedClaim, Seats
 from ws_relay.close_codes import CloseCode
 from ws_relay.connections import Connection, charge_fan_out, close_link
@@ -184,7 +184,7 @@ class Registrar:
         else:
             self.send_registered(connection, member, message, claim.resume_token, now)
         if claim.announce:
-            joined = protocol.peer_joined(member.view())
+            joined = frames.peer_joined(member.view())
             for other in others:
                 self.ledger.push(other, joined, kind="peer_joined")
         if claim.opens_inbox:
@@ -195,7 +195,7 @@ class Registrar:
 
     def _redirect(self, connection: Connection, node: RelayNode, room_id: str, correlation_id: str | int | None) -> str:
         if compat.receives(connection.profile, "redirect"):  # a v1 client is closed (4502), no more
-            connection.link.send(protocol.redirect(node.ws_url, node.node_id, correlation_id))
+            connection.link.send(frames.redirect(node.ws_url, node.node_id, correlation_id))
         close_link(connection.link, CloseCode.REDIRECTED, self.metrics)
         log.info("peer_redirected", room_id=room_id, node_id=node.node_id)
         return "redirected"
@@ -213,7 +213,7 @@ class Registrar:
             if message.is_admin:
                 admin = self.hub.claim_admin(member)
                 if admin != member.peer_id:
-                    connection.link.send(protocol.admin_conflict(member.room_id, admin))
+                    connection.link.send(frames.admin_conflict(member.room_id, admin))
             extras = {
                 "admin_peer_id": admin,
                 "peer_list": [other.peer_id for other in others],
@@ -221,7 +221,7 @@ class Registrar:
                 "mesh_ice_servers": compat.mesh_ice_servers(ice["ice_servers"]),
             }
         connection.link.send(
-            protocol.registered_auth(
+            frames.registered_auth(
                 member.room_id,
                 message.token,
                 member.peer_id,
@@ -245,7 +245,7 @@ class Registrar:
     ) -> None:
         """``registered_auth`` (resumed) and then every frame the client missed, in order."""
         connection.link.send(
-            protocol.registered_auth(
+            frames.registered_auth(
                 member.room_id,
                 message.token,
                 member.peer_id,
@@ -276,7 +276,7 @@ class Registrar:
 
     def _refresh_ice(self, member: Member) -> None:
         if self.hub.is_current(member):
-            self.ledger.push(member, protocol.ice_servers(self.ice(member, self._clock())), kind="ice_servers")
+            self.ledger.push(member, frames.ice_servers(self.ice(member, self._clock())), kind="ice_servers")
 
     # Metadata ----------------------------------------------------------------------
 
@@ -285,7 +285,7 @@ class Registrar:
         shallow enough for every reply that embeds it."""
         if protocol.depth_exceeds(metadata, self.settings.max_metadata_depth):
             raise InvalidMessage(f"metadata nests deeper than {self.settings.max_metadata_depth} levels")
-        size = len(protocol.encode(metadata))
+        size = len(frames.encode(metadata))
         if size > self.settings.max_metadata_bytes:
             raise InvalidMessage(f"metadata is {size} bytes; the limit is {self.settings.max_metadata_bytes}")
 
@@ -302,7 +302,7 @@ class Registrar:
             raise PeerNotFound(GONE)
         member.metadata = metadata
         view = member.view()
-        frame = protocol.metadata_updated(view)
+        frame = frames.metadata_updated(view)
         for other in self.hub.others(member):
             self.ledger.push(other, frame, kind="metadata_updated")
         return view

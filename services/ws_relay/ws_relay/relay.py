@@ -31,7 +31,7 @@ from signaling_shared.errors import (
 )
 from signaling_shared.ratelimit import KeyedRateLimiter
 from signaling_shared.settings import RelaySettings
-from ws_relay import compat, discovery, protocol
+from ws_relay import compat, discovery, frames, protocol
 from ws_relay.claims import Seats
 from ws_relay.close_codes import CloseCode
 from ws_relay.cluster import Cluster
@@ -153,7 +153,7 @@ class Relay:
         self.ledger.settle_departed(member, reason)
         if not self.hub.in_room(member.room_id):
             self.handoff.room_emptied(member.room_id)
-        self.ledger.to_others(member, protocol.peer_left(member.peer_id, reason), kind="peer_left")
+        self.ledger.to_others(member, frames.peer_left(member.peer_id, reason), kind="peer_left")
         await self.cluster.release_quietly(member.room_id, member.peer_id, member.connection_id)
 
     def end(self, member: Member, code: CloseCode, reason: str) -> None:
@@ -195,7 +195,7 @@ class Relay:
             await self.registrar.register(connection, message, data)
             return
         if isinstance(message, protocol.Ping):
-            reply(connection, protocol.pong(message.id), kind="pong")
+            reply(connection, frames.pong(message.id), kind="pong")
             return
         member = connection.member
         if member is None:
@@ -207,11 +207,11 @@ class Relay:
             raise SenderMismatch(f"sender must be {member.peer_id!r}, the peer registered on this connection")
         if isinstance(message, protocol.DiscoverPeers):
             peers = self.discover(member, message.filters, any_tag=compat.successor_shaped(data))
-            reply(connection, protocol.peer_list(peers, message.id), kind="peer_list")
+            reply(connection, frames.peer_list(peers, message.id), kind="peer_list")
             return
         if isinstance(message, protocol.Query):
             peer_ids = [other.peer_id for other in self.hub.others(member)]
-            reply(connection, protocol.available_peers(peer_ids, message.id), kind="available_peers")
+            reply(connection, frames.available_peers(peer_ids, message.id), kind="available_peers")
             return
         if isinstance(message, protocol.Quit):
             self.end(member, CloseCode.QUIT, "quit")
@@ -222,11 +222,11 @@ class Relay:
             merge = message.merge or compat.successor_shaped(data)
             view = await self.registrar.update_metadata(member, message.metadata, merge=merge)
             if compat.successor_shaped(data):  # the successor confirms to the sender
-                reply(connection, protocol.metadata_updated(view), kind="metadata_updated")
+                reply(connection, frames.metadata_updated(view), kind="metadata_updated")
         elif isinstance(message, protocol.Broadcast):
             recipients = len(self.hub.others(member))
             charge_fan_out(connection, recipients, "a broadcast", self.settings.messages_per_second)
-            frame = protocol.broadcast(member.peer_id, message.payload)
+            frame = frames.broadcast(member.peer_id, message.payload)
             self.ledger.to_others(member, frame, kind="broadcast", started=started)
         else:
             await self.router.direct(connection, member, message, data, started)
@@ -234,7 +234,7 @@ class Relay:
             return  # acked when the target confirms receipt, or when held
         self.metrics.relayed.labels(message.type).inc()
         if message.id is not None:
-            reply(connection, protocol.ack(message.id), kind="ack")
+            reply(connection, frames.ack(message.id), kind="ack")
 
     def _reply_error(self, connection: Connection, exc: Exception, correlation_id: str | int | None) -> None:
         error = as_signaling_error(exc)
@@ -244,12 +244,12 @@ class Relay:
         if unhandled and self._unhandled_logs.hit(type(exc).__name__) is None:
             log.error("unhandled_error", error_type=type(exc).__name__, exc_info=exc)
         self.metrics.errors.labels(error.code.value).inc()
-        self.ledger.reply(connection, protocol.error_frame(error, correlation_id), kind="error")
+        self.ledger.reply(connection, frames.error_frame(error, correlation_id), kind="error")
 
     def discover(self, member: Member, filters: dict[str, Any], *, any_tag: bool) -> list[dict[str, Any]]:
         """The room's other peers that match ``filters`` (``room_id``, if given, must be this
         room's: discovery never looks into another room)."""
-        size = len(protocol.encode(filters))  # evaluated against every peer: bounded first
+        size = len(frames.encode(filters))  # evaluated against every peer: bounded first
         if size > self.settings.max_filter_bytes:
             raise InvalidMessage(f"filters are {size} bytes; the limit is {self.settings.max_filter_bytes}")
         try:
@@ -278,7 +278,7 @@ class Relay:
             self.drained.set()
         drain_ms = int(self.settings.drain_seconds * 1000)
         for connection in list(self.connections.open):
-            frame = protocol.go_away("SERVER_SHUTDOWN", drain_ms + secrets.randbelow(self.settings.drain_jitter_ms + 1))
+            frame = frames.go_away("SERVER_SHUTDOWN", drain_ms + secrets.randbelow(self.settings.drain_jitter_ms + 1))
             self.ledger.reply(connection, frame, kind="go_away")
 
     async def _finish_tasks(self) -> None:

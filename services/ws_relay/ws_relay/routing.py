@@ -13,7 +13,7 @@ from typing import Any
 from signaling_shared.errors import DeliveryFailed, InvalidMessage, PeerNotFound, SenderMismatch, UnsupportedByPeer
 from signaling_shared.ratelimit import KeyedRateLimiter
 from signaling_shared.settings import RelaySettings
-from ws_relay import compat, protocol
+from ws_relay import compat, frames, protocol
 from ws_relay.connections import Connection
 from ws_relay.hub import Hub, Member, Owed
 from ws_relay.ledger import Ledger
@@ -44,20 +44,20 @@ class Router:
         kind: str = message.type
         if isinstance(message, protocol.PeerMessage):
             to_peer_id = message.to_peer_id
-            frame = protocol.peer_message(member.peer_id, to_peer_id, message.payload, message.id)
+            frame = frames.peer_message(member.peer_id, to_peer_id, message.payload, message.id)
         elif isinstance(message, protocol.MeshConnect | protocol.MeshAnswer | protocol.IceCandidate):
             to_peer_id = message.target_peer_id
-            kind = protocol.MESH_RELAYED_AS[message.type]
-            frame = protocol.mesh_frame(message, member.peer_id)
+            kind = frames.MESH_RELAYED_AS[message.type]
+            frame = frames.mesh_frame(message, member.peer_id)
         else:
             if message.sender is not None and message.sender != member.peer_id:
                 raise SenderMismatch(f"sender must be {member.peer_id!r}, the peer registered on this connection")
             to_peer_id = message.target
             if isinstance(message, protocol.PeerError):
                 kind = compat.PEER_ERROR_KIND  # not the relay's error: never for a v1 peer
-                frame = protocol.peer_error_frame(data, member.peer_id, message.id)
+                frame = frames.peer_error_frame(data, member.peer_id, message.id)
             else:
-                frame = protocol.relayed_frame(data, member.peer_id, message.id)
+                frame = frames.relayed_frame(data, member.peer_id, message.id)
         if message.ttl_seconds is not None and message.ttl_seconds > self.settings.queue_ttl_max_seconds:
             raise InvalidMessage(f"ttl_seconds: at most {self.settings.queue_ttl_max_seconds}")
         if message.ttl_seconds is not None and message.ttl_seconds < self.settings.queue_ttl_min_seconds:
@@ -68,7 +68,7 @@ class Router:
         if target is None and message.id is not None:
             if await self._hold(member, to_peer_id, message.id, message.ttl_seconds, frame):
                 self.metrics.held.labels("held").inc()
-                self.ledger.reply(connection, protocol.ack(message.id, queued=True), kind="ack")
+                self.ledger.reply(connection, frames.ack(message.id, queued=True), kind="ack")
                 return
             target = self.hub.get(member.room_id, to_peer_id)  # it registered while we checked
         if target is None:
