@@ -1,6 +1,6 @@
 """What the container checks share: the repository root, the three services and their settings.
 
-tests/unit/test_dockerfiles.py, test_compose.py and test_edge.py read the Dockerfiles,
+tests/unit/test_dockerfiles.py, test_compose.py and test_edge.py read the Dockerfile,
 compose.yaml, .env.example and services/edge/Caddyfile as files and compare them with these.
 """
 
@@ -33,7 +33,13 @@ class Service:
 
     @property
     def dockerfile(self) -> Path:
-        return ROOT / "services" / self.package / "Dockerfile"
+        """One Dockerfile builds the three images; build_args say which."""
+        return ROOT / "services" / "Dockerfile"
+
+    @property
+    def build_args(self) -> dict[str, str]:
+        """What every build of this service's image passes: its package and its port."""
+        return {"SERVICE": self.package, "PORT": str(self.port)}
 
 
 AUTH = Service("auth-api", "auth_api", AuthSettings)

@@ -1,7 +1,7 @@
 """Static checks of compose.yaml and .env.example (no Docker engine needed).
 
-Both are parsed as files and compared with the code: the services' Dockerfiles and ports,
-and the settings models that read every SIGNALING_ variable.
+Both are parsed as files and compared with the code: the services' Dockerfile, build
+arguments and ports, and the settings models that read every SIGNALING_ variable.
 """
 
 from __future__ import annotations
@@ -64,12 +64,14 @@ def test_images_have_pinned_tags(compose: dict[str, Any]) -> None:
 
 
 def test_core_services_are_built_here_and_healthchecked(compose: dict[str, Any]) -> None:
-    """auth-api, rooms-api and ws-relay build from their Dockerfiles; they and the edge have health checks."""
+    """auth-api, rooms-api and ws-relay build from the Dockerfile with their own build arguments;
+    they and the edge have health checks."""
     services = default_services(compose)
     for service in SERVICES:
         spec = services[service.name]
         assert spec["build"]["context"] == "."
         assert ROOT / spec["build"]["dockerfile"] == service.dockerfile
+        assert {k: str(v) for k, v in spec["build"]["args"].items()} == service.build_args, service.name
         assert f"/{service.name}:" in spec["image"]
         test = spec["healthcheck"]["test"]
         assert f"http://127.0.0.1:{service.port}/healthz" in " ".join(test)

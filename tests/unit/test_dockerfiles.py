@@ -1,7 +1,9 @@
-"""Static checks of the three Dockerfiles and .dockerignore (no Docker engine needed).
+"""Static checks of the Dockerfile and .dockerignore (no Docker engine needed).
 
-The Dockerfiles are parsed as files and compared with the code: the settings models, each
-service's ``main`` module and the pinned requirements; .dockerignore is matched as Docker does.
+One Dockerfile builds the three images, told which by build arguments. It is parsed as a
+file and read as Docker would build it for each service (the arguments expanded), then
+compared with the code: the settings models, each service's ``main`` module and the pinned
+requirements; .dockerignore is matched as Docker does.
 """
 
 from __future__ import annotations
@@ -9,14 +11,20 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import os
 import posixpath
 import re
 import shlex
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+from unittest import mock
 
 import pytest
 
 from container_checks import ROOT, SECRET_NAME, SERVICES, SETTING_NAMES, Service
+
+# PyYAML ships no type information (and types-PyYAML is not a dev requirement).
+yaml: Any = importlib.import_module("yaml")
 
 by_service = pytest.mark.parametrize("service", SERVICES, ids=[s.name for s in SERVICES])
 
@@ -41,6 +49,110 @@ def parse_dockerfile(text: str) -> list[Instruction]:
         instructions.append(Instruction(keyword.upper(), args.strip()))
         pending = ""
     return instructions
+
+
+_VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+RUN_TIME = frozenset({"CMD", "ENTRYPOINT", "HEALTHCHECK"})
+"""Instructions Docker leaves as written: the container expands them when it runs them."""
+
+
+def substitute(text: str, values: Mapping[str, str]) -> str:
+    """$NAME and ${NAME} replaced where values has NAME; anything else (the base image's $PATH) stays."""
+    return _VARIABLE.sub(lambda m: values.get(m[1] or m[2], m[0]), text)
+
+
+def as_built(instructions: list[Instruction], build_args: Mapping[str, str]) -> list[Instruction]:
+    """The instructions as `docker build --build-arg ...` reads them.
+
+    A stage sees the ARGs it declares (the build's value, else the default, else empty) and
+    the ENVs set before, expanded in every build-time instruction (in a RUN its shell does
+    it, with the same values); ARGs before the first FROM only in FROM lines. CMD and
+    HEALTHCHECK stay as written (see `executed`).
+    """
+    built: list[Instruction] = []
+    global_args: dict[str, str] = {}
+    scope: dict[str, str] | None = None
+    for ins in instructions:
+        if ins.keyword == "FROM":
+            built.append(Instruction("FROM", substitute(ins.args, global_args)))
+            scope = {}
+            continue
+        args = ins.args if ins.keyword in RUN_TIME else substitute(ins.args, global_args if scope is None else scope)
+        built.append(Instruction(ins.keyword, args))
+        if ins.keyword == "ARG":
+            for name, default in env_assignments(Instruction("ARG", args)).items():
+                fallback = default if default is not None else global_args.get(name, "")
+                (global_args if scope is None else scope)[name] = build_args.get(name, fallback)
+        elif ins.keyword == "ENV" and scope is not None:
+            scope.update({name: value or "" for name, value in env_assignments(Instruction("ENV", args)).items()})
+    return built
+
+
+def required_build_args(instructions: list[Instruction]) -> set[str]:
+    """ARGs declared without a default: every build must pass them."""
+    return {
+        name
+        for ins in instructions
+        if ins.keyword == "ARG"
+        for name, default in env_assignments(ins).items()
+        if default is None
+    }
+
+
+def image_env(stage: list[Instruction]) -> dict[str, str]:
+    """The variables a stage's ENVs set (already expanded by as_built)."""
+    return {k: v or "" for ins in stage if ins.keyword == "ENV" for k, v in env_assignments(ins).items()}
+
+
+def sh_expand(script: str, env: Mapping[str, str]) -> str:
+    """$NAME and ${NAME} expanded as /bin/sh does (not between single quotes; unset is empty)."""
+    out: list[str] = []
+    single = double = False
+    i = 0
+    while i < len(script):
+        char = script[i]
+        variable = _VARIABLE.match(script, i) if char == "$" and not single else None
+        if variable:
+            out.append(env.get(variable[1] or variable[2], ""))
+            i = variable.end()
+            continue
+        if char == "\\" and not single:
+            out.append(script[i : i + 2])
+            i += 2
+            continue
+        single ^= char == "'" and not double
+        double ^= char == '"' and not single
+        out.append(char)
+        i += 1
+    return "".join(out)
+
+
+class Command(NamedTuple):
+    argv: list[str]
+    via_shell: bool  # argv is a script's words, as /bin/sh runs them
+
+
+def executed(args: str, env: Mapping[str, str]) -> Command:
+    """What a CMD (or HEALTHCHECK CMD) runs. The exec (JSON) form runs as written, unless it
+    is `sh -c <script>`; the shell form runs as `/bin/sh -c <script>`. A script is given as
+    its words after the shell expanded the image's environment in it."""
+    argv = exec_form(args) if args.lstrip().startswith("[") else ["/bin/sh", "-c", args]
+    if len(argv) == 3 and argv[:2] in (["/bin/sh", "-c"], ["sh", "-c"]):
+        return Command(shlex.split(sh_expand(argv[2], env)), via_shell=True)
+    return Command(argv, via_shell=False)
+
+
+def probed_url(snippet: str, env: Mapping[str, str]) -> str:
+    """The URL a `python -c` health check opens: run here, in the image's environment, with
+    urlopen stubbed."""
+    opened: list[str] = []
+    with (
+        mock.patch.dict(os.environ, env, clear=True),
+        mock.patch("urllib.request.urlopen", lambda url, **_: opened.append(url)),
+    ):
+        exec(compile(snippet, "<healthcheck>", "exec"), {})  # noqa: S102 - our own check, urlopen stubbed
+    (url,) = opened
+    return url
 
 
 def final_stage(instructions: list[Instruction]) -> list[Instruction]:
@@ -81,7 +193,54 @@ def secret_assignments(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def dockerfiles() -> dict[str, list[Instruction]]:
-    return {s.name: parse_dockerfile(s.dockerfile.read_text()) for s in SERVICES}
+    """Each service's Dockerfile as built with its build arguments."""
+    return {s.name: as_built(parse_dockerfile(s.dockerfile.read_text()), s.build_args) for s in SERVICES}
+
+
+@by_service
+def test_build_arguments_name_the_service(service: Service) -> None:
+    """The arguments without a default are exactly the ones each build passes (container_checks)."""
+    assert required_build_args(parse_dockerfile(service.dockerfile.read_text())) == set(service.build_args)
+
+
+def with_matrix(value: object, entry: Mapping[str, object]) -> str:
+    """A workflow value with its ${{ matrix.<key> }} expressions replaced by one matrix entry's values."""
+    return re.sub(r"\$\{\{\s*matrix\.(\w+)\s*\}\}", lambda m: str(entry[m[1]]), str(value))
+
+
+def test_the_image_workflow_builds_each_service_with_its_arguments() -> None:
+    """.github/workflows/images.yml builds the Dockerfile once per service with that service's arguments."""
+    job = yaml.safe_load((ROOT / ".github" / "workflows" / "images.yml").read_text())["jobs"]["image"]
+    (build,) = [step for step in job["steps"] if step.get("uses", "").startswith("docker/build-push-action@")]
+    matrix = job["strategy"]["matrix"]["include"]
+    assert sorted(entry["service"] for entry in matrix) == sorted(s.name for s in SERVICES)
+    for entry in matrix:
+        (service,) = [s for s in SERVICES if s.name == entry["service"]]
+        inputs = {key: with_matrix(value, entry) for key, value in build["with"].items()}
+        assert inputs["context"] == "."
+        assert ROOT / inputs["file"] == service.dockerfile
+        passed = dict(line.strip().split("=", 1) for line in inputs["build-args"].splitlines() if line.strip())
+        assert passed == service.build_args, service.name
+
+
+def test_expansion_follows_docker_and_sh() -> None:
+    """as_built and executed expand what Docker and the container's shell would, so a pass above means something."""
+    text = (
+        "ARG BASE=python:3.12\nFROM ${BASE} AS a\nARG NAME\nARG MODE=x\nENV N=${NAME} P=/bin:$PATH\n"
+        "COPY src/${NAME} /app/$NAME\nCMD exec run \"${N}\" '${N}' $MODE\n"
+    )
+    built = as_built(parse_dockerfile(text), {"NAME": "pkg"})
+    assert built[1] == Instruction("FROM", "python:3.12 AS a")
+    assert image_env(built) == {"N": "pkg", "P": "/bin:$PATH"}
+    assert Instruction("COPY", "src/pkg /app/pkg") in built
+    assert executed(built[-1].args, image_env(built)) == Command(["exec", "run", "pkg", "${N}"], via_shell=True)
+    assert required_build_args(parse_dockerfile(text)) == {"NAME"}
+    assert executed('["python", "-m", "$N"]', {"N": "x"}) == Command(["python", "-m", "$N"], via_shell=False)
+    assert executed('["sh", "-c", "exec python -m $N"]', {"N": "x"}) == Command(
+        ["exec", "python", "-m", "x"], via_shell=True
+    )
+    snippet = "import os, urllib.request; urllib.request.urlopen('http://h:' + os.environ['P'] + '/x', timeout=2)"
+    assert probed_url(snippet, {"P": "1"}) == "http://h:1/x"
 
 
 @by_service
@@ -112,13 +271,15 @@ def test_runs_as_non_root_user(service: Service, dockerfiles: dict[str, list[Ins
 def test_healthcheck_gets_healthz_with_urllib(service: Service, dockerfiles: dict[str, list[Instruction]]) -> None:
     """HEALTHCHECK runs python's urllib against /healthz on the port the image EXPOSEs and the service binds."""
     stage = final_stage(dockerfiles[service.name])
+    env = image_env(stage)
+    assert env.get("SIGNALING_PORT", str(service.port)) == str(service.port), "the service would bind elsewhere"
     (check,) = [ins for ins in stage if ins.keyword == "HEALTHCHECK"]
     _, _, command = check.args.partition("CMD ")
-    argv = exec_form(command)
+    argv = executed(command, env).argv
     assert argv[:2] == ["python", "-c"]
     ast.parse(argv[2])
     assert "urllib.request" in argv[2]
-    assert f"'http://127.0.0.1:{service.port}/healthz'" in argv[2]
+    assert probed_url(argv[2], env) == f"http://127.0.0.1:{service.port}/healthz"
     exposed = {word.split("/")[0] for ins in stage if ins.keyword == "EXPOSE" for word in ins.args.split()}
     assert exposed == {str(service.port)}
 
@@ -144,15 +305,20 @@ def test_secret_detector_flags_credentials() -> None:
 
 @by_service
 def test_runtime_environment_and_cmd(service: Service, dockerfiles: dict[str, list[Instruction]]) -> None:
-    """The image runs `python -m <package>.main` (whose main() exists) unbuffered, without writing bytecode."""
+    """The image runs `python -m <package>.main` (whose main() exists) unbuffered, without writing bytecode;
+    python is PID 1 (the exec form, or the shell form with `exec`), so it receives SIGTERM itself."""
     stage = final_stage(dockerfiles[service.name])
-    env = {k: v for ins in stage if ins.keyword == "ENV" for k, v in env_assignments(ins).items()}
+    env = image_env(stage)
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
     assert env["PYTHONUNBUFFERED"] == "1"
     assert env["SIGNALING_HOST"] == "0.0.0.0", "the default 127.0.0.1 is unreachable from other containers"
     assert "ENTRYPOINT" not in [ins.keyword for ins in stage]
     (cmd,) = [ins for ins in stage if ins.keyword == "CMD"]
-    assert exec_form(cmd.args) == ["python", "-m", f"{service.package}.main"]
+    argv, via_shell = executed(cmd.args, env)
+    if via_shell:
+        assert argv[0] == "exec", "without exec, sh would be PID 1 and swallow SIGTERM"
+        argv = argv[1:]
+    assert argv == ["python", "-m", f"{service.package}.main"]
     assert callable(importlib.import_module(f"{service.package}.main").main)
 
 
@@ -191,7 +357,7 @@ def test_installs_pinned_requirements_then_packages_without_deps(
             destinations.update(dict.fromkeys(sources, destination))
     args = {k: v for ins in instructions if ins.keyword == "ARG" for k, v in env_assignments(ins).items()}
     commands = [
-        shlex.split(re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]] or "", part))
+        shlex.split(part)  # as_built expanded the ARGs, as the RUN's shell does
         for ins in instructions
         if ins.keyword == "RUN"
         for part in ins.args.split("&&")
