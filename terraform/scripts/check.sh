@@ -28,7 +28,7 @@ if [ -n "$config" ]; then
     export TF_CLI_CONFIG_FILE="$config"
 fi
 export TF_IN_AUTOMATION=1 TF_INPUT=0 CHECKPOINT_DISABLE=1
-# One copy of each provider for every folder checked (15 inits), kept between runs.
+# One copy of each provider for every folder checked (one init each), kept between runs.
 export TF_PLUGIN_CACHE_DIR="${TF_PLUGIN_CACHE_DIR:-$root/.cache/plugins}"
 mkdir -p "$TF_PLUGIN_CACHE_DIR"
 

@@ -1,9 +1,11 @@
-"""terraform/environments/local applied to the embedded AWS emulator: apply, no drift, destroy.
+"""terraform/environments/local applied to the embedded AWS emulator: apply, no drift, destroy;
+and a state of the layout before modules/signaling-stack planned by today's root: only moves.
 
-Real processes: a moto server on a free port, and the terraform binary. The composition
-is the one dev and prod use (tests/unit/test_terraform_layout.py checks it), so this proves
-that the modules apply, converge and destroy cleanly, and that what they create is what
-the services expect.
+Real processes: a moto server on a free port, and the terraform binary. Every environment
+calls the one composition, modules/signaling-stack (tests/unit/test_terraform_layout.py
+checks it), so this proves that the modules apply, converge and destroy cleanly, that what
+they create is what the services expect, and that the environments' ``moved`` blocks keep
+an existing state.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(scaled(900))]
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ROOT / "terraform" / "environments" / "local"
+# environments/local before modules/signaling-stack: the four module calls at the root.
+PREVIOUS_LOCAL = ROOT / "tests" / "terraform" / "previous-local"
 SERVICE_ACTIONS = ROOT / "terraform" / "modules" / "signaling-host" / "service-actions.json"
 REGION = "us-west-1"
 TERRAFORM_TIMEOUT = 60 * TIMEOUT  # one terraform command: 300 s, scaled like every test timeout
@@ -50,12 +54,24 @@ class Applied:
 
 
 class Terraform:
-    """The terraform binary on environments/local, with its state and data in a temporary folder."""
+    """The terraform binary on a root (environments/local unless told), with its data and (unless
+    given) its state in a temporary folder; ``variables`` are -var values besides endpoint_url."""
 
-    def __init__(self, workdir: Path, endpoint: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        endpoint: str,
+        root: Path = LOCAL,
+        state: Path | None = None,
+        variables: dict[str, str] | None = None,
+    ) -> None:
         self.binary = require("terraform")
         self.endpoint = endpoint
-        self.state = workdir / "terraform.tfstate"
+        self.root = root
+        self.state = state or workdir / "terraform.tfstate"
+        self.variables = [
+            f"-var={name}={value}" for name, value in {"endpoint_url": endpoint, **(variables or {})}.items()
+        ]
         self.env = {
             **os.environ,
             "TF_DATA_DIR": str(workdir / ".terraform"),
@@ -81,7 +97,7 @@ class Terraform:
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [self.binary, f"-chdir={LOCAL}", *args],
+            [self.binary, f"-chdir={self.root}", *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -96,10 +112,27 @@ class Terraform:
 
     def apply(self, command: str = "apply") -> None:
         """``terraform apply`` (or ``destroy``) without a prompt."""
-        self.run(command, "-auto-approve", "-no-color", f"-var=endpoint_url={self.endpoint}")
+        self.run(command, "-auto-approve", "-no-color", *self.variables)
 
     def plan(self) -> subprocess.CompletedProcess[str]:
-        return self.run("plan", "-detailed-exitcode", "-no-color", f"-var=endpoint_url={self.endpoint}", check=False)
+        return self.run("plan", "-detailed-exitcode", "-no-color", *self.variables, check=False)
+
+    def saved_plan(self, path: Path) -> dict[str, Any]:
+        """``terraform plan -out=path``, then the plan as ``terraform show -json`` gives it."""
+        self.run("plan", f"-out={path}", "-no-color", *self.variables)
+        plan: dict[str, Any] = json.loads(self.run("show", "-json", str(path)).stdout)
+        return plan
+
+    def managed_addresses(self) -> set[str]:
+        """Addresses of the managed resources (not data sources) in the state."""
+        state = json.loads(self.run("show", "-json").stdout)
+        addresses: set[str] = set()
+        modules = [state["values"]["root_module"]]
+        while modules:
+            module = modules.pop()
+            addresses.update(r["address"] for r in module.get("resources", []) if r["mode"] == "managed")
+            modules.extend(module.get("child_modules", []))
+        return addresses
 
     def outputs(self) -> dict[str, Any]:
         raw = json.loads(self.run("output", "-json").stdout)
@@ -289,3 +322,41 @@ def test_a_second_plan_shows_no_changes(applied: Applied, terraform: Terraform) 
     """Right after the apply, terraform plan -detailed-exitcode finds nothing to change (exit 0)."""
     result = terraform.plan()
     assert result.returncode == 0, f"plan found changes or failed:\n{result.stdout}\n{result.stderr}"
+
+
+def test_a_state_of_the_previous_layout_plans_only_moves(emulator: str, tmp_path: Path) -> None:
+    """A state written by environments/local before modules/signaling-stack: today's root plans every
+    resource as moved under module.stack and nothing created, changed, replaced or destroyed; the moves
+    apply, a second plan is empty, and the new root destroys everything."""
+    assert (PREVIOUS_LOCAL / ".terraform.lock.hcl").read_bytes() == (LOCAL / ".terraform.lock.hcl").read_bytes()
+    # Its own environment name: nothing in common with the `applied` fixture's resources in the
+    # emulator both use (tables, pool, role and log group are named after the environment).
+    variables = {"environment": "moved"}
+    state = tmp_path / "terraform.tfstate"
+    previous = Terraform(tmp_path / "previous", emulator, root=PREVIOUS_LOCAL, state=state, variables=variables)
+    current = Terraform(tmp_path / "current", emulator, state=state, variables=variables)
+    previous.init()
+    try:
+        previous.apply()
+        before = previous.managed_addresses()
+        assert {address.split(".")[1] for address in before} == {"network", "data", "identity", "host"}
+        current.init()
+        plan = current.saved_plan(tmp_path / "moves.tfplan")
+        changes = plan["resource_changes"]
+        changed = {c["address"]: c["change"]["actions"] for c in changes if c["change"]["actions"] != ["no-op"]}
+        assert not changed, f"the plan does more than move: {changed}"
+        moves = {c["previous_address"]: c["address"] for c in changes if "previous_address" in c}
+        assert set(moves) == before, "every resource of the previous state moves"
+        assert all(new == f"module.stack.{old}" for old, new in moves.items()), moves
+        assert {c["address"] for c in changes} == {f"module.stack.{address}" for address in before}
+        current.run("apply", "-no-color", str(tmp_path / "moves.tfplan"))
+        assert current.managed_addresses() == {f"module.stack.{address}" for address in before}
+        second = current.plan()
+        assert second.returncode == 0, (
+            f"plan after the moves found changes or failed:\n{second.stdout}\n{second.stderr}"
+        )
+    finally:
+        # The moved blocks let today's root destroy a state of either layout.
+        current.init()
+        current.apply(command="destroy")
+    assert json.loads(state.read_text())["resources"] == []

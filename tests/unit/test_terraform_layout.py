@@ -1,4 +1,5 @@
-"""Static rules of terraform/: module file contract, one composition, only the AWS provider, pinned lock files."""
+"""Static rules of terraform/: module file contract, one composition module every environment calls, only the AWS
+provider, pinned lock files."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ import pytest
 TERRAFORM = Path(__file__).resolve().parents[2] / "terraform"
 MODULES = sorted(path for path in (TERRAFORM / "modules").iterdir() if path.is_dir())
 ENVIRONMENTS = {name: TERRAFORM / "environments" / name for name in ("dev", "prod", "local")}
+STACK = TERRAFORM / "modules" / "signaling-stack"
+STACK_MAIN = (STACK / "main.tf").read_text(encoding="utf-8")
+STACK_VARIABLES = (STACK / "variables.tf").read_text(encoding="utf-8")
+STACK_OUTPUTS = (STACK / "outputs.tf").read_text(encoding="utf-8")
 AWS_VERSION = "5.100.0"
 
 
@@ -23,9 +28,9 @@ def _blocks(text: str, kind: str) -> dict[str, str]:
     return dict(re.findall(rf'^{kind} "([^"]+)" \{{\n(.*?)^\}}', text, flags=re.M | re.S))
 
 
-def test_the_four_modules_exist() -> None:
-    """network, data, identity and signaling-host are the modules."""
-    assert [path.name for path in MODULES] == ["data", "identity", "network", "signaling-host"]
+def test_the_modules_exist() -> None:
+    """network, data, identity and signaling-host, and signaling-stack, which composes them."""
+    assert [path.name for path in MODULES] == ["data", "identity", "network", "signaling-host", "signaling-stack"]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda path: path.name)
@@ -65,14 +70,54 @@ def test_every_validation_is_proven_by_a_failing_run(module: Path) -> None:
     assert not missing, f"validations without an expect_failures run: {missing}"
 
 
-def test_the_environments_share_one_composition() -> None:
-    """dev, prod and local call the modules identically, so the emulator apply tests what production runs."""
-    for name in ("main.tf", "outputs.tf"):
-        texts = {env: (path / name).read_text(encoding="utf-8") for env, path in ENVIRONMENTS.items()}
-        assert texts["dev"] == texts["prod"] == texts["local"], name
+def _arguments(body: str) -> dict[str, str]:
+    """The ``name = value`` lines of a block's body at its first level of indentation."""
+    return dict(re.findall(r"^  (\w+)\s+= (.+)$", body, flags=re.M))
+
+
+def test_the_environments_take_the_same_variables() -> None:
+    """dev, prod and local differ only in the values they pass to signaling-stack (the tests below), so the
+    emulator apply tests what production runs: the same variables, local adding the emulator's endpoints."""
     dev_variables = (ENVIRONMENTS["dev"] / "variables.tf").read_text(encoding="utf-8")
     assert (ENVIRONMENTS["prod"] / "variables.tf").read_text(encoding="utf-8") == dev_variables
     assert (ENVIRONMENTS["local"] / "variables.tf").read_text(encoding="utf-8").startswith(dev_variables)
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS, ids=str)
+def test_each_environment_calls_only_the_stack_module(env: str) -> None:
+    """An environment root has one module call, modules/signaling-stack, given every one of its variables
+    from the root's variable of the same name; no resource, data source or other module of its own."""
+    texts = {path.name: path.read_text(encoding="utf-8") for path in sorted(ENVIRONMENTS[env].glob("*.tf"))}
+    for name, text in texts.items():
+        assert not re.findall(r'^(resource|data) "', text, flags=re.M), f"{env}/{name} declares its own resources"
+        assert set(_blocks(text, "module")) <= ({"stack"} if name == "main.tf" else set()), f"{env}/{name}"
+    (body,) = _blocks(texts["main.tf"], "module").values()
+    arguments = _arguments(body)
+    assert arguments.pop("source") == '"../../modules/signaling-stack"'
+    assert arguments == {name: f"var.{name}" for name in _blocks(STACK_VARIABLES, "variable")}
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS, ids=str)
+def test_each_environment_moves_the_previous_layout_under_the_stack(env: str) -> None:
+    """A ``moved`` block per module the root called before signaling-stack existed (network, data,
+    identity, host), so a state of that layout plans only moves (the emulator test proves it)."""
+    main = (ENVIRONMENTS[env] / "main.tf").read_text(encoding="utf-8")
+    moves = re.findall(r"^moved \{\n  from = (\S+)\n  to   = (\S+)\n\}", main, flags=re.M)
+    assert len(moves) == main.count("moved {")
+    children = sorted(_blocks(STACK_MAIN, "module"))
+    assert children == ["data", "host", "identity", "network"]
+    assert sorted(moves) == [(f"module.{name}", f"module.stack.module.{name}") for name in children]
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS, ids=str)
+def test_each_environment_forwards_every_output_of_the_stack(env: str) -> None:
+    """The root's outputs are signaling-stack's, under the same names, described (Ansible reads them)."""
+    outputs = _blocks((ENVIRONMENTS[env] / "outputs.tf").read_text(encoding="utf-8"), "output")
+    assert list(outputs) == list(_blocks(STACK_OUTPUTS, "output"))
+    for name, body in outputs.items():
+        arguments = _arguments(body)
+        assert arguments["value"] == f"module.stack.{name}", f"{env}: output {name}"
+        assert arguments["description"].startswith('"'), f"{env}: output {name} has no description"
 
 
 def test_only_the_aws_provider_is_used() -> None:

@@ -1,74 +1,40 @@
-# The signaling service in one environment: network, tables, user pool and host.
-# dev, prod and local share this file word for word (a test checks it), so the emulator
-# apply in CI exercises the composition that production runs.
+# The signaling service in this environment: modules/signaling-stack, the composition
+# dev, prod and local all call (tests/unit/test_terraform_layout.py checks it), so the
+# emulator apply in CI exercises what production runs. What differs between environments
+# lives next to this file: versions.tf (provider, backend), variables.tf, terraform.tfvars.
 
-locals {
-  name         = "signaling-${var.environment}"
-  table_prefix = "${var.environment}-"
-  tags         = merge(var.tags, { Service = "signaling" })
-}
+module "stack" {
+  source = "../../modules/signaling-stack"
 
-module "network" {
-  source = "../../modules/network"
-
-  name                    = local.name
-  cidr_block              = var.network.cidr_block
-  public_subnets          = var.network.public_subnets
-  existing_vpc_id         = var.network.existing_vpc_id
-  existing_subnet_ids     = var.network.existing_subnet_ids
-  flow_log_retention_days = var.network.flow_log_retention_days
-  tags                    = local.tags
-}
-
-module "data" {
-  source = "../../modules/data"
-
-  table_prefix        = local.table_prefix
-  deletion_protection = var.protect
-  tags                = local.tags
-}
-
-module "identity" {
-  source = "../../modules/identity"
-
-  name_prefix             = local.table_prefix
-  deletion_protection     = var.protect
-  password_minimum_length = var.identity.password_minimum_length
-  token_validity          = var.identity.token_validity
-  advanced_security_mode  = var.identity.advanced_security_mode
-  tags                    = local.tags
-}
-
-module "host" {
-  source = "../../modules/signaling-host"
-
-  name        = local.name
   environment = var.environment
-  vpc_id      = module.network.vpc_id
-  subnet_id   = module.network.public_subnet_ids[0]
+  protect     = var.protect
+  network     = var.network
+  identity    = var.identity
+  host        = var.host
+  tags        = var.tags
+}
 
-  dynamodb_table_arns   = values(module.data.table_arns)
-  dynamodb_index_arns   = module.data.index_arns
-  cognito_user_pool_arn = module.identity.user_pool_arn
+# Before modules/signaling-stack each root called the four modules itself. These moves carry
+# a state of that layout over unchanged: its first plan shows only moves, no destroy or
+# create (tests/integration/test_terraform_local.py proves it on the emulator). Remove them
+# only once every state of every environment has been applied with this layout.
 
-  termination_protection = var.protect
-  ami_id                 = var.host.ami_id
-  ami_ssm_parameter      = var.host.ami_ssm_parameter
-  instance_type          = var.host.instance_type
-  root_volume_size_gb    = var.host.root_volume_size_gb
-  detailed_monitoring    = var.host.detailed_monitoring
-  key_name               = var.host.key_name
-  public_ingress_cidrs   = var.host.public_ingress_cidrs
-  enable_turn            = var.host.enable_turn
-  enable_turn_tls        = var.host.enable_turn_tls
-  turn_relay_ports       = var.host.turn_relay_ports
-  enable_http            = var.host.enable_http
-  enable_seed_ports      = var.host.enable_seed_ports
-  ssh_cidrs              = var.host.ssh_cidrs
-  monitoring_cidrs       = var.host.monitoring_cidrs
-  metrics_ports          = var.host.metrics_ports
-  allow_http_egress      = var.host.allow_http_egress
-  log_retention_days     = var.host.log_retention_days
-  relay_nodes            = var.host.relay_nodes
-  tags                   = local.tags
+moved {
+  from = module.network
+  to   = module.stack.module.network
+}
+
+moved {
+  from = module.data
+  to   = module.stack.module.data
+}
+
+moved {
+  from = module.identity
+  to   = module.stack.module.identity
+}
+
+moved {
+  from = module.host
+  to   = module.stack.module.host
 }
