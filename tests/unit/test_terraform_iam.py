@@ -1,7 +1,8 @@
 """The host role's IAM actions are exactly the AWS calls the services make.
 
 The services' calls are read from their code (every ``self._client.<operation>`` or
-``client.<operation>`` in the shared package, on a client made by ``make_client``), mapped
+``client.<operation>`` in the shared package, on a client made by ``make_client``; a
+subpackage, such as ``dynamo/``, counts as one module whose client one of its files makes), mapped
 to IAM action names, and compared with the list the signaling-host module grants
 (``service-actions.json``, which its terraform test and the emulator apply check against
 the rendered and the applied policy).
@@ -45,12 +46,17 @@ def _pascal(operation: str) -> str:
     return "".join(part.capitalize() for part in operation.split("_"))
 
 
-def aws_actions(source: str) -> dict[str, set[str]]:
-    """IAM actions, by service prefix, of the boto3 calls in one module's source."""
-    tree = ast.parse(source)
+def _walk(trees: list[ast.Module]) -> list[ast.AST]:
+    return [node for tree in trees for node in ast.walk(tree)]
+
+
+def aws_actions(*sources: str) -> dict[str, set[str]]:
+    """IAM actions, by service prefix, of the boto3 calls in one module's source (or those
+    of a package's modules, taken together)."""
+    trees = [ast.parse(source) for source in sources]
     services = {
         node.args[1].value
-        for node in ast.walk(tree)
+        for node in _walk(trees)
         if isinstance(node, ast.Call)
         and getattr(node.func, "id", getattr(node.func, "attr", None)) == "make_client"
         and len(node.args) >= 2
@@ -61,7 +67,7 @@ def aws_actions(source: str) -> dict[str, set[str]]:
         return {}
     assert len(services) == 1, f"one AWS service per module, found {sorted(services)}"
     operations: set[str] = set()
-    for node in ast.walk(tree):
+    for node in _walk(trees):
         if isinstance(node, ast.Attribute) and _is_client(node.value) and node.attr not in CLIENT_HELPERS:
             operations.add(node.attr)
         if (
@@ -76,7 +82,7 @@ def aws_actions(source: str) -> dict[str, set[str]]:
             operations.add(argument.value)
     item_kinds = {
         key.value
-        for node in ast.walk(tree)
+        for node in _walk(trees)
         if isinstance(node, ast.Dict)
         for key in node.keys
         if isinstance(key, ast.Constant) and key.value in TRANSACTION_ITEM_ACTIONS
@@ -94,10 +100,10 @@ def aws_actions(source: str) -> dict[str, set[str]]:
 def services_actions() -> dict[str, set[str]]:
     """IAM actions, by service prefix, of every AWS call the services make."""
     found: dict[str, set[str]] = {}
-    for path in sorted(SHARED.glob("*.py")):
-        if path.name in NOT_RUN_IN_AWS:
-            continue
-        for service, actions in aws_actions(path.read_text(encoding="utf-8")).items():
+    modules = [[path] for path in sorted(SHARED.glob("*.py")) if path.name not in NOT_RUN_IN_AWS]
+    modules += [sorted(init.parent.glob("*.py")) for init in sorted(SHARED.glob("*/__init__.py"))]
+    for paths in modules:
+        for service, actions in aws_actions(*(path.read_text(encoding="utf-8") for path in paths)).items():
             found.setdefault(service, set()).update(actions)
     return found
 
