@@ -1,0 +1,557 @@
+"""The repository's contract: cases that hold for the DynamoDB ``Repository`` and for the
+in-memory one alike, so the fake the unit tier uses cannot drift from the real thing.
+
+Each case takes a repository over empty tables of its own. They run against the in-memory
+repository and the real one on moto in-process (tests/unit/test_repository_contract.py),
+and against the real one on the integration tier's emulator
+(tests/integration/test_repository_contract_emulator.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from fakes.memory_repository import MemoryRepository
+from signaling_shared.dynamo import PeerRecord, QueuedMessage, RelayNode, Repository, Room, SavedSession
+from signaling_shared.errors import ConditionFailed, NotFound, Unavailable
+
+AnyRepository = Repository | MemoryRepository
+Case = Callable[[AnyRepository], Awaitable[None]]
+
+CASES: list[Case] = []
+
+
+def case(fn: Case) -> Case:
+    CASES.append(fn)
+    return fn
+
+
+def case_id(fn: Case) -> str:
+    return fn.__name__
+
+
+def clock() -> int:
+    """Now, in whole seconds: items are stamped around now (an emulator's TTL sweep might
+    remove an item dated long ago in the middle of a case)."""
+    return int(time.time())
+
+
+def room(room_id: str = "room-1", *, now: int, expires_in: int = 3600, node_id: str = "") -> Room:
+    return Room(room_id, "creator", f"hash-{room_id}", now, now + expires_in, node_id)
+
+
+def peer(
+    peer_id: str = "A",
+    *,
+    now: int,
+    room_id: str = "room-1",
+    sub: str = "alice",
+    connection: str = "c1",
+    expires_at: int | None = None,
+    **extra: Any,
+) -> PeerRecord:
+    """A routing entry, connected ``now`` for a minute; ``extra``: other PeerRecord fields."""
+    base = PeerRecord(room_id, peer_id, sub, f"user-{sub}", connection, "node-a", now, expires_at or now + 60)
+    return replace(base, **extra)
+
+
+def message(to: str, n: int, *, now: int, room_id: str = "room-1", **extra: Any) -> QueuedMessage:
+    """The ``n``-th message held for ``to``; ``extra``: other QueuedMessage fields."""
+    key = QueuedMessage.key_for(to, now * 1000 + n, "node-a", n)
+    base = QueuedMessage(room_id, key, to, "S", "session-s", f"m{n}", (now + 600) * 1000, f'{{"n":{n}}}')
+    return replace(base, **extra)
+
+
+def node(node_id: str, *, expires_at: float, rooms: int = 0, capacity: int = 100, **extra: Any) -> RelayNode:
+    return RelayNode(node_id, f"ws://{node_id}.test/ws", rooms, capacity, expires_at, **extra)
+
+
+async def saved(repo: AnyRepository, *, now: int, frames: int = 2, connection: str = "c1") -> SavedSession:
+    """A peer claimed in a live room, its session saved with ``frames`` frames."""
+    await repo.create_room(room(now=now))
+    live = peer(now=now, connection=connection, session_id="session-a", metadata={"tags": ["gpu"]})
+    await repo.claim_peer(live, now=now)
+    session = SavedSession(
+        peer=replace(live, expires_at=now + 30),
+        session_id="session-a",
+        resume_hashes=("hash-1", "hash-2"),
+        seq=7,
+        frames=[(seq, f'{{"seq":{seq}}}') for seq in range(6, 6 + frames)],
+        owed=[(6, {"ack": "m1", "to": ["S", 1]})],
+        answers=[6],
+        in_flight=["x1", 2],
+    )
+    await repo.save_session(session)
+    return session
+
+
+# Rooms -----------------------------------------------------------------------------
+
+
+@case
+async def rooms_are_created_once_and_read_back_expired_or_not(repo: AnyRepository) -> None:
+    now = clock()
+    first = room(now=now)
+    placed = room("room-2", now=now, expires_in=-10, node_id="node-a")
+    await repo.create_room(first)
+    await repo.create_room(placed)
+    assert await repo.get_room("room-1") == first
+    assert await repo.get_room("room-2") == placed  # expired: returned all the same
+    with pytest.raises(ConditionFailed):
+        await repo.create_room(replace(first, created_by="someone else"))
+    assert await repo.get_room("room-1") == first
+    with pytest.raises(NotFound):
+        await repo.get_room("nowhere")
+
+
+@case
+async def a_deleted_room_leaves_a_tombstone(repo: AnyRepository) -> None:
+    now = clock()
+    await repo.create_room(room(now=now))
+    assert await repo.was_deleted("room-1") is False
+    await repo.delete_room("room-1", now=now)
+    with pytest.raises(NotFound):
+        await repo.get_room("room-1")
+    assert await repo.was_deleted("room-1") is True
+    assert await repo.was_deleted("never-was") is False
+    await repo.delete_room("never-was", now=now)  # no room: the tombstone all the same
+    assert await repo.was_deleted("never-was") is True
+    again = room(now=now, expires_in=60)
+    await repo.create_room(again)  # the id is free again
+    assert await repo.get_room("room-1") == again
+
+
+@case
+async def a_room_moves_only_from_the_node_that_has_it(repo: AnyRepository) -> None:
+    now = clock()
+    await repo.create_room(room(now=now))
+    await repo.move_room("room-1", from_node="", to_node="node-a")
+    assert (await repo.get_room("room-1")).node_id == "node-a"
+    with pytest.raises(ConditionFailed):
+        await repo.move_room("room-1", from_node="", to_node="node-b")  # it has a node now
+    with pytest.raises(ConditionFailed):
+        await repo.move_room("room-1", from_node="node-b", to_node="node-c")
+    await repo.move_room("room-1", from_node="node-a", to_node="node-b")
+    assert (await repo.get_room("room-1")).node_id == "node-b"
+    with pytest.raises(ConditionFailed):
+        await repo.move_room("room-1", from_node="node-a", to_node="node-c")  # the second of two takeovers
+    with pytest.raises(ConditionFailed):
+        await repo.move_room("nowhere", from_node="", to_node="node-a")
+    await repo.create_room(room("room-2", now=now, node_id="node-a"))
+    await repo.move_room("room-2", from_node="node-a", to_node="node-c")
+    assert (await repo.get_room("room-2")).node_id == "node-c"
+
+
+# Relay nodes -----------------------------------------------------------------------
+
+
+@case
+async def heartbeats_register_nodes_listed_by_id(repo: AnyRepository) -> None:
+    now = clock()
+    assert await repo.relay_nodes() == []
+    await repo.heartbeat_node(node("node-b", expires_at=now + 30.12345, rooms=3, capacity=50))
+    await repo.heartbeat_node(node("node-a", expires_at=now + 30.5, draining=True))
+    nodes = await repo.relay_nodes()
+    assert [n.node_id for n in nodes] == ["node-a", "node-b"]
+    assert nodes[0] == node("node-a", expires_at=now + 30.5, draining=True)
+    assert nodes[1].expires_at == float(f"{now + 30.12345:.3f}")  # to the millisecond
+    assert (nodes[1].rooms, nodes[1].capacity, nodes[1].ws_url) == (3, 50, "ws://node-b.test/ws")
+    await repo.heartbeat_node(node("node-b", expires_at=now + 60, rooms=1))
+    assert (await repo.relay_nodes())[1] == node("node-b", expires_at=now + 60, rooms=1)
+
+
+@case
+async def assignments_count_up_until_the_next_heartbeat(repo: AnyRepository) -> None:
+    now = clock()
+    with pytest.raises(ConditionFailed):
+        await repo.count_assignment("node-a")  # no registry yet
+    await repo.heartbeat_node(node("node-a", expires_at=now + 30, rooms=2, capacity=10))
+    await repo.count_assignment("node-a")
+    await repo.count_assignment("node-a")
+    (counted,) = await repo.relay_nodes()
+    assert counted.assigned == 2
+    assert counted.load == (2 + 2) / 10
+    with pytest.raises(ConditionFailed):
+        await repo.count_assignment("node-z")  # not registered
+    await repo.heartbeat_node(node("node-a", expires_at=now + 60))
+    assert (await repo.relay_nodes())[0].assigned == 0
+
+
+@case
+async def long_silent_nodes_are_pruned(repo: AnyRepository) -> None:
+    now = clock()
+    assert await repo.prune_nodes(expired_before=now) == []  # no registry yet
+    await repo.heartbeat_node(node("node-c", expires_at=now - 1000.5))
+    await repo.heartbeat_node(node("node-a", expires_at=now - 2000))
+    await repo.heartbeat_node(node("node-b", expires_at=now + 30))
+    await repo.heartbeat_node(node("node-d", expires_at=now - 100))
+    assert await repo.prune_nodes(expired_before=now - 500) == ["node-a", "node-c"]
+    assert [n.node_id for n in await repo.relay_nodes()] == ["node-b", "node-d"]
+    assert await repo.prune_nodes(expired_before=now - 500) == []
+
+
+# Peers -----------------------------------------------------------------------------
+
+
+@case
+async def a_claimed_peer_is_read_back_as_written(repo: AnyRepository) -> None:
+    now = clock()
+    await repo.create_room(room(now=now))
+    worker = peer(now=now, role="worker", metadata={"tags": ["gpu"], "n": 1}, session_id="session-a")
+    await repo.claim_peer(worker, now=now)
+    assert await repo.peer_entry("room-1", "A") == worker
+    assert await repo.list_peers("room-1", now=now) == [worker]
+    plain = peer("B", now=now, sub="bob")
+    await repo.claim_peer(plain, now=now)
+    entry = await repo.peer_entry("room-1", "B")
+    assert entry == plain
+    assert entry is not None
+    assert (entry.role, entry.metadata, entry.session_id, entry.saved) == ("peer", {}, "", False)
+    assert await repo.peer_entry("room-1", "nobody") is None
+    assert await repo.peer_entry("room-2", "A") is None
+
+
+@case
+async def a_peer_is_claimed_only_in_a_live_room(repo: AnyRepository) -> None:
+    now = clock()
+    with pytest.raises(NotFound):
+        await repo.claim_peer(peer(now=now), now=now)
+    await repo.create_room(room(now=now, expires_in=10))
+    with pytest.raises(NotFound):
+        await repo.claim_peer(peer(now=now + 10), now=now + 10)  # expired at that instant
+    assert await repo.peer_entry("room-1", "A") is None
+    await repo.claim_peer(peer(now=now), now=now + 9)
+
+
+@case
+async def a_live_peer_id_belongs_to_its_identity(repo: AnyRepository) -> None:
+    now = clock()
+    await repo.create_room(room(now=now))
+    await repo.claim_peer(peer(now=now), now=now)
+    with pytest.raises(ConditionFailed):
+        await repo.claim_peer(peer(now=now, sub="mallory", connection="c2"), now=now)
+    again = peer(now=now, connection="c2", metadata={"v": 2})
+    await repo.claim_peer(again, now=now)  # the same identity, a new connection
+    assert await repo.peer_entry("room-1", "A") == again
+    with pytest.raises(ConditionFailed):
+        await repo.claim_peer(peer(now=now, sub="mallory"), now=now + 59)
+    taken = peer(now=now + 60, sub="mallory", connection="c3")
+    await repo.claim_peer(taken, now=now + 60)  # the lease ran out: anyone may take it
+    assert await repo.peer_entry("room-1", "A") == taken
+    await repo.delete_room("room-1", now=now)
+    with pytest.raises(NotFound):  # the room first, though the entry would refuse too
+        await repo.claim_peer(peer(now=now, sub="bob"), now=now)
+
+
+@case
+async def a_peer_left_by_a_dead_process_is_recovered_once(repo: AnyRepository) -> None:
+    now = clock()
+    await repo.create_room(room(now=now))
+    with pytest.raises(ConditionFailed):
+        await repo.recover_peer(peer(now=now, connection="c2"), from_connection="c1", now=now)  # no entry
+    await repo.claim_peer(peer(now=now, session_id="session-a"), now=now)
+    with pytest.raises(ConditionFailed):
+        await repo.recover_peer(peer(now=now, sub="mallory", connection="c2"), from_connection="c1", now=now)
+    with pytest.raises(ConditionFailed):
+        await repo.recover_peer(peer(now=now, connection="c2"), from_connection="c9", now=now)
+    recovered = peer(now=now, connection="c2", node_id="node-b", session_id="session-a")
+    await repo.recover_peer(recovered, from_connection="c1", now=now)
+    assert await repo.peer_entry("room-1", "A") == recovered
+    with pytest.raises(ConditionFailed):  # the second of two recoveries
+        await repo.recover_peer(peer(now=now, connection="c3"), from_connection="c1", now=now)
+    await repo.delete_room("room-1", now=now)
+    with pytest.raises(NotFound):
+        await repo.recover_peer(peer(now=now, connection="c3"), from_connection="c2", now=now)
+
+
+@case
+async def a_saved_peer_is_not_recovered(repo: AnyRepository) -> None:
+    now = clock()
+    await saved(repo, now=now)
+    with pytest.raises(ConditionFailed):
+        await repo.recover_peer(peer(now=now, connection="c2"), from_connection="c1", now=now)
+
+
+@case
+async def a_lease_is_refreshed_by_its_holder_while_the_room_exists(repo: AnyRepository) -> None:
+    now = clock()
+    await repo.create_room(room(now=now, expires_in=5))
+    await repo.claim_peer(peer(now=now), now=now)
+    await repo.refresh_peer("room-1", "A", "c1", now + 120)
+    entry = await repo.peer_entry("room-1", "A")
+    assert entry is not None
+    assert entry.expires_at == now + 120
+    with pytest.raises(ConditionFailed):
+        await repo.refresh_peer("room-1", "A", "c2", now + 180)  # taken over
+    with pytest.raises(ConditionFailed):
+        await repo.refresh_peer("room-1", "B", "c1", now + 180)  # no entry
+    await repo.delete_room("room-1", now=now)
+    with pytest.raises(NotFound):
+        await repo.refresh_peer("room-1", "A", "c1", now + 180)
+    entry = await repo.peer_entry("room-1", "A")
+    assert entry is not None
+    assert entry.expires_at == now + 120
+
+
+@case
+async def metadata_is_updated_by_the_holder_only(repo: AnyRepository) -> None:
+    now = clock()
+    await repo.create_room(room(now=now))
+    await repo.claim_peer(peer(now=now, metadata={"status": "busy"}), now=now)
+    await repo.update_peer_metadata("room-1", "A", "c1", {"status": "available", "tags": ["gpu", 1]})
+    entry = await repo.peer_entry("room-1", "A")
+    assert entry is not None
+    assert entry.metadata == {"status": "available", "tags": ["gpu", 1]}
+    with pytest.raises(ConditionFailed):
+        await repo.update_peer_metadata("room-1", "A", "c2", {})
+    with pytest.raises(ConditionFailed):
+        await repo.update_peer_metadata("room-1", "B", "c1", {})
+
+
+@case
+async def a_peer_is_released_by_its_holder_only(repo: AnyRepository) -> None:
+    now = clock()
+    await repo.create_room(room(now=now))
+    await repo.claim_peer(peer(now=now), now=now)
+    await repo.release_peer("room-1", "A", "c2")  # a takeover keeps its own entry
+    assert await repo.peer_entry("room-1", "A") is not None
+    await repo.release_peer("room-1", "A", "c1")
+    assert await repo.peer_entry("room-1", "A") is None
+    await repo.release_peer("room-1", "A", "c1")  # gone already: nothing to do
+
+
+@case
+async def peers_are_listed_oldest_first_and_live_unless_asked(repo: AnyRepository) -> None:
+    now = clock()
+    await repo.create_room(room(now=now))
+    await repo.create_room(room("room-2", now=now))
+    b = peer("B", now=now, sub="bob")
+    a = peer("A", now=now + 1)
+    c = peer("C", now=now, sub="carol", expires_at=now + 5)
+    for record in (a, b, c):
+        await repo.claim_peer(record, now=now)
+    await repo.claim_peer(peer("D", now=now, room_id="room-2"), now=now)
+    assert await repo.list_peers("room-1", now=now) == [b, c, a]
+    assert await repo.list_peers("room-1", now=now + 5.5) == [b, a]
+    assert await repo.list_peers("room-1", now=now + 5.5, include_expired=True) == [b, c, a]
+    assert await repo.list_peers("room-3", now=now) == []
+
+
+@case
+async def the_rooms_of_a_peer_id_are_those_it_is_live_in(repo: AnyRepository) -> None:
+    now = clock()
+    for room_id, expires_at in (("room-c", now + 60), ("room-a", now + 60), ("room-b", now + 5)):
+        await repo.create_room(room(room_id, now=now))
+        await repo.claim_peer(peer("W", now=now, room_id=room_id, expires_at=expires_at), now=now)
+        await repo.claim_peer(peer("X", now=now, room_id=room_id, sub="bob"), now=now)
+    assert await repo.rooms_of_peer("W", now=now) == ["room-a", "room-b", "room-c"]
+    assert await repo.rooms_of_peer("W", now=now + 5) == ["room-a", "room-c"]
+    assert await repo.rooms_of_peer("nobody", now=now) == []
+
+
+@case
+async def peers_are_deleted_in_batches_of_distinct_ids(repo: AnyRepository) -> None:
+    now = clock()
+    await repo.create_room(room(now=now))
+    ids = [f"P{n:02d}" for n in range(30)]  # more than one batch
+    for peer_id in ids:
+        await repo.claim_peer(peer(peer_id, now=now), now=now)
+    await repo.delete_peers("room-1", [])
+    await repo.delete_peers("room-1", (p for p in ids[:27]))
+    assert [p.peer_id for p in await repo.list_peers("room-1", now=now)] == ids[27:]
+    await repo.delete_peers("room-1", ["P27", "nobody"])
+    with pytest.raises(Unavailable):  # DynamoDB refuses a batch naming a key twice
+        await repo.delete_peers("room-1", ["P28", "P28"])
+    assert [p.peer_id for p in await repo.list_peers("room-1", now=now)] == ["P28", "P29"]
+
+
+# Held messages ---------------------------------------------------------------------
+
+
+@case
+async def held_messages_are_listed_by_target_in_order(repo: AnyRepository) -> None:
+    now = clock()
+    b2, b1 = message("B", 2, now=now), message("B", 1, now=now, correlation_id=7, for_session="session-b")
+    bb = message("BB", 3, now=now)
+    a = message("A", 4, now=now, expires_at_ms=(now - 10) * 1000)  # expired: listed all the same
+    other = message("B", 5, now=now, room_id="room-2")
+    for held in (b2, bb, b1, a, other):
+        await repo.hold_message(held)
+    assert await repo.held_messages("room-1") == [a, b1, b2, bb]
+    assert await repo.held_messages("room-1", to_peer_id="B") == [b1, b2]  # not BB's
+    assert await repo.held_messages("room-1", to_peer_id="B", with_frames=False) == [
+        replace(b1, frame=""),
+        replace(b2, frame=""),
+    ]
+    assert await repo.held_messages("room-1", to_peer_id="C") == []
+    assert await repo.held_messages("room-3") == []
+    with pytest.raises(ConditionFailed):
+        await repo.hold_message(replace(b1, frame="another"))  # the key is taken
+    claimed = message("C", 6, now=now, claimed_until_ms=now * 1000)
+    await repo.hold_message(claimed)  # a new hold is nobody's claim
+    assert await repo.held_messages("room-1", to_peer_id="C") == [replace(claimed, claimed_until_ms=0)]
+
+
+@case
+async def a_held_message_is_taken_once(repo: AnyRepository) -> None:
+    now = clock()
+    held = message("B", 1, now=now)
+    await repo.hold_message(held)
+    assert await repo.take_message("room-1", held.key) == held
+    assert await repo.take_message("room-1", held.key) is None
+    assert await repo.held_messages("room-1") == []
+
+
+@case
+async def held_messages_are_claimed_for_a_saved_session(repo: AnyRepository) -> None:
+    now = clock()
+    first, second = message("B", 1, now=now), message("B", 2, now=now)
+    await repo.hold_message(first)
+    await repo.hold_message(second)
+    until = (now + 30) * 1000
+    await repo.claim_messages("room-1", iter([first.key, "B#gone"]), until)  # a missing one is skipped
+    assert await repo.held_messages("room-1") == [replace(first, claimed_until_ms=until), second]
+    assert await repo.take_message("room-1", first.key) == replace(first, claimed_until_ms=until)
+
+
+@case
+async def held_messages_are_deleted_in_batches_of_distinct_keys(repo: AnyRepository) -> None:
+    now = clock()
+    held = [message("B", n, now=now) for n in range(28)]
+    for one in held:
+        await repo.hold_message(one)
+    await repo.delete_messages("room-1", [])
+    await repo.delete_messages("room-1", [m.key for m in held[:26]] + ["B#gone"])
+    assert await repo.held_messages("room-1") == held[26:]
+    with pytest.raises(Unavailable):
+        await repo.delete_messages("room-1", [held[26].key, held[26].key])
+    assert await repo.held_messages("room-1") == held[26:]
+
+
+@case
+async def a_room_s_messages_and_saved_frames_are_deleted_together(repo: AnyRepository) -> None:
+    now = clock()
+    session = await saved(repo, now=now, frames=3)
+    await repo.hold_message(message("B", 1, now=now))
+    elsewhere = message("B", 2, now=now, room_id="room-2")
+    await repo.hold_message(elsewhere)
+    await repo.delete_room_messages("room-1")
+    assert await repo.held_messages("room-1") == []
+    assert await repo.held_messages("room-2") == [elsewhere]
+    assert await repo.load_session("room-1", session.peer.peer_id) is None  # its frames are gone
+    await repo.delete_room_messages("room-3")  # nothing there: nothing to do
+
+
+# Saved sessions --------------------------------------------------------------------
+
+
+@case
+async def a_saved_session_is_loaded_back_whole(repo: AnyRepository) -> None:
+    now = clock()
+    session = await saved(repo, now=now)
+    loaded = await repo.load_session("room-1", "A")
+    assert loaded == replace(session, peer=replace(session.peer, saved=True))
+    assert await repo.held_messages("room-1") == []  # its frames are not held messages
+    entry = await repo.peer_entry("room-1", "A")
+    assert entry is not None
+    assert entry.saved is True
+    assert entry.expires_at == now + 30  # the saved session's lease
+    assert [p.saved for p in await repo.list_peers("room-1", now=now)] == [True]
+
+
+@case
+async def a_session_without_frames_is_saved_and_loaded(repo: AnyRepository) -> None:
+    now = clock()
+    session = await saved(repo, now=now, frames=0)
+    loaded = await repo.load_session("room-1", "A")
+    assert loaded is not None
+    assert (loaded.frames, loaded.seq, loaded.session_id) == ([], session.seq, "session-a")
+
+
+@case
+async def only_the_holder_saves_a_session(repo: AnyRepository) -> None:
+    now = clock()
+    session = await saved(repo, now=now, frames=0)
+    with pytest.raises(ConditionFailed):
+        await repo.save_session(replace(session, peer=replace(session.peer, connection_id="c2")))
+    with pytest.raises(ConditionFailed):
+        await repo.save_session(replace(session, peer=replace(session.peer, peer_id="B")))
+    assert await repo.load_session("room-1", "B") is None
+
+
+@case
+async def a_session_missing_frames_is_loaded_whole_or_not_at_all(repo: AnyRepository) -> None:
+    now = clock()
+    session = await saved(repo, now=now, frames=3)
+    assert await repo.load_session("room-1", "nobody") is None
+    await repo.create_room(room("room-2", now=now))
+    await repo.claim_peer(peer(now=now, room_id="room-2"), now=now)
+    assert await repo.load_session("room-2", "A") is None  # an entry, but nothing saved
+    await repo.delete_session_frames(replace(session, frames=session.frames[1:2]))  # one frame lapsed
+    assert await repo.load_session("room-1", "A") is None
+    partial = await repo.load_session("room-1", "A", whole=False)
+    assert partial is not None
+    assert partial.frames == [session.frames[0], session.frames[2]]
+    await repo.delete_session_frames(replace(session, frames=[]))  # no frames: nothing to do
+
+
+@case
+async def an_unresumed_session_is_dropped_once(repo: AnyRepository) -> None:
+    now = clock()
+    session = await saved(repo, now=now)
+    assert await repo.drop_session(replace(session, peer=replace(session.peer, connection_id="c2"))) is False
+    assert await repo.drop_session(session) is True
+    assert await repo.peer_entry("room-1", "A") is None
+    assert await repo.drop_session(session) is False
+    await repo.claim_peer(session.peer, now=now)  # the same connection, nothing saved
+    assert await repo.drop_session(session) is False
+    assert await repo.peer_entry("room-1", "A") is not None
+
+
+@case
+async def a_saved_session_is_taken_by_one_resume(repo: AnyRepository) -> None:
+    now = clock()
+    session = await saved(repo, now=now)
+    resumed = replace(session.peer, connection_id="c2", node_id="node-b", expires_at=now + 90)
+    await repo.take_session(resumed, session, now=now)
+    assert await repo.peer_entry("room-1", "A") == resumed  # nothing saved on it any more
+    assert await repo.load_session("room-1", "A") is None
+    with pytest.raises(ConditionFailed):
+        await repo.take_session(replace(resumed, connection_id="c3"), session, now=now)
+    assert await repo.drop_session(session) is False
+
+
+@case
+async def a_saved_session_is_not_taken_after_its_entry_changed(repo: AnyRepository) -> None:
+    now = clock()
+    session = await saved(repo, now=now)
+    await repo.claim_peer(replace(session.peer, connection_id="c2"), now=now)  # registered again
+    assert await repo.peer_entry("room-1", "A") == replace(session.peer, connection_id="c2")  # nothing saved
+    resume = replace(session.peer, connection_id="c3")
+    with pytest.raises(ConditionFailed):
+        await repo.take_session(resume, session, now=now)
+    with pytest.raises(ConditionFailed):  # the entry's connection, but nothing saved on it
+        await repo.take_session(resume, replace(session, peer=replace(session.peer, connection_id="c2")), now=now)
+
+
+@case
+async def a_saved_session_is_not_taken_in_a_gone_room(repo: AnyRepository) -> None:
+    now = clock()
+    session = await saved(repo, now=now)
+    await repo.delete_room("room-1", now=now)
+    with pytest.raises(NotFound):
+        await repo.take_session(replace(session.peer, connection_id="c2"), session, now=now)
+    assert await repo.load_session("room-1", "A") == replace(session, peer=replace(session.peer, saved=True))
+
+
+# Health ----------------------------------------------------------------------------
+
+
+@case
+async def the_tables_answer_the_health_check(repo: AnyRepository) -> None:
+    await repo.check()
