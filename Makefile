@@ -13,7 +13,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(shell cksum < $(CHECKOV_REQUIREMEN
 TF_CHECK := terraform/scripts/check.sh
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools dev demo test lint format typecheck unit integration e2e schema lock clean
+.PHONY: help install tools dev demo test lint format typecheck unit integration e2e coverage schema lock clean
 .PHONY: terraform-check terraform-fmt terraform-validate terraform-test terraform-checkov checkov monitoring-check
 .PHONY: deploy destroy ansible-check bench bench-quick
 
@@ -47,6 +47,12 @@ unit: $(STAMP) ## Unit tests only (no AWS emulator or services; loopback sockets
 
 integration: $(STAMP) ## Integration tests against the embedded AWS emulator
 	$(BIN)/pytest tests/integration
+
+# The relay and the data layer, tested by the unit tier alone (no sockets but loopback, no emulator).
+COVERED := services/ws_relay/ws_relay,services/shared/signaling_shared/dynamo
+coverage: $(STAMP) ## Unit-tier line coverage of the relay and the data layer; fails under 80 %
+	COVERAGE_FILE=$(VENV)/.coverage $(BIN)/coverage run --source=$(COVERED) -m pytest -q -p no:randomly tests/unit
+	COVERAGE_FILE=$(VENV)/.coverage $(BIN)/coverage report --skip-covered --fail-under=80
 
 e2e: $(STAMP) ## End-to-end WebRTC tests
 	$(BIN)/pytest tests/e2e

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from signaling_shared.errors import PeerIdTaken, RoomFull
-from ws_relay.hub import Hub, Member, Owed
+from ws_relay.hub import Hub, Member, MemberState, Owed
 
 
 @dataclass
@@ -165,3 +165,32 @@ def test_a_rooms_first_admin_claim_wins_until_its_peer_leaves() -> None:
     hub.leave(first)
     assert hub.admin_of("r") is None
     assert hub.admin_of("other") == "w3"
+
+
+def state(member: Member) -> MemberState:
+    return member.state  # read through a call: each step below changes it
+
+
+def test_a_members_state_follows_its_life() -> None:
+    """OPENING while its held messages are read, LIVE on a link, DETACHED without one,
+    RESUMING during a resume's write and back, GONE for good."""
+    link = FakeLink("c1")
+    member = Member("r", "a", "s", "", link, "c1", 0, 10**10, waiting=[])
+    assert state(member) is MemberState.OPENING
+    member.detach()  # its socket dropped while the inbox was read: still opening
+    assert state(member) is MemberState.OPENING
+    assert member.link is None
+    member.waiting.append(("{}", None, None, False, "offer"))  # type: ignore[union-attr]
+    assert member.take_waiting() == [("{}", None, None, False, "offer")]
+    assert state(member) is MemberState.DETACHED
+    member.begin_resume()
+    assert member.resuming
+    member.end_resume()
+    assert state(member) is MemberState.DETACHED
+    member.attach(FakeLink("c2"))
+    assert state(member) is MemberState.LIVE
+    member.begin_resume()
+    member.leave()  # it left during the resume's write: the end of the resume changes nothing
+    member.end_resume()
+    assert member.gone
+    assert state(member) is MemberState.GONE

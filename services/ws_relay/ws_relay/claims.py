@@ -24,6 +24,7 @@ from signaling_shared.auth import Identity
 from signaling_shared.dynamo import PeerRecord, Repository, Room, SavedSession
 from signaling_shared.errors import (
     ConditionFailed,
+    NotFound,
     PeerIdTaken,
     RepositoryError,
     ResumeFailed,
@@ -95,6 +96,7 @@ class Claim:
     announce = False  # the room hears peer_joined
     opens_inbox = True  # held messages are delivered after the reply
     replay_from: int | None = None  # the client's last_seq: confirmed, and replayed after
+    now: float | None = None  # when the source was read, if its checks used that time
 
     def __init__(self, seats: Seats, connection: Connection, member: Member, resume_token: str) -> None:
         self.seats = seats
@@ -172,6 +174,7 @@ class FreshClaim(Claim):
             waiting=[],  # until the messages held for it are read
         )
         super().__init__(seats, connection, member, resume_token)
+        self.now = now
         self.replaced: Member | None = None
 
     async def write(self, now: float) -> None:
@@ -218,6 +221,8 @@ class LiveClaim(Claim):
         token = message.resume_token or ""
         if member.owner_sub != sub or not any(room_token_matches(token, known) for known in member.resume_hashes):
             raise ResumeFailed(NO_SESSION)
+        if member.gone:  # ended, its leave under way
+            raise ResumeFailed("the session has ended: register again")
         if member.resuming:
             raise ResumeFailed("this session is being resumed from another connection")
         if member.missed_since(message.last_seq) is None:
@@ -242,21 +247,25 @@ class LiveClaim(Claim):
     async def write(self, now: float) -> None:
         try:
             await self.seats.repository.claim_peer(self.record(now), now=int(now))
-        finally:
-            self.member.end_resume()
+        except (ConditionFailed, NotFound):
+            raise
+        except Exception:
+            # Our write may have landed: put the holder's entry back, still RESUMING (so no
+            # lease refresh or second resume acts on the member meanwhile).
+            await self.seats.cluster.restore(self.member, now)
+            raise
+        self.member.end_resume()
 
     def refusal(self, exc: RepositoryError) -> SignalingError:
         return ResumeFailed("the session's room or routing entry is gone: register again")
 
-    async def undo_failed(self, now: float) -> None:
-        await self.seats.cluster.restore(self.member, now)  # our write may have landed: put the holder's back
-
     def unchanged(self) -> bool:
-        """The member is still here, not resumed elsewhere, and has not been sent (and
-        confirmed) more than the client saw, while we wrote."""
+        """The member is still here and has not ended, was not resumed elsewhere, and has
+        not been sent (and confirmed) more than the client saw, while we wrote."""
         member = self.member
         return (
             self.seats.hub.is_current(member)
+            and not member.gone
             and member.resume_hashes == self.hashes
             and member.missed_since(self.replay_from or 0) is not None
         )
@@ -322,6 +331,7 @@ class SavedClaim(Claim):
             waiting=[],  # frames for it wait behind the replay and what is held for it
         )
         claim = cls(seats, connection, restored_member(member, saved), resume_token)
+        claim.now = now
         claim.saved = saved
         claim.replay_from = message.last_seq
         return claim
@@ -398,6 +408,7 @@ class OrphanClaim(Claim):
         if entry.session_id:
             member.session_id = entry.session_id
         claim = cls(seats, connection, member, resume_token)
+        claim.now = now
         claim.entry = entry
         return claim
 

@@ -22,6 +22,7 @@ from ws_relay.close_codes import CloseCode
 from ws_relay.hub import Hub, Member
 
 log = structlog.stdlib.get_logger("ws_relay")
+node_log = structlog.stdlib.get_logger("ws_relay.server")  # the node's events kept their logger
 
 LEASE_REFRESH_CONCURRENCY = 16
 TAKE_OVER_ATTEMPTS = 3
@@ -179,16 +180,16 @@ class Cluster:
         try:
             await self.repository.heartbeat_node(node)
         except Exception as exc:  # noqa: BLE001 - the entry lapses if this keeps failing: see heartbeat_forever
-            log.warning("node_heartbeat_failed", node_id=s.node_id, error=type(exc).__name__)
+            node_log.warning("node_heartbeat_failed", node_id=s.node_id, error=type(exc).__name__)
             return
         self._renewed_at = now
         try:
             pruned = await self.repository.prune_nodes(expired_before=int(now) - 10 * s.node_ttl_seconds)
         except Exception as exc:  # noqa: BLE001 - the next heartbeat prunes
-            log.warning("node_prune_failed", node_id=s.node_id, error=type(exc).__name__)
+            node_log.warning("node_prune_failed", node_id=s.node_id, error=type(exc).__name__)
             return
         if pruned:
-            log.info("nodes_pruned", node_ids=pruned)
+            node_log.info("nodes_pruned", node_ids=pruned)
 
     async def heartbeat_forever(self) -> None:
         """Renew the entry; and fence this node before an entry it failed to renew can lapse.
@@ -206,7 +207,7 @@ class Cluster:
             # A write that hangs must not keep this node serving past its entry's lapse.
             await asyncio.wait({self._beat}, timeout=max(0.0, self._renewed_at + s.node_ttl_seconds - time.time()))
             if time.time() + s.node_heartbeat_seconds >= self._renewed_at + s.node_ttl_seconds:
-                log.error("node_fenced", node_id=s.node_id, renewed_at=self._renewed_at)
+                node_log.error("node_fenced", node_id=s.node_id, renewed_at=self._renewed_at)
                 self.fenced.set()
                 return
 

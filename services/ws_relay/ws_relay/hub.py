@@ -173,7 +173,8 @@ class Member:
         return waiting
 
     def begin_resume(self) -> None:
-        self.state = MemberState.RESUMING
+        if self.state is not MemberState.GONE:  # an ended member is not brought back
+            self.state = MemberState.RESUMING
 
     def end_resume(self) -> None:
         if self.state is MemberState.RESUMING:

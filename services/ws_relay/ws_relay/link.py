@@ -24,7 +24,7 @@ from websockets.protocol import State
 from ws_relay.close_codes import REASONS, CloseCode
 from ws_relay.metrics import RelayMetrics
 
-log = structlog.stdlib.get_logger("ws_relay.link")
+log = structlog.stdlib.get_logger("ws_relay.server")  # its events kept their logger
 
 # Under continuous traffic the outbox never drains: confirm at least every so many frames.
 CONFIRM_EVERY = 32

@@ -109,13 +109,14 @@ class Registrar:
         claim: Claim
         if message.resume_token is None:
             room = await self._room(message, missing=RoomNotFound(), limited=True)
-            if room.is_expired(self._clock()):
+            now = self._clock()  # one time for the whole registration
+            if room.is_expired(now):
                 raise RoomExpired()
-            elsewhere = await self.cluster.serving_node(room, self._clock())
+            elsewhere = await self.cluster.serving_node(room, now)
             if elsewhere is not None:
                 return self._redirect(connection, elsewhere, room.room_id, message.id)
-            await self.handoff.end_previous(message.room_id, message.peer_id, identity.sub, self._clock())
-            claim = FreshClaim(self.seats, connection, message, identity, room, self._clock())
+            await self.handoff.end_previous(message.room_id, message.peer_id, identity.sub, now)
+            claim = FreshClaim(self.seats, connection, message, identity, room, now)
         elif (member := self.hub.get(message.room_id, message.peer_id)) is not None:
             claim = LiveClaim.of(self.seats, connection, message, identity.sub, member)
         else:
@@ -148,7 +149,7 @@ class Registrar:
         """The one path of every registration and resume, whatever its source."""
         if not connection.link.is_open():  # the socket left while we checked: claim nothing
             return "abandoned"
-        now = self._clock()
+        now = claim.now if claim.now is not None else self._clock()
         claim.reserve()
         try:
             await claim.write(now)
@@ -257,7 +258,7 @@ class Registrar:
                 last_seq=member.seq,
                 recovered=claim.recovered,
             ),
-            replay=True,
+            replay=not claim.recovered,  # nothing of a recovered session is owed
         )
         for seq, frame in missed:
             connection.link.send(frame, seq=seq, replay=True)

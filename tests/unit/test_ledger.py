@@ -1,0 +1,89 @@
+"""Delivery: numbering, acks on confirmed receipt, failures on departure, held messages."""
+
+from __future__ import annotations
+
+from fakes.relay_world import Client, World
+from signaling_shared.errors import StorageUnavailable
+from ws_relay.close_codes import CloseCode
+
+
+async def pair(world: World) -> tuple[Client, Client]:
+    await world.room()
+    return await world.register("A", sub="alice"), await world.register("B", sub="bob")
+
+
+async def test_a_message_is_numbered_and_acked_once_its_target_confirms_it() -> None:
+    world = World()
+    a, b = await pair(world)
+    await world.send(a, {"type": "offer", "target": "B", "sdp": "v=0", "id": "o1"})
+    offer = b.link.last("offer")
+    assert offer["sender"] == "A"
+    assert offer["message_id"] == "o1"
+    assert offer["seq"] == 1
+    assert not a.link.of_type("ack")
+    b.link.confirm()
+    assert a.link.last("ack")["id"] == "o1"
+    assert b.member.unconfirmed == type(b.member.unconfirmed)()
+
+
+async def test_a_target_that_leaves_unconfirmed_fails_its_senders() -> None:
+    """With an id: DELIVERY_FAILED with that id. Without one: reported only if the target
+    was lost (timeout), never when it closed properly (it may have read it)."""
+    world = World(resume_window_seconds=1)
+    a, b = await pair(world)
+    await world.send(a, {"type": "offer", "target": "B", "sdp": "v=0", "id": "o1"})
+    await world.send(a, {"type": "offer", "target": "B", "sdp": "v=0"})
+    await world.close(b)
+    errors = a.link.of_type("error")
+    assert [(e["code"], e.get("id")) for e in errors] == [("DELIVERY_FAILED", "o1")]
+    assert a.link.last("peer_left")["reason"] == "closed"
+
+
+async def test_a_member_owed_more_than_kept_for_a_resume_is_ended() -> None:
+    world = World(resume_buffer_messages=3)
+    a, b = await pair(world)
+    for i in range(4):
+        await world.send(a, {"type": "peer_message", "to_peer_id": "B", "payload": i})
+    assert b.link.close_code() == CloseCode.OVERFLOW
+    assert a.link.last("peer_left")["reason"] == "overflow"
+    assert world.relay.hub.get("room-1", "B") is None
+
+
+async def test_a_message_for_a_peer_not_there_yet_is_held_and_delivered() -> None:
+    """Acked queued; delivered when the target registers, before what comes live; removed
+    from the table once the target confirms it."""
+    world = World()
+    await world.room()
+    a = await world.register("A", sub="alice")
+    await world.send(a, {"type": "peer_message", "to_peer_id": "B", "payload": "early", "id": "h1"})
+    assert {**a.link.last("ack"), "seq": None} == {"type": "ack", "id": "h1", "queued": True, "seq": None}
+    assert len(await world.repository.held_messages("room-1", to_peer_id="B")) == 1
+    b = await world.register("B", sub="bob")
+    assert [frame["payload"] for frame in b.link.of_type("peer_message")] == ["early"]
+    b.link.confirm()
+    await world.settle()
+    assert await world.repository.held_messages("room-1", to_peer_id="B") == []
+    assert world.metrics.held.labels("delivered")._value.get() == 1
+
+
+async def test_a_held_message_whose_read_fails_stays_held() -> None:
+    world = World()
+    await world.room()
+    a = await world.register("A", sub="alice")
+    await world.send(a, {"type": "peer_message", "to_peer_id": "B", "payload": "early", "id": "h1"})
+    world.repository.fail_next("held_messages", StorageUnavailable("DynamoDB did not answer"))
+    b = await world.register("B", sub="bob")
+    assert b.link.of_type("registered_auth")
+    assert not b.link.of_type("peer_message")
+    assert len(await world.repository.held_messages("room-1", to_peer_id="B")) == 1
+
+
+async def test_a_held_message_that_expires_is_reported_to_its_sender() -> None:
+    world = World(queue_ttl_min_seconds=1)
+    await world.room()
+    a = await world.register("A", sub="alice")
+    await world.send(a, {"type": "peer_message", "to_peer_id": "B", "payload": 1, "id": "x", "ttl_seconds": 1})
+    world.clock.now += 2  # its lifetime is over when its timer fires (in a second)
+    await world.until(lambda: bool(a.link.of_type("expired")))
+    assert {**a.link.last("expired"), "seq": None} == {"type": "expired", "id": "x", "to_peer_id": "B", "seq": None}
+    assert await world.repository.held_messages("room-1", to_peer_id="B") == []
