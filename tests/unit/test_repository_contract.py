@@ -6,17 +6,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from contract.repository_cases import CASES, AnyRepository, Case, case_id
 from fakes.memory_repository import MemoryRepository
+from fakes.moto_in_process import dynamodb_in_process
 from signaling_shared.bootstrap import ensure_tables
 from signaling_shared.dynamo import Repository
 from signaling_shared.settings import CommonSettings, Environment
-
-REGION = "us-east-1"
 
 
 @pytest.fixture(params=["memory", "moto"])
@@ -24,15 +21,8 @@ async def repository(request: pytest.FixtureRequest) -> AsyncIterator[AnyReposit
     if request.param == "memory":
         yield MemoryRepository()
         return
-    with mock_aws():
+    with dynamodb_in_process() as client:
         settings = CommonSettings(environment=Environment.TEST, table_prefix="contract-")
-        client = boto3.session.Session().client(
-            "dynamodb",
-            region_name=REGION,
-            endpoint_url=f"https://dynamodb.{REGION}.amazonaws.com",  # not AWS_ENDPOINT_URL's emulator: moto's
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-        )
         ensure_tables(client, settings)
         yield Repository(
             client,
@@ -40,7 +30,6 @@ async def repository(request: pytest.FixtureRequest) -> AsyncIterator[AnyReposit
             peers_table=settings.peers_table,
             messages_table=settings.messages_table,
         )
-        client.close()
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)

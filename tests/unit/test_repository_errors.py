@@ -7,12 +7,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
-from moto import mock_aws
 
 from fakes.memory_repository import MemoryRepository
+from fakes.moto_in_process import dynamodb_in_process
 from signaling_shared.dynamo import PeerRecord, RelayNode, Repository, Room, SavedSession, translate_error
 from signaling_shared.errors import ConditionFailed, NotFound, RepositoryError, Throttled, Unavailable
 
@@ -58,16 +57,8 @@ def test_botocore_errors_become_typed_errors(
 @pytest.fixture
 def bare_dynamodb() -> Iterator[Any]:
     """moto in-process, without tables."""
-    with mock_aws():
-        client = boto3.session.Session().client(
-            "dynamodb",
-            region_name="us-east-1",
-            endpoint_url="https://dynamodb.us-east-1.amazonaws.com",
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-        )
+    with dynamodb_in_process() as client:
         yield client
-        client.close()
 
 
 async def test_failures_are_reported_and_refused_conditions_are_not(bare_dynamodb: Any) -> None:
