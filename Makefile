@@ -35,7 +35,7 @@ tools: ## Install the host tools the full suite uses (apt packages, as root or w
 dev: $(STAMP) ## Run the whole stack locally: APIs on :8001, relay on :8080, AWS emulator on :4566
 	$(BIN)/python -m devstack
 
-demo: $(STAMP) ## A worker and a client (the signaling CLI) move a file over WebRTC via `make dev` (or a stack of its own)
+demo: $(STAMP) ## A worker and a client (the signaling CLI) move a file over WebRTC via `make dev` (or a stack of its own); the browser page: http://127.0.0.1:8003/ under `make dev`
 	$(BIN)/python sdk/python/examples/demo.py
 
 # The 25 slowest tests are printed at the end, and one line per missing host tool.

@@ -47,6 +47,7 @@ TOOLS: dict[str, Tool] = {
     tool.name: tool
     for tool in (
         Tool("caddy", "caddy", "SIGNALING_REQUIRE_CADDY", "the edge proxy: its config, and the stack behind it"),
+        Tool("chromium", "chromium", "SIGNALING_REQUIRE_CHROMIUM", "a real browser runs the demo page (WebRTC, CORS)"),
         Tool("turnserver", "coturn", "SIGNALING_REQUIRE_TURN", "a real TURN server checks the issued credentials"),
         Tool("promtool", "prometheus", "SIGNALING_REQUIRE_PROMETHEUS", "Prometheus config, rules and rule tests"),
         Tool("prometheus", "prometheus", "SIGNALING_REQUIRE_PROMETHEUS", "a live Prometheus scrapes the stack"),

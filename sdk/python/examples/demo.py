@@ -74,6 +74,10 @@ def demo(api: str, relay: str, work: Path, size: int, relay_only: bool) -> int:
             worker.wait()
     intact = (received / job.name).exists() and (received / job.name).read_bytes() == job.read_bytes()
     print(f"\nclient exit {client.returncode}, worker exit {worker.returncode}; file intact on disk: {intact}")
+    print(
+        "In a browser: under `make dev`, http://127.0.0.1:8003/?room=ROOM&token=TOKEN sends a file to a"
+        " `signaling worker` in that room (sdk/js/README.md)"
+    )
     return client.returncode or worker.returncode or (0 if intact else 1)
 
 

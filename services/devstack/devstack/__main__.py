@@ -27,6 +27,10 @@ def parse_args(argv: list[str] | None) -> StackConfig:
         default=defaults.turn_port,
         help="coturn's port, when installed (STUN and TURN, UDP and TCP; default: %(default)s).",
     )
+    parser.add_argument(
+        "--demo-port", type=int, default=8003, help="The browser demo page, its own origin (default: %(default)s)."
+    )
+    parser.add_argument("--no-demo", action="store_true", help="Serve no demo page.")
     parser.add_argument("--no-turn", action="store_true", help="Run no TURN server and hand out no ICE servers.")
     parser.add_argument("--table-prefix", default=defaults.table_prefix, help="Default: %(default)s.")
     parser.add_argument("--log-level", default=defaults.log_level, help="Default: %(default)s.")
@@ -40,6 +44,7 @@ def parse_args(argv: list[str] | None) -> StackConfig:
         log_level=args.log_level,
         start_turn=not args.no_turn,
         turn_port=None if args.no_turn else args.turn_port,
+        demo_port=None if args.no_demo else args.demo_port,
     )
 
 
@@ -74,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run(config))
     except OSError as exc:
         print(
-            f"devstack: {exc} (is another stack running? choose ports with --api-port, --relay-port, --aws-port"
-            " and --turn-port)",
+            f"devstack: {exc} (is another stack running? choose ports with --api-port, --relay-port, --aws-port,"
+            " --demo-port and --turn-port)",
             file=sys.stderr,
         )
         return 1

@@ -35,7 +35,7 @@ class BackgroundStack:
 def start(*options: str) -> BackgroundStack:
     """The stack on free ports (API, relay, emulator and coturn), with ``options`` added
     (e.g. ``--table-prefix demo-``). SystemExit, with the way to see why, if it fails."""
-    command = [sys.executable, "-m", "devstack", "--api-port", "0", "--relay-port", "0", "--aws-port", "0"]
+    command = [sys.executable, "-m", "devstack", "--api-port", "0", "--relay-port", "0", "--aws-port", "0", "--no-demo"]
     process = subprocess.Popen(  # noqa: S603 - this interpreter's devstack, our own arguments
         [*command, "--turn-port", "0", *options],
         stdout=subprocess.PIPE,

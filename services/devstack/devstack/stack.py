@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from auth_api.main import create_app as create_auth_app
 from devstack import coturn
+from devstack.demo import DemoServer
 from rooms_api.main import create_app as create_rooms_app
 from signaling_shared.aws import use_io_threads
 from signaling_shared.bootstrap import Bootstrapped, bootstrap
@@ -130,6 +131,9 @@ class StackConfig:
     start_turn: bool = False
     turn_port: int | None = 3478  # None: no ICE servers at all
     turn_secret: str = DEVELOPMENT_TURN_SECRET
+    # The browser demo page (devstack/demo.py) on its own port, so its own origin, which
+    # the services' CORS and Origin allowlists then name. None: no page (0: a free port).
+    demo_port: int | None = None
     # Extra settings for every service (e.g. {"room_ttl_seconds": 60}); unknown keys are ignored.
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -143,6 +147,7 @@ class StackInfo:
     resources: Bootstrapped
     common: CommonSettings
     turn: str = "none"  # what the TURN line of the banner says
+    demo_url: str = ""  # the browser demo page ("" when the stack serves none)
 
     def banner(self) -> str:
         emulator = "embedded moto server" if self.embedded_emulator else "external emulator (AWS_ENDPOINT_URL)"
@@ -158,6 +163,11 @@ class StackInfo:
                 f" {self.resources.messages_table};"
                 f" user pool {self.resources.user_pool_id}",
                 f"  TURN       {self.turn}",
+                *(
+                    [f"  Demo page  {self.demo_url}   a browser sends a file to a worker (signaling worker)"]
+                    if self.demo_url
+                    else []
+                ),
                 "Ctrl-C stops everything.",
                 f"READY api={self.api_url} relay={self.relay_url} aws={self.aws_endpoint}",
             ]
@@ -174,6 +184,7 @@ class Stack:
         self._turn: coturn.Coturn | None = None
         self._stopping = False
         self._turn_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._demo: DemoServer | None = None
 
     def _start_emulator(self) -> str:
         external = os.environ.get("AWS_ENDPOINT_URL")
@@ -223,6 +234,7 @@ class Stack:
             "stun_urls": [f"stun:{TURN_HOST}:{turn_port}"] if turn_port else [],
             "turn_urls": [f"turn:{TURN_HOST}:{turn_port}?transport={t}" for t in ("udp", "tcp")] if turn_port else [],
             "turn_secrets": [cfg.turn_secret],
+            **self._demo_origin(),
             **cfg.overrides,
         }
         common = CommonSettings(**base)
@@ -241,16 +253,27 @@ class Stack:
         self._api = HttpServer(apis, common, cfg.api_port)
         api_port = await self._api.start()
 
+        api_url, relay_url = f"http://{cfg.host}:{api_port}", f"ws://{cfg.host}:{relay_port}"
+        demo_url = self._demo.start(api_url, relay_url) if self._demo is not None else ""
         self.info = StackInfo(
-            api_url=f"http://{cfg.host}:{api_port}",
-            relay_url=f"ws://{cfg.host}:{relay_port}",
+            api_url=api_url,
+            relay_url=relay_url,
             aws_endpoint=endpoint,
             embedded_emulator=self._moto is not None,
             resources=resources,
             common=CommonSettings(**base),
             turn=self._turn_summary(turn_port),
+            demo_url=demo_url,
         )
         return self.info
+
+    def _demo_origin(self) -> dict[str, Any]:
+        """Bind the demo page's port (its origin must be known before the services start)
+        and allow that origin in the services' CORS and Origin allowlists."""
+        if self.config.demo_port is None:
+            return {}
+        self._demo = DemoServer(self.config.host, self.config.demo_port)
+        return {"cors_origins": [self._demo.origin]}
 
     def _turn_summary(self, port: int | None) -> str:
         if self._turn is not None:
@@ -263,6 +286,9 @@ class Stack:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._demo is not None:
+            await asyncio.to_thread(self._demo.stop)
+            self._demo = None
         if self.relay is not None:
             await self.relay.stop()
         if self._api is not None:
