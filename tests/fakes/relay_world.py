@@ -37,6 +37,10 @@ class FakeLink:
     closed: tuple[int, str] | None = None
     on_confirm: Callable[[int], None] | None = None
     refuse: bool = False  # send() answers False, as a link that cannot keep up
+    # The real link's outbox limit, for a client that reads nothing: past it a frame that
+    # is not owed already (not ``replay``) closes the link (4501), as WebSocketLink does.
+    outbox_max: int | None = None
+    unread: int = 0
 
     def is_open(self) -> bool:
         return self.closed is None
@@ -46,6 +50,11 @@ class FakeLink:
     ) -> bool:
         if self.closed is not None or self.refuse:
             return False
+        if not replay and self.outbox_max is not None:
+            if self.unread >= self.outbox_max:
+                self.close(4501, "too many unread messages, reconnect")
+                return False
+            self.unread += 1
         self.sent.append(json.loads(frame))
         if seq is not None:
             self.seqs.append(seq)
@@ -127,9 +136,9 @@ class World:
         await self.repository.create_room(room)
         return room
 
-    def connect(self, remote_ip: str = "192.0.2.1") -> Client:
+    def connect(self, remote_ip: str = "192.0.2.1", *, outbox_max: int | None = None) -> Client:
         self._links += 1
-        link = FakeLink(f"link-{self._links}")
+        link = FakeLink(f"link-{self._links}", outbox_max=outbox_max)
         return Client(self.relay.open_connection(link, remote_ip), link)
 
     async def send(self, client: Client, message: dict[str, Any] | str) -> None:

@@ -66,6 +66,23 @@ async def test_a_message_for_a_peer_not_there_yet_is_held_and_delivered() -> Non
     assert world.metrics.held.labels("delivered")._value.get() == 1
 
 
+async def test_what_was_held_for_a_member_is_delivered_whole_past_the_outbox_limit() -> None:
+    """Held messages (and what waited behind them) were accepted for the member already:
+    a burst of them larger than the outbox does not cut off the client that registers."""
+    world = World(outbox_max_messages=4)
+    await world.room()
+    a = await world.register("A", sub="alice")
+    for i in range(6):
+        await world.send(a, {"type": "peer_message", "to_peer_id": "B", "payload": i, "id": i})
+    b = await world.register("B", sub="bob", client=world.connect(outbox_max=4))
+    assert b.link.close_code() is None
+    assert [frame["payload"] for frame in b.link.of_type("peer_message")] == list(range(6))
+    # What others send it live still counts against the outbox limit.
+    for i in range(5):
+        await world.send(a, {"type": "peer_message", "to_peer_id": "B", "payload": f"live-{i}"})
+    assert b.link.close_code() == CloseCode.SLOW_CONSUMER
+
+
 async def test_a_held_message_whose_read_fails_stays_held() -> None:
     world = World()
     await world.room()

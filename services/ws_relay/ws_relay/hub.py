@@ -54,8 +54,8 @@ class Link(Protocol):
     ) -> bool:
         """Queue ``frame``; False if the connection is closing or cannot keep up.
 
-        ``replay`` frames (a resume's, and answers to what the peer sent) are owed already
-        and bypass the outbox limit."""
+        ``replay`` frames (a resume's, answers to what the peer sent, and what was held or
+        waited for it while it opened) are owed already and bypass the outbox limit."""
 
     def close(self, code: int, reason: str) -> None:
         """Close after the frames already queued."""

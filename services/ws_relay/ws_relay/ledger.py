@@ -69,6 +69,7 @@ class Ledger:
         *,
         kind: str,
         answer: bool = False,
+        flushed: bool = False,
     ) -> bool:
         """Number ``frame`` for ``member`` and send it, or keep it for a resume if detached.
 
@@ -77,8 +78,10 @@ class Ledger:
         ``owed`` is settled when the client confirms receipt (or fails if it never does).
         An ``answer`` (ack, expired, a failed delivery: one at most per message the member
         sent) is owed to it already and passes the buffer limits, which exist for what
-        others send it. A frame of a ``kind`` the member's client does not know (a v1 peer's:
-        ``ws_relay.compat``) is not sent either.
+        others send it. A ``flushed`` frame (held for the member, or waiting behind what was
+        held) was accepted for it already, within the resume buffer's bound: it passes the
+        outbox limit, which is for a reader that stops reading. A frame of a ``kind`` the
+        member's client does not know (a v1 peer's: ``ws_relay.compat``) is not sent either.
         """
         if member.gone or not compat.receives(member.profile, kind):
             return False
@@ -95,7 +98,7 @@ class Ledger:
                 return False
         seq, stamped = member.stamp(frame, owed, answer=answer)
         if member.link is not None:
-            member.link.send(stamped, started, seq, replay=answer)  # a slow reader is cut off and detached
+            member.link.send(stamped, started, seq, replay=answer or flushed)  # a slow reader is cut off and detached
         return True
 
     def reply(self, connection: Connection, frame: str, *, kind: str) -> None:
@@ -221,10 +224,12 @@ class Ledger:
             if answer:
                 member.in_flight.discard(message.correlation_id)
             kind = compat.kind_of(protocol.frame_type(message.frame) or "error", message.frame)
-            if not self.push(member, message.frame, owed=Owed(held_key=message.key), kind=kind, answer=answer):
+            if not self.push(
+                member, message.frame, owed=Owed(held_key=message.key), kind=kind, answer=answer, flushed=True
+            ):
                 self.mailbox.release(member.room_id, [message.key])  # held on (a v1 peer's: until it expires)
         for frame, started, owed, answer, kind in waiting:
-            if not self.push(member, frame, started, owed, kind=kind, answer=answer) and owed is not None:
+            if not self.push(member, frame, started, owed, kind=kind, answer=answer, flushed=True) and owed is not None:
                 self.fail(member.room_id, member.peer_id, owed)
         if held:
             log.info("held_delivered", count=len(held))
