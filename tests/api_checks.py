@@ -31,6 +31,22 @@ async def closing(*peers: Peer) -> AsyncIterator[None]:
             await peer.close()
 
 
+def cors_headers(response: httpx.Response) -> dict[str, str]:
+    """The response's ``Access-Control-*`` headers, names in lower case (each exactly once)."""
+    found = [(name.lower(), value) for name, value in response.headers.multi_items()]
+    cors = [(name, value) for name, value in found if name.startswith("access-control-")]
+    assert len(cors) == len(dict(cors)), cors  # none sent twice (e.g. by the service and a proxy)
+    return dict(cors)
+
+
+def preflight_headers(origin: str, method: str, *headers: str) -> dict[str, str]:
+    """The request headers of a browser's CORS preflight for ``method`` with ``headers``."""
+    asked = {"Origin": origin, "Access-Control-Request-Method": method}
+    if headers:
+        asked["Access-Control-Request-Headers"] = ",".join(h.lower() for h in headers)
+    return asked
+
+
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     """The response is ``status`` with exactly ``{"error": code, "detail": <reason>}``."""
     assert response.status_code == status, response.text

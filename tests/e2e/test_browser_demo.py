@@ -30,7 +30,6 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from devstack.stack import StackConfig, StackInfo, StackThread
-from signaling_shared.settings import CommonSettings
 from support import scaled
 from tools import require
 
@@ -245,8 +244,6 @@ def _signaling(info: StackInfo, *args: str) -> list[str]:
 def test_a_page_from_another_origin_sends_a_file_the_worker_hashes(
     browser_stack: StackInfo, chromium: str, tmp_path: Path
 ) -> None:
-    if "cors_origins" not in CommonSettings.model_fields:
-        pytest.skip("the APIs have no CORS yet (cors_origins, issue 19 items 1-2): a page on another origin is refused")
     info = browser_stack
     assert info.demo_url
     assert not info.demo_url.startswith(info.api_url)  # another origin than the API's

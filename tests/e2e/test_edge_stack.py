@@ -13,7 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
+from websockets.exceptions import InvalidStatus
 
+from api_checks import cors_headers, preflight_headers
 from cli_checks import cli_transfer
 from devstack.ports import entered_retrying_on_conflict
 from devstack.stack import StackInfo
@@ -25,16 +28,19 @@ from tools import require
 
 pytestmark = pytest.mark.e2e
 
+PAGE = "https://app.example.org"  # a browser page allowed by every service (cors_origins)
+
 
 @pytest.fixture
 async def deployed(stack: StackInfo, tmp_path: Path) -> AsyncIterator[tuple[Edge, dict[str, ServiceProcess]]]:
     """The three services as processes on the stack's tables, and the edge in front of them."""
     require("caddy")  # before any service starts
     async with AsyncExitStack() as running:
+        pages = {"cors_origins": [PAGE]}
         overrides: dict[str, dict[str, Any]] = {
-            "auth-api": {},
-            "rooms-api": {},
-            "ws-relay": {"stun_urls": [], "turn_urls": []},  # host candidates on loopback
+            "auth-api": pages,
+            "rooms-api": pages,
+            "ws-relay": {"stun_urls": [], "turn_urls": [], **pages},  # host candidates on loopback
         }
         services = {
             name: await running.enter_async_context(service_process(stack, name, **options))
@@ -109,3 +115,31 @@ async def test_cli_worker_and_client_move_a_file_through_the_edge(
 ) -> None:
     edge, _ = deployed
     await cli_transfer(["--api", edge.url, "--relay", edge.ws_url, "--ca-file", str(edge.ca_file)], tmp_path, capsys)
+
+
+async def test_cors_and_the_relays_origin_check_pass_through_the_edge_once(
+    deployed: tuple[Edge, dict[str, ServiceProcess]],
+) -> None:
+    """Through Caddy: the services' CORS answers reach the page unchanged, each header once
+    (the edge adds none); a refused origin gets none; the relay's 403 reaches it too."""
+    edge, _ = deployed
+    tls = trusting(edge)
+    async with httpx.AsyncClient(base_url=edge.url, verify=tls, timeout=TIMEOUT) as http:
+        signin = await http.options("/anonymous-signin", headers=preflight_headers(PAGE, "POST", "Content-Type"))
+        assert signin.status_code == 200, signin.text
+        assert cors_headers(signin)["access-control-allow-methods"] == "POST"
+        rooms = await http.options("/create-room", headers=preflight_headers(PAGE, "POST", "Authorization"))
+        assert rooms.status_code == 200, rooms.text
+        assert cors_headers(rooms)["access-control-allow-origin"] == PAGE
+        signed_in = await http.post("/anonymous-signin", headers={"Origin": PAGE})
+        assert signed_in.status_code == 200, signed_in.text
+        assert cors_headers(signed_in)["access-control-allow-origin"] == PAGE
+        other = "https://evil.example"
+        refused = await http.options("/anonymous-signin", headers=preflight_headers(other, "POST"))
+        assert (refused.status_code, refused.headers["Allow"], cors_headers(refused)) == (405, "POST", {})
+        assert cors_headers(await http.post("/anonymous-signin", headers={"Origin": other})) == {}
+    async with websockets.connect(edge.ws_url, ssl=tls, origin=PAGE, open_timeout=TIMEOUT):  # type: ignore[arg-type]
+        pass
+    with pytest.raises(InvalidStatus) as forbidden:
+        await websockets.connect(edge.ws_url, ssl=tls, origin=other, open_timeout=TIMEOUT)  # type: ignore[arg-type]
+    assert forbidden.value.response.status_code == 403

@@ -95,6 +95,34 @@ async def test_the_handshake_refuses_past_capacity_and_past_an_addresss_caps() -
         await idle.close()
 
 
+async def test_the_handshake_refuses_a_browser_origin_not_in_cors_origins() -> None:
+    """An Origin in cors_origins registers; another, two, or any with the default empty list
+    get 403 and signaling_ws_connections_refused_total{reason="origin"}; no Origin is allowed."""
+    page = "http://127.0.0.1:8003"
+    refused_origins: list[list[tuple[str, str]]] = [
+        [("Origin", "http://evil.example")],
+        [("Origin", "http://127.0.0.1:8004")],  # same host, another port: another origin
+        [("Origin", "null")],  # a sandboxed frame or a file:// page
+        [("Origin", page), ("Origin", "http://evil.example")],
+    ]
+    async with serving(cors_origins=[page]) as (server, world):
+        allowed = await registered(server, "A", Origin=page)
+        no_origin = await registered(server, "B")  # the Python SDK, the CLI: no Origin
+        for headers in refused_origins:
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(url(server), additional_headers=headers, open_timeout=TIMEOUT)
+            assert refused.value.response.status_code == 403, headers
+        metrics = world.metrics.render()[0].decode()
+        assert f'signaling_ws_connections_refused_total{{reason="origin"}} {len(refused_origins)}.0' in metrics
+        for ws in (allowed, no_origin):
+            await ws.close()
+    async with serving() as (server, world):  # cors_origins empty: no page may connect
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(url(server), origin=page, open_timeout=TIMEOUT)  # type: ignore[arg-type]
+        assert refused.value.response.status_code == 403
+        await (await registered(server, "C")).close()
+
+
 async def test_the_client_address_comes_from_trusted_proxies_only() -> None:
     async with serving(forwarded_allow_ips="127.0.0.1", max_unregistered_per_ip=1) as (server, _):
         # Behind the trusted proxy, two clients are two addresses: neither is refused.

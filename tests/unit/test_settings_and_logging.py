@@ -63,6 +63,41 @@ def test_limits_are_validated() -> None:
         RelaySettings(environment=Environment.DEVELOPMENT, max_peers_per_room=1)
 
 
+def test_cors_origins_are_exact_origins_from_a_comma_separated_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGNALING_CORS_ORIGINS is comma-separated (or JSON), kept as browsers send Origin; empty by default."""
+    assert CommonSettings(environment=Environment.DEVELOPMENT).cors_origins == []
+    monkeypatch.setenv("SIGNALING_CORS_ORIGINS", "http://127.0.0.1:8003, HTTPS://App.Example.org:443,http://[::1]:8080")
+    assert CommonSettings(environment=Environment.DEVELOPMENT).cors_origins == [
+        "http://127.0.0.1:8003",
+        "https://app.example.org",  # lower case, the default port dropped: what the browser sends
+        "http://[::1]:8080",
+    ]
+    monkeypatch.setenv("SIGNALING_CORS_ORIGINS", '["http://127.0.0.1:8003"]')  # JSON, as the other lists
+    assert CommonSettings(environment=Environment.DEVELOPMENT).cors_origins == ["http://127.0.0.1:8003"]
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "*",
+        "https://*.example.org",
+        "null",
+        "app.example.org",
+        "ftp://app.example.org",
+        "https://",
+        "https://app.example.org/",
+        "https://app.example.org/app",
+        "https://app.example.org?x=1",
+        "https://user@app.example.org",
+        "https://app.example.org:99999",
+    ],
+)
+def test_cors_origins_refuse_wildcards_paths_and_non_origins(origin: str) -> None:
+    """Each entry must be one exact http(s) origin: no wildcard, no path, no query, no user."""
+    with pytest.raises(ValidationError, match="cors_origins"):
+        CommonSettings(environment=Environment.DEVELOPMENT, cors_origins=["https://ok.example.org", origin])
+
+
 def test_log_events_are_json_and_secret_fields_are_redacted() -> None:
     """Whatever logs a token, ID token, SDP or candidate field, the line shows it redacted."""
     buffer = io.StringIO()

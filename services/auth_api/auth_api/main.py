@@ -36,6 +36,7 @@ def create_app(settings: AuthSettings, metrics: ServiceMetrics | None = None) ->
                 )
             )
         ],
+        settings=settings,
     )
 
 

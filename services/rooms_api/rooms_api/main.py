@@ -34,6 +34,7 @@ def create_app(settings: RoomsSettings, metrics: ServiceMetrics | None = None) -
         metrics=metrics,
         checks={"dynamodb": repository.check, "jwks": verifier.check},
         routers=[rooms_router(service, bearer_identity(verifier), settings)],
+        settings=settings,
     )
 
 

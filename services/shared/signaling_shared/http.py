@@ -22,11 +22,12 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match, Route
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from signaling_shared.auth import Identity, TokenVerifier
 from signaling_shared.aws import use_io_threads
+from signaling_shared.cors import RouteCORSMiddleware, route_policies
 from signaling_shared.errors import (
     ErrorCode,
     InternalError,
@@ -87,17 +88,32 @@ def error_response(
     )
 
 
-def _allowed_methods(request: Request) -> str:
-    """The ``Allow`` value for the request's path: the methods of every route serving it.
+# Every method a route can declare (Starlette's list), in the order Allow lists them.
+_HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "QUERY")
 
-    Starlette's 405 names only the first route that matched the path, and a path such as
-    ``/rooms/{room_id}`` is served by one route per method.
+
+def _allowed_methods(request: Request) -> str:
+    """The ``Allow`` value for the request's path: the methods the app's router serves there.
+
+    Asked of the router itself (each method tried on the path), since neither shortcut
+    holds: Starlette's 405 names only the first route that matched the path (and
+    ``/rooms/{room_id}`` is one route per method), and FastAPI keeps included routers behind
+    wrapper routes in ``app.router.routes``, so looking for ``Route`` objects there finds
+    none (which once gave an empty ``Allow``).
     """
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] is not Match.NONE:
-            methods |= route.methods
-    return ", ".join(sorted(methods))
+    path, root_path = request.scope["path"], request.scope.get("root_path", "")
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _HTTP_METHODS
+        if any(
+            # A fresh scope per probe: matching writes FastAPI's routing state into it.
+            route.matches({"type": "http", "method": method, "path": path, "root_path": root_path, "headers": []})[0]
+            is Match.FULL
+            for route in routes
+        )
+    ]
+    return ", ".join(allowed)
 
 
 def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
@@ -237,11 +253,20 @@ def build_app(
     metrics: ServiceMetrics,
     checks: Mapping[str, ReadinessCheck],
     routers: list[APIRouter],
+    settings: CommonSettings,
 ) -> FastAPI:
-    """A service's FastAPI app: its routers plus errors, request context and health."""
+    """A service's FastAPI app: its routers plus errors, request context and health, and
+    CORS on the routers' routes for ``settings.cors_origins`` (none: no CORS at all)."""
     app = FastAPI(title=title, version="0.1.0", description=description)
     app.state.metrics = metrics
     install_error_handlers(app, metrics)
+    if settings.cors_origins:  # inside the request context: preflights are logged and counted
+        app.add_middleware(
+            RouteCORSMiddleware,
+            policies=route_policies(routers),
+            origins=settings.cors_origins,
+            max_age=settings.cors_max_age_seconds,
+        )
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     for router in routers:
         app.include_router(router)

@@ -6,11 +6,13 @@ and passed down; nothing here reads the environment at import time.
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Handed out by the local stack only; refused in production.
 DEVELOPMENT_TURN_SECRET = "development-turn-secret-never-use-in-production"  # noqa: S105 - public on purpose
@@ -25,6 +27,29 @@ class Environment(StrEnum):
 def _env(name: str, *aliases: str) -> AliasChoices:
     """Accept ``SIGNALING_<NAME>`` and, where given, the AWS SDK's own variable names."""
     return AliasChoices(f"SIGNALING_{name.upper()}", name, *aliases)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def web_origin(value: str) -> str:
+    """``value`` as a browser serializes its page's origin in ``Origin`` (RFC 6454 section 6.2):
+    ``scheme://host[:port]``, lower case, without the scheme's default port. ValueError for
+    anything that is not one exact http(s) origin: a wildcard, ``null``, a path, a query."""
+    if "*" in value:
+        raise ValueError(f"{value!r}: wildcards are not allowed, list each origin exactly")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{value!r}: not an origin ({exc})") from None
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise ValueError(f"{value!r}: an origin is http:// or https:// and a host, e.g. https://app.example.org")
+    if parts.path or parts.query or parts.fragment or parts.username is not None or parts.password is not None:
+        raise ValueError(f"{value!r}: an origin has no path, query or user, e.g. https://app.example.org:8443")
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"  # IPv6 keeps its brackets
+    suffix = "" if port is None or port == _DEFAULT_PORTS[parts.scheme] else f":{port}"
+    return f"{parts.scheme}://{host}{suffix}"
 
 
 class CommonSettings(BaseSettings):
@@ -100,6 +125,30 @@ class CommonSettings(BaseSettings):
         default="127.0.0.1",
         description="Proxies whose X-Forwarded-For is trusted for the client address (comma-separated, '*' for any).",
     )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Web origins whose pages may call the APIs (CORS) and open relay sockets (Origin),"
+        " exactly as browsers send them, e.g. 'https://app.example.org,http://127.0.0.1:8003'."
+        " Empty: no CORS headers, and the relay refuses every handshake that carries an Origin.",
+    )
+    cors_max_age_seconds: int = Field(
+        default=600, ge=0, le=86_400, description="How long browsers may cache a CORS preflight's answer."
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        """From the environment: comma-separated, or a JSON list as the other list settings."""
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            return json.loads(value)
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _exact_origins(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(web_origin(origin) for origin in value))
 
     @model_validator(mode="after")
     def _production_ready(self) -> CommonSettings:

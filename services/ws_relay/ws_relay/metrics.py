@@ -20,7 +20,8 @@ class RelayMetrics(ServiceMetrics):
         )
         self.refused = Counter(
             "signaling_ws_connections_refused",
-            "Handshakes refused: 'capacity' (max_connections) or 'per_ip' (one address's caps).",
+            "Handshakes refused: 'capacity' (max_connections), 'per_ip' (one address's caps)"
+            " or 'origin' (a browser page's Origin not in cors_origins).",
             ["reason"],
             registry=r,
         )

@@ -1,7 +1,7 @@
 """The relay's process on one port: ``websockets`` in, ``Relay`` calls, a ``WebSocketLink``
 out; the same port answers ``/healthz``, ``/readyz`` and ``/metrics`` over plain HTTP.
-Here are the client's address (behind trusted proxies), the handshake's caps, the
-background tasks (leases, heartbeat, TURN probe) and the graceful stop.
+Here are the client's address (behind trusted proxies), the handshake's origin policy and
+caps, the background tasks (leases, heartbeat, TURN probe) and the graceful stop.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ class RelayServer:
         )
         self.metrics.connections_max.set(settings.max_connections)
         self._trusted = _trusted_networks(settings.forwarded_allow_ips)
+        self._origins = frozenset(settings.cors_origins)
         self._server: Server | None = None
         self._lease_task: asyncio.Task[None] | None = None
         self.turn_probe = TurnProbe(settings, self.metrics.turn_probes)
@@ -179,6 +180,13 @@ class RelayServer:
             await self.readiness.refresh()
             payload, content_type = self.metrics.render()
             return _with_type(ws.respond(HTTPStatus.OK, payload.decode()), content_type)
+        origins = request.headers.get_all("Origin")
+        if origins and (len(origins) > 1 or origins[0] not in self._origins):
+            # A browser's page (browsers always send Origin) from a site not in cors_origins:
+            # without this, any web page its user opens could use the relay in their name.
+            self.metrics.refused.labels("origin").inc()
+            log.info("handshake_refused", reason="origin", origin=origins[0][:200])
+            return ws.respond(HTTPStatus.FORBIDDEN, "this page's origin is not allowed (cors_origins)\n")
         if len(self.relay.connections.open) >= self.settings.max_connections:
             self.metrics.errors.labels("SERVER_BUSY").inc()
             self.metrics.refused.labels("capacity").inc()
