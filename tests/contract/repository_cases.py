@@ -17,7 +17,16 @@ from typing import Any
 import pytest
 
 from fakes.memory_repository import MemoryRepository
-from signaling_shared.dynamo import PeerRecord, QueuedMessage, RelayNode, Repository, Room, SavedSession
+from signaling_shared.dynamo import (
+    Booking,
+    Lease,
+    PeerRecord,
+    QueuedMessage,
+    RelayNode,
+    Repository,
+    Room,
+    SavedSession,
+)
 from signaling_shared.errors import ConditionFailed, NotFound, Unavailable
 
 AnyRepository = Repository | MemoryRepository
@@ -547,6 +556,53 @@ async def a_saved_session_is_not_taken_in_a_gone_room(repo: AnyRepository) -> No
     with pytest.raises(NotFound):
         await repo.take_session(replace(session.peer, connection_id="c2"), session, now=now)
     assert await repo.load_session("room-1", "A") == replace(session, peer=replace(session.peer, saved=True))
+
+
+# Bookings --------------------------------------------------------------------------
+
+
+@case
+async def a_booking_is_written_over_the_version_read_only(repo: AnyRepository) -> None:
+    """Of two writers that read the same version, one lands; the other reads again."""
+    now = clock()
+    await repo.create_room(room(now=now))
+    await repo.claim_peer(peer("W", now=now, max_claims=2), now=now)
+    assert (await repo.peer_entry("room-1", "W")).max_claims == 2  # type: ignore[union-attr]
+    empty = await repo.booking("room-1", "W")
+    assert empty == Booking("room-1", "W")
+    first = Booking("room-1", "W", (Lease("l1", "C1", "carol", now + 60),), version=1, expires_at=now + 7200)
+    second = Booking("room-1", "W", (Lease("l2", "C2", "dave", now + 60),), version=1, expires_at=now + 7200)
+    await repo.write_booking(first, read_version=0, peer_live_at=now)
+    with pytest.raises(ConditionFailed):
+        await repo.write_booking(second, read_version=0, peer_live_at=now)
+    assert await repo.booking("room-1", "W") == first
+    both = replace(first, leases=(*first.leases, Lease("l2", "C2", "dave", now + 30)), version=2)
+    await repo.write_booking(both, read_version=1, peer_live_at=now)
+    with pytest.raises(ConditionFailed):
+        await repo.write_booking(replace(both, version=2), read_version=1)
+    released = replace(both, leases=both.leases[1:], version=3)
+    await repo.write_booking(released, read_version=2)  # a release needs no live peer
+    stored = await repo.booking("room-1", "W")
+    assert stored == released
+    assert stored.live(now + 31) == ()
+    assert stored.lease("l2") == Lease("l2", "C2", "dave", now + 30)
+    assert await repo.held_messages("room-1") == []  # a booking is not a held message
+
+
+@case
+async def a_lease_is_granted_only_on_a_live_peer(repo: AnyRepository) -> None:
+    now = clock()
+    await repo.create_room(room(now=now))
+    await repo.claim_peer(peer("W", now=now, expires_at=now + 10), now=now)
+    booking = Booking("room-1", "W", (Lease("l1", "C", "carol", now + 60),), version=1, expires_at=now + 7200)
+    with pytest.raises(NotFound):
+        await repo.write_booking(booking, read_version=0, peer_live_at=now + 10)  # its entry lapsed by then
+    with pytest.raises(NotFound):
+        await repo.write_booking(replace(booking, peer_id="nobody"), read_version=0, peer_live_at=now)
+    assert await repo.booking("room-1", "W") == Booking("room-1", "W")
+    await repo.write_booking(booking, read_version=0, peer_live_at=now)
+    await repo.delete_room_messages("room-1")  # a deleted room's bookings go with its messages
+    assert await repo.booking("room-1", "W") == Booking("room-1", "W")
 
 
 # Health ----------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 from signaling_shared.dynamo import (
     NODES_ITEM,
     TOMBSTONE_PREFIX,
+    Booking,
     PeerRecord,
     QueuedMessage,
     RelayNode,
@@ -42,6 +43,9 @@ from signaling_shared.dynamo import (
     SavedSession,
 )
 from signaling_shared.dynamo.records import (
+    booking_from,
+    booking_item,
+    booking_key,
     compact_json,
     is_held_message_key,
     message_from,
@@ -108,7 +112,7 @@ class MemoryRepository:
         self.operations: list[str] = []
         self._failures: dict[str, list[BaseException]] = {}
         # The real repository's stores: here one object answers for all of them.
-        self.rooms = self.peers = self.messages = self.sessions = self
+        self.rooms = self.peers = self.messages = self.sessions = self.bookings = self
 
     # Test controls -----------------------------------------------------------------
 
@@ -411,6 +415,32 @@ class MemoryRepository:
     async def delete_room_messages(self, room_id: str) -> None:
         items = await self._run("delete_room_messages", lambda: self._room_messages(room_id))
         await self.delete_messages(room_id, [item["msg_key"]["S"] for item in items])
+
+    # Bookings ----------------------------------------------------------------------
+
+    async def booking(self, room_id: str, peer_id: str) -> Booking:
+        item = await self._run("booking", lambda: self.messages_table.get((room_id, booking_key(peer_id))))
+        return booking_from(room_id, peer_id, item)
+
+    async def write_booking(self, booking: Booking, *, read_version: int, peer_live_at: int | None = None) -> None:
+        def put() -> None:
+            key = (booking.room_id, booking_key(booking.peer_id))
+            stored = self.messages_table.get(key)
+            version_ok = (
+                stored is None
+                if not read_version
+                else stored is not None and stored["version"]["N"] == str(read_version)
+            )
+            if peer_live_at is not None:
+                entry = self.peers_table.get((booking.room_id, booking.peer_id))
+                entry_ok = entry is not None and int(entry["expires_at"]["N"]) > peer_live_at
+                if not entry_ok:
+                    raise NotFound("the peer is not in the room", operation="write_booking")
+            if not version_ok:
+                raise _condition_failed("write_booking")
+            self.messages_table[key] = booking_item(booking)
+
+        await self._run("write_booking", put)
 
     # Saved sessions ----------------------------------------------------------------
 

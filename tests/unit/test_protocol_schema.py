@@ -49,6 +49,12 @@ def test_checked_in_schema_is_what_the_code_generates() -> None:
         frames.pong(7),
         frames.error_frame(InvalidJson()),
         frames.error_frame(PeerNotFound(), "m2"),
+        frames.claimed("w", "l~w", 1_800_000_000, "c1"),
+        frames.claimed("w", "l~w", 1_800_000_000, None),
+        frames.released("w", "l~w", 3),
+        frames.booked("l~w", "c", 1_800_000_000),
+        frames.lease_ended("w", "l~w", "c", "expired"),
+        frames.peer_availability("w", 1, 2),
     ],
 )
 def test_every_server_frame_matches_the_schema(frame: str) -> None:

@@ -40,6 +40,9 @@ class ErrorCode(StrEnum):
     PEER_ERROR = "PEER_ERROR"
     DELIVERY_FAILED = "DELIVERY_FAILED"
     QUEUE_FULL = "QUEUE_FULL"
+    # Booking
+    ALREADY_CLAIMED = "ALREADY_CLAIMED"
+    LEASE_NOT_FOUND = "LEASE_NOT_FOUND"
     # Limits and dependencies
     RATE_LIMITED = "RATE_LIMITED"
     SERVER_BUSY = "SERVER_BUSY"
@@ -194,6 +197,18 @@ class QueueFull(SignalingError):
     code = ErrorCode.QUEUE_FULL
     http_status = 429
     default_reason = "too many messages are already held for peers not in the room"
+
+
+class AlreadyClaimed(SignalingError):
+    code = ErrorCode.ALREADY_CLAIMED
+    http_status = 409
+    default_reason = "the peer is claimed by as many clients as it takes"
+
+
+class LeaseNotFound(SignalingError):
+    code = ErrorCode.LEASE_NOT_FOUND
+    http_status = 404
+    default_reason = "no such lease of yours: it expired or was released"
 
 
 class RateLimited(SignalingError):

@@ -292,6 +292,16 @@ class RelaySettings(CommonSettings):
     queue_ttl_max_seconds: int = Field(
         default=900, ge=900, le=7 * 24 * 3600, description="The longest hold a sender may ask for (at least 15 min)."
     )
+    claim_ttl_default_seconds: int = Field(
+        default=300, ge=1, description="A lease's lifetime when a claim or renew names none."
+    )
+    claim_ttl_min_seconds: int = Field(default=5, ge=1, description="The shortest lease a client may ask for.")
+    claim_ttl_max_seconds: int = Field(default=3600, ge=1, description="The longest lease a client may ask for.")
+    claims_per_minute: float = Field(
+        default=30.0, gt=0, description="Claims, renewals and releases per identity (each is a DynamoDB write)."
+    )
+    claim_burst: int = Field(default=10, ge=1)
+    max_leases_per_peer: int = Field(default=8, ge=1, description="Leases one peer may hold at once.")
     queue_max_per_peer: int = Field(default=100, ge=1, description="Messages held for one absent peer.")
     queue_max_per_room: int = Field(default=1000, ge=1, description="Messages held in one room, for all absent peers.")
     queue_max_per_sender: int = Field(default=100, ge=1, description="Messages one peer has held in its room.")
@@ -325,4 +335,8 @@ class RelaySettings(CommonSettings):
         if self.public_ws_url and "node_id" not in self.model_fields_set:
             # Two nodes with the default id would overwrite each other's entry and rooms.
             raise ValueError("a relay with public_ws_url needs its own node_id (SIGNALING_NODE_ID)")
+        if not self.claim_ttl_min_seconds <= self.claim_ttl_default_seconds <= self.claim_ttl_max_seconds:
+            raise ValueError(
+                "claim_ttl_default_seconds must lie between claim_ttl_min_seconds and claim_ttl_max_seconds"
+            )
         return self

@@ -170,6 +170,7 @@ class FreshClaim(Claim):
             room_expires_at=room.expires_at,
             role=message.role,
             metadata=message.metadata,
+            max_claims=message.max_claims,
             resume_hashes=(hash_room_token(resume_token),),
             waiting=[],  # until the messages held for it are read
         )
@@ -324,6 +325,7 @@ class SavedClaim(Claim):
             room_expires_at=room.expires_at,
             role=saved.peer.role,
             metadata=saved.peer.metadata,
+            max_claims=saved.peer.max_claims,
             resume_hashes=(hash_room_token(resume_token), *saved.resume_hashes[:1]),
             session_id=saved.session_id,
             in_flight=set(saved.in_flight),
@@ -401,6 +403,7 @@ class OrphanClaim(Claim):
             room_expires_at=room.expires_at,
             role=entry.role,
             metadata=entry.metadata,
+            max_claims=entry.max_claims,
             resume_hashes=(hash_room_token(resume_token),),
             seq=message.last_seq,
             waiting=[],  # live frames for it wait behind what is held for it

@@ -65,6 +65,7 @@ class Cluster:
             expires_at=self.lease_end(now, member.room_expires_at),
             role=member.role,
             metadata=member.metadata,
+            max_claims=member.max_claims,
         )
 
     async def restore(self, member: Member, now: float) -> None:

@@ -58,12 +58,14 @@ def _is_operator_object(condition: Any) -> bool:
 
 def validate_filters(filters: Mapping[str, Any]) -> None:
     """Raise FilterError if ``filters`` is not a well-formed filter."""
-    unknown = set(filters) - {"role", "tags", "properties", "room_id"}
+    unknown = set(filters) - {"role", "tags", "properties", "room_id", "available"}
     if unknown:
         raise FilterError(f"unknown filter key {sorted(unknown)[0]!r}")
     role = filters.get("role")
     if role is not None and not isinstance(role, str):
         raise FilterError("filters.role must be a string")
+    if not isinstance(filters.get("available", True), bool):
+        raise FilterError("filters.available must be true or false (a free claim slot, ws_relay.booking)")
     if not isinstance(filters.get("room_id", ""), str):
         raise FilterError("filters.room_id must be a string (the caller's own room)")
     tags = filters.get("tags", [])
@@ -114,9 +116,20 @@ def condition_holds(value: Any, condition: Any) -> bool:
     return same(value, condition)
 
 
-def matches(filters: Mapping[str, Any], role: str, metadata: Mapping[str, Any], *, any_tag: bool = False) -> bool:
+def matches(
+    filters: Mapping[str, Any],
+    role: str,
+    metadata: Mapping[str, Any],
+    *,
+    any_tag: bool = False,
+    available: bool = True,
+) -> bool:
     """Whether a peer with ``role`` and ``metadata`` matches validated ``filters`` (``room_id``
-    is the caller's to check). ``any_tag``: one listed tag is enough."""
+    is the caller's to check). ``any_tag``: one listed tag is enough. ``available``: whether
+    the peer has a free claim slot, for ``"available": true|false``."""
+    wanted_available = filters.get("available")
+    if wanted_available is not None and wanted_available is not available:
+        return False
     wanted_role = filters.get("role")
     if wanted_role is not None and role != wanted_role:
         return False

@@ -187,3 +187,47 @@ def error_frame(error: SignalingError, correlation_id: str | int | None = None) 
     if error.retry_after is not None and correlation_id is not None:
         frame["retry_after_ms"] = max(1, math.ceil(error.retry_after * 1000))
     return encode(with_id(frame, correlation_id))
+
+
+# Booking (ws_relay.booking) ---------------------------------------------------------
+
+
+def claimed(peer_id: str, lease_id: str, expires_at: int, correlation_id: str | int | None) -> str:
+    """A lease granted or renewed: the lease as it now stands."""
+    frame = {"type": "claimed", "peer_id": peer_id, "lease_id": lease_id, "expires_at": expires_at}
+    return encode(with_id(frame, correlation_id))
+
+
+def released(peer_id: str, lease_id: str, correlation_id: str | int | None) -> str:
+    return encode(with_id({"type": "released", "peer_id": peer_id, "lease_id": lease_id}, correlation_id))
+
+
+def booked(lease_id: str, by_peer_id: str, expires_at: int) -> str:
+    """To the booked peer: a client holds a lease on it."""
+    return encode({"type": "booked", "lease_id": lease_id, "by_peer_id": by_peer_id, "expires_at": expires_at})
+
+
+def lease_ended(peer_id: str, lease_id: str, holder_peer_id: str, reason: str) -> str:
+    """To the booked peer and the holder: the lease is over (released, expired, left)."""
+    return encode(
+        {
+            "type": "lease_ended",
+            "peer_id": peer_id,
+            "lease_id": lease_id,
+            "holder_peer_id": holder_peer_id,
+            "reason": reason,
+        }
+    )
+
+
+def peer_availability(peer_id: str, claims: int, max_claims: int) -> str:
+    """To the room: how booked a peer is now."""
+    return encode(
+        {
+            "type": "peer_availability",
+            "peer_id": peer_id,
+            "available": claims < max_claims,
+            "claims": claims,
+            "max_claims": max_claims,
+        }
+    )

@@ -131,6 +131,11 @@ class Member:
     in_flight: set[str | int] = field(default_factory=set)
     # Timer handles owned by the service (room expiry, ICE refresh, resume window).
     timers: dict[str, TimerHandle] = field(default_factory=dict)
+    # Booking (ws_relay.booking): how many leases it may be under at once; the leases on it
+    # granted by this node (lease id -> expiry); the leases it holds (lease id -> peer id).
+    max_claims: int = 1
+    booked: dict[str, int] = field(default_factory=dict)
+    holding: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.waiting is not None:

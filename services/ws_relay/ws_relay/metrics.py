@@ -18,6 +18,13 @@ class RelayMetrics(ServiceMetrics):
         self.connections_opened = Counter(
             "signaling_ws_connections_opened", "WebSocket connections accepted.", registry=r
         )
+        self.claims = Counter(
+            "signaling_claims",
+            "Booking (claim): 'granted', 'refused' (ALREADY_CLAIMED), and how leases end: 'released',"
+            " 'expired', 'holder_left', 'peer_left'.",
+            ["outcome"],
+            registry=r,
+        )
         self.refused = Counter(
             "signaling_ws_connections_refused",
             "Handshakes refused: 'capacity' (max_connections), 'per_ip' (one address's caps)"

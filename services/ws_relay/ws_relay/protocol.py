@@ -62,6 +62,7 @@ from signaling_shared.tokens import ID_PATTERN
 
 PeerId = Field(pattern=ID_PATTERN, description="1-128 of A-Z a-z 0-9 _ . : @ + -")
 ROLE_PATTERN = r"^[A-Za-z0-9_.-]{1,32}$"
+MAX_CLAIMS = 64  # a register's max_claims, at most
 DEFAULT_ROLE = "peer"
 # A correlation id: the client's own, echoed back in ack, error and replies.
 CorrelationId = Annotated[str, Field(min_length=1, max_length=64)] | Annotated[int, Field(ge=0, lt=2**53)]
@@ -91,6 +92,7 @@ class Register(_ClientMessage):
     last_seq: int = Field(default=0, ge=0, lt=2**53, description="The last seq the client received.")
     protocol: int | None = Field(default=None, ge=1, le=2, description="1: the seed's frames only; 2: all.")
     is_admin: bool | None = Field(default=None, description="The successor's admin claim for its room.")
+    max_claims: int = Field(default=1, ge=1, le=MAX_CLAIMS, description="Clients that may hold a lease on it at once.")
 
 
 class _Relayed(_ClientMessage):
@@ -191,6 +193,32 @@ class Ping(_ClientMessage):
     type: Literal["ping"]
 
 
+LeaseId = Field(min_length=1, max_length=64)
+LeaseTtl = Field(default=None, ge=1, le=7 * 24 * 3600, description="Seconds; the relay's bounds apply.")
+
+
+class Claim(_ClientMessage):
+    """Book a peer (a worker): granted atomically across relay nodes, up to its ``max_claims``."""
+
+    type: Literal["claim"]
+    peer_id: str = PeerId
+    ttl_seconds: int | None = LeaseTtl
+
+
+class Renew(_ClientMessage):
+    type: Literal["renew"]
+    lease_id: str = LeaseId
+    ttl_seconds: int | None = LeaseTtl
+
+
+class Release(_ClientMessage):
+    type: Literal["release"]
+    lease_id: str = LeaseId
+
+
+BookingMessage = Claim | Renew | Release
+
+
 RelayedMessage = Offer | Answer | Candidate | PeerError
 MeshMessage = MeshConnect | MeshAnswer | IceCandidate
 # For one peer: may be held for it.
@@ -211,6 +239,9 @@ AnyClientMessage = (
     | Ping
     | Query
     | Quit
+    | Claim
+    | Renew
+    | Release
 )
 ClientMessage = Annotated[AnyClientMessage, Field(discriminator="type")]
 _CLIENT_MESSAGE: TypeAdapter[AnyClientMessage] = TypeAdapter(ClientMessage)

@@ -32,6 +32,7 @@ from signaling_shared.errors import (
 from signaling_shared.ratelimit import KeyedRateLimiter
 from signaling_shared.settings import RelaySettings
 from ws_relay import compat, discovery, frames, protocol
+from ws_relay.booking import Bookings
 from ws_relay.claims import Seats
 from ws_relay.close_codes import CloseCode
 from ws_relay.cluster import Cluster
@@ -93,6 +94,7 @@ class Relay:
             settings, repository, verifier, seats=seats, clock=clock, closing=lambda: self.closing
         )
         self.router = Router(settings, self.hub, self.ledger, metrics, clock=clock)
+        self.bookings = Bookings(settings, self.hub, self.ledger, repository, metrics, clock=clock, spawn=self._spawn)
         self._unhandled_logs = KeyedRateLimiter.per_minute(UNHANDLED_LOGS_PER_MINUTE, UNHANDLED_LOGS_BURST)
 
     # Connections -------------------------------------------------------------------
@@ -151,6 +153,7 @@ class Relay:
             timer.cancel()
         log.info("peer_left", room_id=member.room_id, peer_id=member.peer_id, reason=reason)
         self.ledger.settle_departed(member, reason)
+        self.bookings.departed(member)
         if not self.hub.in_room(member.room_id):
             self.handoff.room_emptied(member.room_id)
         self.ledger.to_others(member, frames.peer_left(member.peer_id, reason), kind="peer_left")
@@ -216,6 +219,15 @@ class Relay:
         if isinstance(message, protocol.Quit):
             self.end(member, CloseCode.QUIT, "quit")
             return
+        if isinstance(message, protocol.Claim):
+            reply(connection, await self.bookings.claim(member, message), kind="claimed")
+            return
+        if isinstance(message, protocol.Renew):
+            reply(connection, await self.bookings.renew(member, message), kind="claimed")
+            return
+        if isinstance(message, protocol.Release):
+            reply(connection, await self.bookings.release(member, message), kind="released")
+            return
         if isinstance(message, protocol.UpdateMetadata):
             recipients = len(self.hub.others(member))  # a frame to each
             charge_fan_out(connection, recipients, "an update_metadata", self.settings.messages_per_second)
@@ -261,7 +273,9 @@ class Relay:
         return [
             other.view()
             for other in self.hub.others(member)
-            if discovery.matches(filters, other.role, other.metadata, any_tag=any_tag)
+            if discovery.matches(
+                filters, other.role, other.metadata, any_tag=any_tag, available=self.bookings.available(other)
+            )
         ]
 
     # Leases and shutdown -----------------------------------------------------------

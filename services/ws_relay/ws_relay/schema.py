@@ -241,6 +241,52 @@ class Error(_Numbered):
     )
 
 
+class Claimed(_Numbered):
+    """v2: the answer to claim and renew: the lease as it now stands."""
+
+    type: Literal["claimed"]
+    peer_id: str = Field(description="The peer booked.")
+    lease_id: str = Field(description="Names the lease in renew and release.")
+    expires_at: int = Field(description="Epoch seconds: the lease ends then unless renewed.")
+    id: CorrelationId | None = None
+
+
+class Released(_Numbered):
+    type: Literal["released"]
+    peer_id: str
+    lease_id: str
+    id: CorrelationId | None = None
+
+
+class Booked(_Numbered):
+    """v2, to the booked peer: a client holds a lease on it."""
+
+    type: Literal["booked"]
+    lease_id: str
+    by_peer_id: str
+    expires_at: int
+
+
+class LeaseEnded(_Numbered):
+    """v2, to the booked peer and the holder: a lease is over."""
+
+    type: Literal["lease_ended"]
+    peer_id: str = Field(description="The peer that was booked.")
+    lease_id: str
+    holder_peer_id: str
+    reason: Literal["released", "expired", "holder_left", "peer_left"]
+
+
+class PeerAvailability(_Numbered):
+    """v2, to the room: a lease on one of its peers started or ended."""
+
+    type: Literal["peer_availability"]
+    peer_id: str
+    available: bool = Field(description="Whether it has a free claim slot.")
+    claims: int
+    max_claims: int
+
+
 AnyServerMessage = (
     RegisteredAuth
     | IceServers
@@ -264,6 +310,11 @@ AnyServerMessage = (
     | MeshOfferDelivered
     | MeshAnswerDelivered
     | IceCandidateDelivered
+    | Claimed
+    | Released
+    | Booked
+    | LeaseEnded
+    | PeerAvailability
 )
 ServerMessage = Annotated[AnyServerMessage, Field(discriminator="type")]
 SERVER_MESSAGE: TypeAdapter[AnyServerMessage] = TypeAdapter(ServerMessage)

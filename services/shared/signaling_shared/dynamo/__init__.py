@@ -13,7 +13,8 @@ One store per aggregate, over one shared client (``client.Dynamo``):
 - ``rooms.RoomStore``: rooms, their tombstones, the relay-node registry (rooms table);
 - ``peers.PeerStore``: the routing table (peers table);
 - ``messages.MessageStore``: held messages (messages table);
-- ``sessions.SessionStore``: sessions saved at shutdown (a peer's entry plus its frames).
+- ``sessions.SessionStore``: sessions saved at shutdown (a peer's entry plus its frames);
+- ``bookings.BookingStore``: the leases clients hold on a peer (messages table).
 
 ``Repository`` composes them (``repository.rooms``, ``.peers``, ``.messages``,
 ``.sessions``) and answers every method itself, so a consumer can be handed the whole
@@ -26,6 +27,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from signaling_shared.aws import make_client
+from signaling_shared.dynamo.bookings import BookingStore
 from signaling_shared.dynamo.client import Dynamo, translate_error
 from signaling_shared.dynamo.messages import MessageStore
 from signaling_shared.dynamo.peers import PeerStore
@@ -35,6 +37,8 @@ from signaling_shared.dynamo.records import (
     PEER_ID_INDEX,
     TOMBSTONE_PREFIX,
     TOMBSTONE_SECONDS,
+    Booking,
+    Lease,
     PeerRecord,
     QueuedMessage,
     RelayNode,
@@ -52,7 +56,10 @@ __all__ = [
     "PEER_ID_INDEX",
     "TOMBSTONE_PREFIX",
     "TOMBSTONE_SECONDS",
+    "Booking",
+    "BookingStore",
     "Dynamo",
+    "Lease",
     "MessageStore",
     "PeerRecord",
     "PeerStore",
@@ -94,6 +101,7 @@ class Repository:
         self.peers = PeerStore(db)
         self.messages = MessageStore(db)
         self.sessions = SessionStore(db, self.peers, self.messages)
+        self.bookings = BookingStore(db)
 
     @classmethod
     def from_settings(
@@ -205,6 +213,14 @@ class Repository:
 
     async def take_session(self, peer: PeerRecord, saved: SavedSession, *, now: int) -> None:
         await self.sessions.take_session(peer, saved, now=now)
+
+    # Bookings (BookingStore) ------------------------------------------------------
+
+    async def booking(self, room_id: str, peer_id: str) -> Booking:
+        return await self.bookings.booking(room_id, peer_id)
+
+    async def write_booking(self, booking: Booking, *, read_version: int, peer_live_at: int | None = None) -> None:
+        await self.bookings.write_booking(booking, read_version=read_version, peer_live_at=peer_live_at)
 
     # Health ------------------------------------------------------------------------
 

@@ -76,6 +76,7 @@ class PeerRecord:
     # The registration it belongs to (kept over resumes): a node that takes over the room of
     # a node that died recovers the session under it, so what was owed to it still is.
     session_id: str = ""
+    max_claims: int = 1  # how many leases (bookings.Booking) it may be under at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +216,7 @@ def peer_item(peer: PeerRecord) -> dict[str, Any]:
         "role": string(peer.role),
         "metadata": string(compact_json(peer.metadata)),
         **({"session_id": string(peer.session_id)} if peer.session_id else {}),
+        **({"max_claims": number(peer.max_claims)} if peer.max_claims != 1 else {}),
     }
 
 
@@ -232,6 +234,7 @@ def peer_from(item: dict[str, Any]) -> PeerRecord:
         metadata=json_object(item.get("metadata", {}).get("S", "{}")),
         saved="saved_session" in item,
         session_id=item.get("session_id", {}).get("S", ""),
+        max_claims=int(item.get("max_claims", {}).get("N", "1")),
     )
 
 
@@ -265,6 +268,64 @@ def message_from(item: dict[str, Any]) -> QueuedMessage:
         claimed_until_ms=int(item.get("claimed_until_ms", {}).get("N", "0")),
         for_session=item.get("for_session", {}).get("S", ""),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One client's claim on a peer (a worker), until ``expires_at`` unless renewed."""
+
+    lease_id: str
+    holder_peer_id: str
+    holder_sub: str
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Booking:
+    """The leases on one peer of a room, as stored: written only over the ``version`` read
+    (``version`` 0: nothing stored yet), so two writers cannot both add to what they read."""
+
+    room_id: str
+    peer_id: str
+    leases: tuple[Lease, ...] = ()
+    version: int = 0
+    expires_at: int = 0  # the TTL: its room's expiry and a margin
+
+    def live(self, now: float) -> tuple[Lease, ...]:
+        return tuple(lease for lease in self.leases if lease.expires_at > now)
+
+    def lease(self, lease_id: str) -> Lease | None:
+        return next((lease for lease in self.leases if lease.lease_id == lease_id), None)
+
+
+# In the messages table under a key no held message (no '!') or saved frame ('<peer>!')
+# has: it goes with the room's messages when the room is deleted.
+def booking_key(peer_id: str) -> str:
+    return f"!booking!{peer_id}"
+
+
+def booking_item(booking: Booking) -> dict[str, Any]:
+    return {
+        "room_id": string(booking.room_id),
+        "msg_key": string(booking_key(booking.peer_id)),
+        "leases": string(
+            compact_json(
+                [[lease.lease_id, lease.holder_peer_id, lease.holder_sub, lease.expires_at] for lease in booking.leases]
+            )
+        ),
+        "version": number(booking.version),
+        "expires_at": number(booking.expires_at),
+    }
+
+
+def booking_from(room_id: str, peer_id: str, item: dict[str, Any] | None) -> Booking:
+    if item is None:
+        return Booking(room_id, peer_id)
+    leases = tuple(
+        Lease(str(lease_id), str(holder), str(sub), int(expires_at))
+        for lease_id, holder, sub, expires_at in json.loads(item["leases"]["S"])
+    )
+    return Booking(room_id, peer_id, leases, int(item["version"]["N"]), int(item["expires_at"]["N"]))
 
 
 def is_held_message_key(key: str) -> bool:
