@@ -19,3 +19,12 @@ def test_the_cli_takes_a_room_token_that_starts_with_a_dash(form: list[str]) -> 
 def test_a_missing_token_is_still_an_error() -> None:
     with pytest.raises(SystemExit):
         cli.parse_args(["worker", "--room", "r1", "--token", "--once"])
+
+
+def test_the_worker_takes_max_claims_within_the_relays_bounds() -> None:
+    """--max-claims goes to the registration (1 to 64); without it the relay's default holds."""
+    assert cli.parse_args(["worker", "--room", "r1", "--token", "t", "--max-claims", "3"]).max_claims == 3
+    assert cli.parse_args(["worker", "--room", "r1", "--token", "t"]).max_claims is None
+    for wrong in ("0", "65", "two"):
+        with pytest.raises(SystemExit):
+            cli.parse_args(["worker", "--room", "r1", "--token", "t", "--max-claims", wrong])

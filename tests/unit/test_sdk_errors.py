@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 
 from signaling_sdk import (
+    AlreadyClaimed,
     AuthError,
     DeliveryFailed,
     InvalidRequest,
+    LeaseNotFound,
     PeerError,
     QueueFull,
     RateLimited,
@@ -30,6 +32,8 @@ from signaling_shared.errors import ErrorCode
         ("PEER_ID_TAKEN", PeerError),
         ("DELIVERY_FAILED", DeliveryFailed),
         ("QUEUE_FULL", QueueFull),
+        ("ALREADY_CLAIMED", AlreadyClaimed),
+        ("LEASE_NOT_FOUND", LeaseNotFound),
         ("RATE_LIMITED", RateLimited),
         ("STORAGE_UNAVAILABLE", Unavailable),
         ("RESUME_FAILED", SessionLost),

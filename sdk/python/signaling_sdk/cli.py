@@ -1,13 +1,13 @@
 """``signaling``: a GPU worker and a client that meet through the service and move a file.
 
     signaling rooms create                                   # prints room_id and token
-    signaling worker --room ROOM --token=TOKEN --out ./received
-    signaling client --room ROOM --token=TOKEN --file job.zip --tag gpu
+    signaling worker --room ROOM --token=TOKEN --out ./received --max-claims 1
+    signaling client --room ROOM --token=TOKEN --file job.zip --tag gpu   # books a free worker
 
 URLs come from --api/--relay or SIGNALING_API_URL/SIGNALING_RELAY_URL, defaulting to the
 local stack (``make dev``); behind the edge they are https://HOST and wss://HOST (with
 --ca-file or SIGNALING_CA_FILE for a private CA). Exit codes: 0 done, 1 the transfer failed its check, 2 the
-service refused (the error code is printed), 130 interrupted.
+service refused (the error code is printed; the --worker named is busy), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -21,16 +21,17 @@ import os
 import shutil
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from signaling_sdk.errors import SignalingError
+from signaling_sdk.errors import AlreadyClaimed, PeerError, SignalingError
 from signaling_sdk.http import Identity, Room, ServiceClient
-from signaling_sdk.session import Session
+from signaling_sdk.session import Lease, Session
 
 if TYPE_CHECKING:
     from signaling_sdk.webrtc import PeerLink
@@ -40,6 +41,8 @@ HIGH_WATER = 1024 * 1024  # bytes queued in the data channel before the sender w
 REPLY_GRACE_SECONDS = 10.0
 MIN_TOKEN_CHARS = 32  # room tokens are 43; no option of this CLI is that long
 MAX_NAME_BYTES = 200  # a received file's name (file systems allow 255)
+MAX_CLAIMS = 64  # the relay's bound on a worker's max_claims
+WORKER_WAIT_SECONDS = 30.0  # discover again this often while no worker is free
 console = Console(stderr=True)
 
 
@@ -81,12 +84,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     worker.add_argument("--gpu-name", default=None, help="override what nvidia-smi reports")
     worker.add_argument("--gpu-memory-mb", type=int, default=None, help="override what nvidia-smi reports")
     worker.add_argument("--once", action="store_true", help="exit after one file")
+    worker.add_argument(
+        "--max-claims",
+        type=_max_claims,
+        default=None,
+        help=f"how many clients may book this worker at once (1 to {MAX_CLAIMS}; the relay's default: 1);"
+        " it still negotiates with one at a time",
+    )
     client = commands.choices["client"]
     client.add_argument("--file", type=Path, required=True)
     client.add_argument("--worker", default=None, help="a worker's peer id (else: discover one)")
     client.add_argument("--tag", action="append", default=[], help="only workers with this tag (repeatable)")
     client.add_argument("--min-gpu-memory-mb", type=int, default=None)
     return parser.parse_args(_joined_tokens(sys.argv[1:] if argv is None else argv))
+
+
+def _max_claims(value: str) -> int:
+    number = int(value)
+    if not 1 <= number <= MAX_CLAIMS:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_CLAIMS}, not {number}")
+    return number
 
 
 def _joined_tokens(argv: Sequence[str]) -> list[str]:
@@ -189,9 +206,19 @@ async def run_worker(
     metadata = {"tags": list(args.tag), "properties": facts}
     peer_id = args.peer_id or f"worker-{identity.username[:8]}"
     args.out.mkdir(parents=True, exist_ok=True)
-    async with await Session.open(
-        args.relay, room, identity, peer_id, role="worker", metadata=metadata, ssl=args.ssl
-    ) as session:
+    async with (
+        await Session.open(
+            args.relay,
+            room,
+            identity,
+            peer_id,
+            role="worker",
+            metadata=metadata,
+            ssl=args.ssl,
+            max_claims=args.max_claims,
+        ) as session,
+        _reporting_bookings(session),
+    ):
         console.print(f"worker [bold]{peer_id}[/bold] waiting in room {room.room_id} ({metadata})")
         while True:
             try:
@@ -209,6 +236,37 @@ async def run_worker(
                 continue
             if args.once:
                 return 0
+
+
+@contextlib.asynccontextmanager
+async def _reporting_bookings(session: Session) -> AsyncIterator[None]:
+    """While inside, print who books this worker and when each booking ends."""
+
+    async def report() -> None:
+        with contextlib.suppress(SignalingError):  # the session ended
+            while True:
+                event = await session.recv()
+                if event.get("type") == "booked":
+                    until = _local_time(event.get("expires_at"))
+                    console.print(f"booked by {event.get('by_peer_id')} (lease {event.get('lease_id')}) until {until}")
+                elif event.get("type") == "lease_ended":
+                    console.print(
+                        f"lease {event.get('lease_id')} of {event.get('holder_peer_id')} {event.get('reason')}"
+                    )
+
+    task = asyncio.get_running_loop().create_task(report())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _local_time(epoch_seconds: Any) -> str:
+    if not isinstance(epoch_seconds, int | float):
+        return "?"
+    return datetime.fromtimestamp(epoch_seconds).astimezone().isoformat(timespec="seconds")
 
 
 class TransferRefused(SignalingError):
@@ -272,14 +330,21 @@ async def run_client(
     expected = hashlib.sha256(data).hexdigest()
     peer_id = args.peer_id or f"client-{identity.username[:8]}"
     async with await Session.open(args.relay, room, identity, peer_id, role="client", ssl=args.ssl) as session:
-        worker = args.worker or await _find_worker(session, args)
-        console.print(f"sending {args.file.name} ({len(data)} bytes) to {worker}")
-        link = await connect(session, worker, label="file", ice_servers=ice_servers, relay_only=args.relay_only)
         try:
-            await _send_file(link.channel, args.file.name, data)
-            reply = json.loads(await link.recv())
-        finally:
-            await link.close()
+            lease = await book_worker(session, args)
+        except AlreadyClaimed:
+            console.print(f"[red]worker {args.worker} is busy[/red] (claimed by another client): ALREADY_CLAIMED")
+            return 2
+        async with lease:  # renewed while the file goes, released after
+            worker = lease.peer_id
+            console.print(f"claimed {worker} lease {lease.lease_id} until {_local_time(lease.expires_at)}")
+            console.print(f"sending {args.file.name} ({len(data)} bytes) to {worker}")
+            link = await connect(session, worker, label="file", ice_servers=ice_servers, relay_only=args.relay_only)
+            try:
+                await _send_file(link.channel, args.file.name, data)
+                reply = json.loads(await link.recv())
+            finally:
+                await link.close()
     if reply.get("sha256") != expected:
         console.print(f"[red]hash mismatch[/red]: sent {expected}, worker wrote {reply.get('sha256')}")
         return 1
@@ -287,19 +352,33 @@ async def run_client(
     return 0
 
 
-async def _find_worker(session: Session, args: argparse.Namespace) -> str:
-    filters: dict[str, Any] = {"role": "worker", "tags": list(args.tag)}
+async def book_worker(session: Session, args: argparse.Namespace) -> Lease:
+    """A lease on ``--worker`` (AlreadyClaimed if it is busy), else on the first matching
+    worker with a free slot: one claimed by another client since it was discovered, or gone,
+    gives way to the next; with none free, wait until one joins or frees a slot."""
+    if args.worker:
+        return await session.claim(args.worker)
+    filters: dict[str, Any] = {"role": "worker", "tags": list(args.tag), "available": True}
     if args.min_gpu_memory_mb is not None:
         filters["properties"] = {"gpu_memory_mb": {"$gte": args.min_gpu_memory_mb}}
     while True:
-        found = await session.discover(filters)
-        if found:
-            return str(found[0]["peer_id"])
-        console.print("no matching worker in the room yet; waiting for one to join")
+        for peer in await session.discover(filters):
+            worker = str(peer["peer_id"])
+            try:
+                return await session.claim(worker)
+            except (AlreadyClaimed, PeerError) as exc:  # booked or gone since discover answered
+                busy = "is busy (claimed by another client)" if isinstance(exc, AlreadyClaimed) else "left"
+                console.print(f"worker {worker} {busy}; trying the next")
+        console.print("no free matching worker in the room yet; waiting for one")
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(30):
-                while (await session.recv()).get("type") != "peer_joined":
+            async with asyncio.timeout(WORKER_WAIT_SECONDS):
+                while not _may_free_a_worker(await session.recv()):
                     pass
+
+
+def _may_free_a_worker(event: dict[str, Any]) -> bool:
+    kind = event.get("type")
+    return kind == "peer_joined" or (kind == "peer_availability" and event.get("available") is True)
 
 
 async def _send_file(channel: Any, name: str, data: bytes) -> None:

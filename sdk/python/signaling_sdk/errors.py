@@ -35,6 +35,16 @@ class QueueFull(SignalingError):
     """Too many messages are held for peers not in the room (QUEUE_FULL)."""
 
 
+class AlreadyClaimed(SignalingError):
+    """The worker already has as many leases as it takes (ALREADY_CLAIMED): this claim is
+    refused; claim again later, or another worker."""
+
+
+class LeaseNotFound(SignalingError):
+    """No such live lease of yours (LEASE_NOT_FOUND): it expired, was released, or its
+    worker left."""
+
+
 class RateLimited(SignalingError):
     """Too many requests (RATE_LIMITED); ``retry_after`` says how long to wait, when known."""
 
@@ -72,6 +82,8 @@ _BY_CODE: dict[str, type[SignalingError]] = {
     "PEER_ERROR": PeerError,
     "DELIVERY_FAILED": DeliveryFailed,
     "QUEUE_FULL": QueueFull,
+    "ALREADY_CLAIMED": AlreadyClaimed,
+    "LEASE_NOT_FOUND": LeaseNotFound,
     "RATE_LIMITED": RateLimited,
     "SERVER_BUSY": Unavailable,
     "STORAGE_UNAVAILABLE": Unavailable,

@@ -13,6 +13,12 @@ outcome is sent again with its id, which the relay never delivers twice. When th
 that serves the room dies, the session resumes on the node that takes the room over; what
 the dead node had not confirmed is sent again, and a message that arrives twice (same
 sender and ``message_id``) is dropped.
+
+A worker registers with ``max_claims`` (how many clients may book it at once); a client books
+one with ``claim``, which the relay answers with a ``Lease``:
+
+    async with session.claim("Worker-1") as lease:   # AlreadyClaimed if it is fully booked
+        ...                                          # renewed before it expires, released on exit
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ import itertools
 import json
 import logging
 import random
+import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from ssl import SSLContext
 from typing import Any
@@ -33,7 +40,15 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from signaling_sdk.errors import Expired, RateLimited, SessionLost, SignalingError, Unavailable, error_from_frame
+from signaling_sdk.errors import (
+    Expired,
+    LeaseNotFound,
+    RateLimited,
+    SessionLost,
+    SignalingError,
+    Unavailable,
+    error_from_frame,
+)
 from signaling_sdk.http import Identity, Room
 
 log = logging.getLogger("signaling_sdk")
@@ -44,6 +59,12 @@ MAX_REDIRECTS = 3  # a room is served by one node: one redirect is the norm, mor
 # Relayed messages remembered by (sender, message_id): one sent again after a relay node
 # failed (its ack never came) may arrive twice; the second is dropped.
 SEEN_MESSAGES = 4096
+# A kept lease is renewed once this share of its remaining time has passed (2/3: a renewal
+# that fails has the last third to try again), and never sooner than MIN_RENEW_SECONDS after
+# the last one (the relay grants at least 5 s; a clock far behind the relay's would otherwise
+# renew in a loop).
+RENEW_AT = 2 / 3
+MIN_RENEW_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +90,132 @@ class Backoff:
         if at_least is not None:
             return at_least * random.uniform(1.0, 1.2)  # noqa: S311 - jitter
         return random.uniform(0, min(self.maximum, self.initial * 2**attempt))  # noqa: S311 - jitter
+
+
+class Lease:
+    """A claim the relay granted: this session holds one of ``peer_id``'s ``max_claims`` slots
+    until ``expires_at`` (epoch seconds, the relay's clock) unless renewed. ``ended`` is
+    ``None`` while it is live, then why it ended: ``"released"``, ``"expired"`` or ``"left"``
+    (the worker left the room, or this session ended).
+
+    ``async with lease:`` keeps it renewed (at 2/3 of the remaining time) and releases it on
+    exit; outside that, renewing and releasing are the caller's (``renew``, ``release``)."""
+
+    def __init__(
+        self, session: Session, peer_id: str, lease_id: str, expires_at: int, *, ttl_seconds: int | None
+    ) -> None:
+        self.session = session
+        self.peer_id = peer_id
+        self.lease_id = lease_id
+        self.expires_at = expires_at
+        self.ttl_seconds = ttl_seconds  # what renewals ask for (None: the relay's default)
+        self.ended: str | None = None
+        self._ended = asyncio.Event()
+        self._renewing: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        state = f"ended={self.ended!r}" if self.ended else f"expires_at={self.expires_at}"
+        return f"Lease(peer_id={self.peer_id!r}, lease_id={self.lease_id!r}, {state})"
+
+    async def renew(self, ttl_seconds: int | None = None) -> Lease:
+        """Extend the lease by ``ttl_seconds`` from now (default: what it was claimed with) and
+        update ``expires_at``; LeaseNotFound once it has ended (without asking the relay)."""
+        if self.ended is not None:
+            raise LeaseNotFound("LEASE_NOT_FOUND", f"the lease ended ({self.ended})")
+        ttl = self.ttl_seconds if ttl_seconds is None else ttl_seconds
+        message: dict[str, Any] = {"type": "renew", "lease_id": self.lease_id}
+        if ttl is not None:
+            message["ttl_seconds"] = ttl
+        try:
+            await self.session.send(message)  # its ``claimed`` answer updates ``expires_at``
+        except LeaseNotFound:
+            self._end("expired")  # the relay no longer has it: it lapsed (or its end is on the way)
+            raise
+        return self
+
+    async def release(self) -> None:
+        """Give the slot back (the relay answers ``released``, the worker gets ``lease_ended``).
+        Does nothing once the lease has ended; LeaseNotFound if the relay no longer has it."""
+        if self.ended is not None:
+            return
+        try:
+            await self.session.send({"type": "release", "lease_id": self.lease_id})
+        except LeaseNotFound:
+            self._end("expired")
+            raise
+
+    async def wait_ended(self) -> str:
+        """Wait until the lease ends (released, expired, or its worker left); the reason."""
+        await self._ended.wait()
+        assert self.ended is not None
+        return self.ended
+
+    async def __aenter__(self) -> Lease:
+        if self._renewing is None and self.ended is None:
+            self._renewing = asyncio.get_running_loop().create_task(self._keep_renewed())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._renewing is not None:
+            self._renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewing
+            self._renewing = None
+        # Gone already, or the session with it (the relay ends a leaving holder's leases).
+        with contextlib.suppress(LeaseNotFound, SessionLost):
+            await self.release()
+
+    async def _keep_renewed(self) -> None:
+        while self.ended is None:
+            delay = max(MIN_RENEW_SECONDS, (self.expires_at - time.time()) * RENEW_AT)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ended.wait(), delay)
+                return
+            try:
+                await self.renew()
+            except (LeaseNotFound, SessionLost):
+                return  # ended: ``ended`` says why
+            except SignalingError as exc:  # RATE_LIMITED past its retries, SERVER_BUSY, ...
+                log.warning("renewing lease %s failed (%s); trying again", self.lease_id, exc.code)
+
+    def _end(self, reason: str) -> None:
+        if self.ended is None:
+            self.ended = reason
+            self._ended.set()
+        self.session._leases.pop(self.lease_id, None)
+
+
+class Claim:
+    """What ``Session.claim`` returns. ``await`` it for a ``Lease`` that is yours to renew and
+    release; or enter it, ``async with session.claim(worker) as lease:``, for one the session
+    keeps renewed and releases on exit (the same as ``async with await session.claim(...)``).
+    Either raises AlreadyClaimed when the worker has no free slot, PeerError when it is not in
+    the room."""
+
+    def __init__(self, session: Session, peer_id: str, ttl_seconds: int | None) -> None:
+        self.session = session
+        self.peer_id = peer_id
+        self.ttl_seconds = ttl_seconds
+        self._lease: Lease | None = None
+
+    def __await__(self) -> Generator[Any, None, Lease]:
+        return self._claim().__await__()
+
+    async def __aenter__(self) -> Lease:
+        self._lease = await self._claim()
+        return await self._lease.__aenter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._lease is not None:
+            await self._lease.__aexit__(*exc)
+
+    async def _claim(self) -> Lease:
+        message: dict[str, Any] = {"type": "claim", "peer_id": self.peer_id}
+        if self.ttl_seconds is not None:
+            message["ttl_seconds"] = self.ttl_seconds
+        lease = await self.session.send(message)
+        assert isinstance(lease, Lease)
+        return lease
 
 
 @dataclass
@@ -104,11 +251,13 @@ class Session:
         backoff: Backoff | None = None,
         open_timeout: float = 10.0,
         ssl: SSLContext | None = None,
+        max_claims: int | None = None,
     ) -> None:
         """``url``: the relay (``ws://`` or, behind the edge, ``wss://``); with several relay
         nodes, any of them (a redirect leads to the room's node, and ``url`` is dialled again
         when that node is gone). ``ssl``: the TLS context to verify a ``wss`` URL with
-        (default: the system's CAs; unused for ``ws``)."""
+        (default: the system's CAs; unused for ``ws``). ``max_claims``: how many clients may
+        hold a lease on this peer at once (1 to 64; the relay's default is 1)."""
         self.entry_url = url  # where to start again when the node serving the room is gone
         self.url = room.ws_url or url  # the node that serves the room, when its creator knows it
         self.ssl = ssl
@@ -118,6 +267,7 @@ class Session:
         self.metadata = dict(metadata or {})
         self.backoff = backoff or Backoff()
         self.open_timeout = open_timeout
+        self.max_claims = max_claims
         self.state = SessionState(peer_id)
         self._ids = itertools.count(1)
         self._prefix = uuid.uuid4().hex[:12]
@@ -132,6 +282,7 @@ class Session:
         self._closing = False
         self._reconnect_after: float | None = None
         self._ice_waiters: list[asyncio.Future[list[dict[str, Any]]]] = []
+        self._leases: dict[str, Lease] = {}  # the live leases this session holds, by lease_id
 
     @classmethod
     async def open(cls, url: str, room: Room, identity: Identity, peer_id: str, **options: Any) -> Session:
@@ -205,6 +356,18 @@ class Session:
         answer = await self.send({"type": "discover_peers", "filters": dict(filters or {})})
         return list(answer["peers"])
 
+    def claim(self, peer_id: str, ttl_seconds: int | None = None) -> Claim:
+        """Book ``peer_id`` (a worker registered with ``max_claims``) for ``ttl_seconds`` (the
+        relay's default is 300, its bounds 5 to 3600): ``async with session.claim(w) as lease``
+        keeps the lease renewed and releases it on exit; ``lease = await session.claim(w)``
+        leaves both to the caller. AlreadyClaimed when every slot of the worker is taken."""
+        return Claim(self, peer_id, ttl_seconds)
+
+    @property
+    def leases(self) -> list[Lease]:
+        """The live leases this session holds (each leaves once it ends)."""
+        return list(self._leases.values())
+
     async def update_metadata(self, metadata: Mapping[str, Any]) -> None:
         """Replace this peer's metadata (tags, properties); the room sees ``metadata_updated``."""
         self.metadata = dict(metadata)
@@ -214,8 +377,10 @@ class Session:
 
     async def recv(self) -> dict[str, Any]:
         """The next message for the application: ``peer_message``, ``broadcast``, room events
-        (``peer_joined``, ``peer_left``, ``metadata_updated``) and ``expired`` notices (offers,
-        answers and candidates go to ``next_signal``). Raises SessionLost once the session has ended."""
+        (``peer_joined``, ``peer_left``, ``metadata_updated``, ``peer_availability``), booking
+        events (``booked`` and ``lease_ended``: the session has already marked its own leases
+        ended) and ``expired`` notices (offers, answers and candidates go to ``next_signal``).
+        Raises SessionLost once the session has ended."""
         return await _next(self._inbox)
 
     async def next_signal(self) -> dict[str, Any]:
@@ -290,6 +455,8 @@ class Session:
             "role": self.role,
             "metadata": self.metadata,
         }
+        if self.max_claims is not None:
+            message["max_claims"] = self.max_claims
         if resume and self.state.resume_token:
             message.update(resume_token=self.state.resume_token, last_seq=self.state.last_seq)
         try:
@@ -375,7 +542,9 @@ class Session:
             return
         kind = message.get("type")
         correlation_id = message.get("id")
-        answer = kind in ("ack", "error", "peer_list", "pong") and isinstance(correlation_id, str)
+        answer = kind in ("ack", "error", "peer_list", "pong", "claimed", "released") and isinstance(
+            correlation_id, str
+        )
         pending = self._pending.pop(str(correlation_id), None) if answer else None
         if kind == "ack" and pending is not None:
             _settle(pending, Ack(str(correlation_id), bool(message.get("queued"))))
@@ -383,6 +552,19 @@ class Session:
             _settle(pending, error_from_frame(message))
         elif kind in ("peer_list", "pong") and pending is not None:
             _settle(pending, message)
+        elif kind == "claimed" and pending is not None:
+            # Here, not in ``claim``: a lease_ended read right after it must find the lease.
+            _settle(pending, self._hold(message, pending.message))
+        elif kind == "released" and pending is not None:
+            lease = self._leases.get(str(message.get("lease_id")))
+            if lease is not None:
+                lease._end("released")
+            _settle(pending, message)
+        elif kind == "lease_ended":
+            lease = self._leases.get(str(message.get("lease_id")))
+            if lease is not None:
+                lease._end(str(message.get("reason", "expired")))
+            self._inbox.put_nowait(message)
         elif kind == "go_away":
             self._reconnect_after = float(message.get("reconnect_after_ms", 0)) / 1000
         elif kind == "ice_servers":
@@ -398,9 +580,27 @@ class Session:
         else:
             if kind == "peer_joined" or kind == "metadata_updated":
                 self.state.peers[message["peer_id"]] = {k: v for k, v in message.items() if k != "type"}
+            elif kind == "peer_availability" and message.get("peer_id") in self.state.peers:
+                known = self.state.peers[message["peer_id"]]
+                known.update({k: message[k] for k in ("available", "claims", "max_claims") if k in message})
             elif kind == "peer_left":
                 self.state.peers.pop(message.get("peer_id", ""), None)
             self._inbox.put_nowait(message)
+
+    def _hold(self, claimed: dict[str, Any], request: dict[str, Any]) -> Lease | dict[str, Any]:
+        """The lease a ``claimed`` frame grants (a claim), now held, or the one it extends (a
+        renewal: the frame itself if that lease has ended here meanwhile)."""
+        lease_id = str(claimed["lease_id"])
+        expires_at = int(claimed["expires_at"])
+        lease = self._leases.get(lease_id)
+        if lease is not None:
+            lease.expires_at = expires_at
+            return lease
+        if request.get("type") == "renew":
+            return claimed
+        lease = Lease(self, str(claimed["peer_id"]), lease_id, expires_at, ttl_seconds=request.get("ttl_seconds"))
+        self._leases[lease_id] = lease
+        return lease
 
     def _seen_before(self, message: dict[str, Any]) -> bool:
         """Whether this relayed message arrived already (sent again after a relay node failed).
@@ -428,6 +628,8 @@ class Session:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_exception(error)
+        for lease in list(self._leases.values()):
+            lease._end("left")  # the relay ends the leases of a holder that leaves
 
 
 async def _next(queue: asyncio.Queue[dict[str, Any] | SignalingError]) -> dict[str, Any]:
@@ -447,4 +649,4 @@ def _settle(pending: _Pending, outcome: Any) -> None:
         pending.future.set_result(outcome)
 
 
-__all__ = ["Ack", "Backoff", "Expired", "Session", "SessionState"]
+__all__ = ["Ack", "Backoff", "Claim", "Expired", "Lease", "Session", "SessionState"]
