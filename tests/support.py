@@ -66,6 +66,9 @@ GENEROUS_LIMITS: dict[str, Any] = {
     "queue_ttl_min_seconds": 1,
     "queue_holds_per_minute": 100_000,
     "queue_hold_burst": 10_000,
+    # Booking: tests claim many times from one identity (test_booking.py tests the budget).
+    "claims_per_minute": 100_000,
+    "claim_burst": 10_000,
     # The emulators' first calls can be slow (LocalStack starts DynamoDB Local on the first):
     # the production budget (2 s, 2 attempts) is tested on its own (test_aws_clients.py).
     "aws_timeout_seconds": scaled(10.0),

@@ -95,8 +95,9 @@ class Backoff:
 class Lease:
     """A claim the relay granted: this session holds one of ``peer_id``'s ``max_claims`` slots
     until ``expires_at`` (epoch seconds, the relay's clock) unless renewed. ``ended`` is
-    ``None`` while it is live, then why it ended: ``"released"``, ``"expired"`` or ``"left"``
-    (the worker left the room, or this session ended).
+    ``None`` while it is live, then why it ended: the relay's ``lease_ended`` reason
+    (``"released"``, ``"expired"``, ``"holder_left"``, ``"peer_left"``: the worker left),
+    ``"released"`` for its own release, or ``"left"`` when this session ended.
 
     ``async with lease:`` keeps it renewed (at 2/3 of the remaining time) and releases it on
     exit; outside that, renewing and releasing are the caller's (``renew``, ``release``)."""
