@@ -119,6 +119,23 @@ PANELS = (
         " only failures for 10 minutes warns (SignalingTurnUnreachable).",
     ),
     Panel(
+        "Peer connections",
+        "ops",
+        (
+            (
+                'sum by (outcome, path) (rate(signaling_peer_connections_total{job="ws-relay"}[$__rate_interval]))',
+                "{{outcome}} {{path}}",
+            ),
+            (
+                "histogram_quantile(0.9, sum by (le, path) "
+                '(rate(signaling_peer_connection_seconds_bucket{job="ws-relay"}[$__rate_interval])))',
+                "p90 time to connect {{path}} (s)",
+            ),
+        ),
+        "As the peers report them: outcome by path (direct, stun, relay through TURN), and the"
+        " time from offer to connected; a failure share over 20 % warns (SignalingPeerConnectionsFailing).",
+    ),
+    Panel(
         "Public endpoint",
         "d",
         (

@@ -91,6 +91,9 @@ def test_make_demo_moves_a_file_between_two_cli_processes() -> None:
     assert "$ signaling" in stdout
     assert "verified: the worker wrote training-job.bin" in stderr
     assert "file intact on disk: True" in stdout
+    assert re.search(r"claimed \S+ lease \S+ until ", stderr), stderr  # booked before the job
+    # How the connection came out, as the relay was told (connection_report).
+    assert re.search(r"connected to \S+: (direct|stun|relay \(TURN\)) \(\w+ -> \w+, \w+\) in \d+ ms", stderr), stderr
 
 
 def test_make_demo_runs_the_demo_script() -> None:

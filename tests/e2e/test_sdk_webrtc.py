@@ -88,6 +88,32 @@ async def test_two_sdk_peers_move_a_file_over_a_data_channel(api: str, relay: st
 
 
 @pytest.mark.usefixtures("loopback_ice")
+async def test_the_relay_counts_how_the_connection_came_out(api: str, relay_with: RelayFactory) -> None:
+    """The offering side reports the connection (connected: host to host, with the time it
+    took; then closed) and the relay counts it by outcome and path."""
+    async with (
+        relay_with(stun_urls=[], turn_urls=[]) as server,
+        session_pair(api, f"ws://127.0.0.1:{server.port}") as (worker, client),
+    ):
+        async with asyncio.timeout(6 * TIMEOUT):
+            accepted = asyncio.create_task(accept(worker, ice_servers=[]))
+            client_link = closed_after_test(await connect(client, "Worker", ice_servers=[]))
+            worker_link = closed_after_test(await accepted)
+            assert client_link.path == {"local_candidate": "host", "remote_candidate": "host", "transport": "udp"}
+            await client_link.close()
+            await worker_link.close()
+        counted = server.metrics.peer_connections
+        assert counted.labels("connected", "direct")._value.get() == 1
+        assert counted.labels("closed", "direct")._value.get() == 1
+        waited = {
+            s.name: s.value
+            for s in next(iter(server.metrics.time_to_connect.collect())).samples
+            if s.labels.get("path") == "direct"
+        }
+        assert waited["signaling_peer_connection_seconds_count"] == 1
+
+
+@pytest.mark.usefixtures("loopback_ice")
 async def test_a_signaling_socket_cut_mid_negotiation_resumes_and_completes(
     api: str, relay: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -134,6 +160,7 @@ async def test_relay_only_ice_goes_through_turn_with_the_services_credentials(
                 assert link.pc.sctp is not None
                 ice = link.pc.sctp.transport.transport
                 assert {c.type for c in ice.iceGatherer.getLocalCandidates()} == {"relay"}
+            assert client_link.path["local_candidate"] == "relay"  # what its connection_report said
             payload = os.urandom(256 * 1024)
             received: asyncio.Queue[bytes | str] = asyncio.Queue()
             worker_link.channel.on("message", received.put_nowait)

@@ -340,6 +340,7 @@ async def run_client(
             console.print(f"claimed {worker} lease {lease.lease_id} until {_local_time(lease.expires_at)}")
             console.print(f"sending {args.file.name} ({len(data)} bytes) to {worker}")
             link = await connect(session, worker, label="file", ice_servers=ice_servers, relay_only=args.relay_only)
+            console.print(f"connected to {worker}: {link.describe()}")
             try:
                 await _send_file(link.channel, args.file.name, data)
                 reply = json.loads(await link.recv())

@@ -13,6 +13,8 @@ given. One negotiation at a time per session.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +34,9 @@ from signaling_sdk.errors import SignalingError
 from signaling_sdk.session import Session
 
 _CANDIDATE_LINES = ("a=candidate:", "a=end-of-candidates")
+_CANDIDATE_TYPES = ("host", "srflx", "prflx", "relay")
+REPORT_TIMEOUT = 5.0  # seconds a connection report may take before it is given up (it is telemetry)
+log = logging.getLogger("signaling_sdk.webrtc")
 
 
 class NegotiationFailed(SignalingError):
@@ -53,6 +58,19 @@ class PeerLink:
     channel: RTCDataChannel
     messages: asyncio.Queue[str | bytes]
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    session: Session | None = None  # told of the connection's end (connection_report)
+    path: dict[str, Any] = field(default_factory=dict)  # the selected pair, as reported
+    time_to_connect_ms: int | None = None  # from offer to open (the offering side)
+
+    def describe(self) -> str:
+        """How it connected, for people: e.g. ``direct (host -> host, udp) in 41 ms``."""
+        ends = {self.path.get("local_candidate"), self.path.get("remote_candidate")}
+        kind = "relay (TURN)" if "relay" in ends else "stun" if ends & {"srflx", "prflx"} else "direct"
+        if None in ends:
+            kind = "unknown path"
+        pair = f"{self.path.get('local_candidate', '?')} -> {self.path.get('remote_candidate', '?')}"
+        took = f" in {self.time_to_connect_ms} ms" if self.time_to_connect_ms is not None else ""
+        return f"{kind} ({pair}, {self.path.get('transport', '?')}){took}"
 
     def __post_init__(self) -> None:
         self.channel.on("close", self.closed.set)
@@ -82,8 +100,11 @@ class PeerLink:
         return self.messages.get_nowait()
 
     async def close(self) -> None:
-        """Close the peer connection and its data channel."""
+        """Close the peer connection and its data channel (and report it closed)."""
         await self.pc.close()
+        if self.session is not None:
+            session, self.session = self.session, None
+            await report(session, self.peer_id, "closed", **self.path)
 
 
 def configuration(ice_servers: Sequence[dict[str, Any]], *, relay_only: bool = False) -> RTCConfiguration:
@@ -106,7 +127,10 @@ async def connect(
     ice_servers: Sequence[dict[str, Any]] | None = None,
     relay_only: bool = False,
 ) -> PeerLink:
-    """Offer a data channel to ``peer_id`` and return it once open."""
+    """Offer a data channel to ``peer_id`` and return it once open. The relay hears how the
+    connection came out (``connection_report``: connected with the selected candidate pair's
+    types and the time it took, or failed; closed, from ``PeerLink.close``)."""
+    started = time.monotonic()
     servers = session.state.ice_servers if ice_servers is None else ice_servers
     pc = RTCPeerConnection(configuration(servers, relay_only=relay_only))
     try:
@@ -119,10 +143,17 @@ async def connect(
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
         await _take_candidates(session, peer_id, pc)
         await _until_open(pc, opened)
-        return PeerLink(peer_id, pc, channel, messages)
+    except NegotiationFailed:
+        await pc.close()
+        await report(session, peer_id, "failed", failure="ice_failed", **selected_pair(pc))
+        raise
     except BaseException:
         await pc.close()
         raise
+    path = selected_pair(pc)
+    elapsed_ms = round((time.monotonic() - started) * 1000)
+    await report(session, peer_id, "connected", time_to_connect_ms=elapsed_ms, **path)
+    return PeerLink(peer_id, pc, channel, messages, session=session, path=path, time_to_connect_ms=elapsed_ms)
 
 
 async def accept(
@@ -156,6 +187,37 @@ async def accept(
     except BaseException:
         await pc.close()
         raise
+
+
+def selected_pair(pc: RTCPeerConnection) -> dict[str, Any]:
+    """The types (and transport) of the candidate pair ICE selected, for a report; empty when
+    it cannot be read. aiortc does not expose the pair: this reads aioice's nominated pair
+    (both pinned), and says nothing rather than fail if their internals change."""
+    try:
+        ice = pc.sctp.transport.transport  # type: ignore[union-attr]
+        pair = next(iter(ice._connection._nominated.values()))
+        local, remote = pair.local_candidate, pair.remote_candidate
+    except (AttributeError, StopIteration, TypeError):
+        return {}
+    fields: dict[str, Any] = {}
+    if local.type in _CANDIDATE_TYPES:
+        fields["local_candidate"] = local.type
+    if remote.type in _CANDIDATE_TYPES:
+        fields["remote_candidate"] = remote.type
+    if str(local.transport).lower() in ("udp", "tcp"):
+        fields["transport"] = str(local.transport).lower()
+    return fields
+
+
+async def report(session: Session, peer_id: str, outcome: str, **fields: Any) -> None:
+    """Tell the relay how the connection to ``peer_id`` came out; never raises (telemetry
+    must not fail a transfer), logs why it was not sent."""
+    message = {"type": "connection_report", "peer_id": peer_id, "outcome": outcome, **fields}
+    try:
+        async with asyncio.timeout(REPORT_TIMEOUT):
+            await session.send(message)
+    except (SignalingError, TimeoutError, OSError) as exc:
+        log.info("connection report not sent: %s", exc)
 
 
 def _collect(channel: RTCDataChannel) -> asyncio.Queue[str | bytes]:

@@ -136,6 +136,8 @@ class Member:
     max_claims: int = 1
     booked: dict[str, int] = field(default_factory=dict)
     holding: dict[str, str] = field(default_factory=dict)
+    # Connection reports it sent (ws_relay.outcomes), per other peer id.
+    reports: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.waiting is not None:

@@ -25,6 +25,20 @@ class RelayMetrics(ServiceMetrics):
             ["outcome"],
             registry=r,
         )
+        self.peer_connections = Counter(
+            "signaling_peer_connections",
+            "Peer connections as the peers report them: outcome (connected, failed, closed) and"
+            " path (direct: host candidates; stun: a server-reflexive one; relay: through TURN).",
+            ["outcome", "path"],
+            registry=r,
+        )
+        self.time_to_connect = Histogram(
+            "signaling_peer_connection_seconds",
+            "From offer to connected, as the peers report it, by path.",
+            ["path"],
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=r,
+        )
         self.refused = Counter(
             "signaling_ws_connections_refused",
             "Handshakes refused: 'capacity' (max_connections), 'per_ip' (one address's caps)"

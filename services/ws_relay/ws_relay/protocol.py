@@ -218,6 +218,23 @@ class Release(_ClientMessage):
 
 BookingMessage = Claim | Renew | Release
 
+CandidateType = Literal["host", "srflx", "prflx", "relay"]
+
+
+class ConnectionReport(_ClientMessage):
+    """How a peer connection to another peer of the room came out (ws_relay.outcomes): sent
+    once it connects (or fails), and again when it closes. No address travels in it."""
+
+    type: Literal["connection_report"]
+    peer_id: str = PeerId
+    outcome: Literal["connected", "failed", "closed"]
+    local_candidate: CandidateType | None = None
+    remote_candidate: CandidateType | None = None
+    transport: Literal["udp", "tcp", "tls"] | None = None
+    time_to_connect_ms: int | None = Field(default=None, ge=0, le=600_000, description="From offer to connected.")
+    turn_server: str | None = Field(default=None, max_length=256, description="One of the relay's TURN URLs.")
+    failure: Literal["ice_failed", "dtls_failed", "timeout", "other"] | None = None
+
 
 RelayedMessage = Offer | Answer | Candidate | PeerError
 MeshMessage = MeshConnect | MeshAnswer | IceCandidate
@@ -242,6 +259,7 @@ AnyClientMessage = (
     | Claim
     | Renew
     | Release
+    | ConnectionReport
 )
 ClientMessage = Annotated[AnyClientMessage, Field(discriminator="type")]
 _CLIENT_MESSAGE: TypeAdapter[AnyClientMessage] = TypeAdapter(ClientMessage)

@@ -41,6 +41,7 @@ from ws_relay.handoff import Handoff
 from ws_relay.hub import Hub, Link, Member
 from ws_relay.ledger import Ledger
 from ws_relay.metrics import RelayMetrics
+from ws_relay.outcomes import Outcomes
 from ws_relay.registration import Registrar
 from ws_relay.routing import Router
 
@@ -95,6 +96,7 @@ class Relay:
         )
         self.router = Router(settings, self.hub, self.ledger, metrics, clock=clock)
         self.bookings = Bookings(settings, self.hub, self.ledger, repository, metrics, clock=clock, spawn=self._spawn)
+        self.outcomes = Outcomes(settings, self.hub, metrics)
         self._unhandled_logs = KeyedRateLimiter.per_minute(UNHANDLED_LOGS_PER_MINUTE, UNHANDLED_LOGS_BURST)
 
     # Connections -------------------------------------------------------------------
@@ -235,6 +237,8 @@ class Relay:
             view = await self.registrar.update_metadata(member, message.metadata, merge=merge)
             if compat.successor_shaped(data):  # the successor confirms to the sender
                 reply(connection, frames.metadata_updated(view), kind="metadata_updated")
+        elif isinstance(message, protocol.ConnectionReport):
+            self.outcomes.report(member, message)
         elif isinstance(message, protocol.Broadcast):
             recipients = len(self.hub.others(member))
             charge_fan_out(connection, recipients, "a broadcast", self.settings.messages_per_second)
