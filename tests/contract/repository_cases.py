@@ -558,6 +558,24 @@ async def a_saved_session_is_not_taken_in_a_gone_room(repo: AnyRepository) -> No
     assert await repo.load_session("room-1", "A") == replace(session, peer=replace(session.peer, saved=True))
 
 
+@case
+async def a_peers_connection_outcomes_are_kept_on_its_entry_while_it_holds_it(repo: AnyRepository) -> None:
+    now = clock()
+    await repo.create_room(room(now=now))
+    await repo.claim_peer(peer("A", now=now), now=now)
+    outcomes = {"B": {"outcome": "connected", "path": "relay", "time_to_connect_ms": 840, "at": now}}
+    await repo.update_peer_connections("room-1", "A", "c1", outcomes)
+    assert (await repo.peer_entry("room-1", "A")).connections == outcomes  # type: ignore[union-attr]
+    assert [p.connections for p in await repo.list_peers("room-1", now=now)] == [outcomes]
+    with pytest.raises(ConditionFailed):
+        await repo.update_peer_connections("room-1", "A", "someone-else", {})
+    with pytest.raises(ConditionFailed):
+        await repo.update_peer_connections("room-1", "nobody", "c1", {})
+    resumed = replace(peer("A", now=now), connection_id="c2", connections=outcomes)
+    await repo.claim_peer(resumed, now=now)  # an entry written whole keeps what it carries
+    assert await repo.peer_entry("room-1", "A") == resumed
+
+
 # Bookings --------------------------------------------------------------------------
 
 

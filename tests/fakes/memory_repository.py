@@ -328,6 +328,15 @@ class MemoryRepository:
 
         await self._run("update_peer_metadata", update)
 
+    async def update_peer_connections(
+        self, room_id: str, peer_id: str, connection_id: str, connections: dict[str, Any]
+    ) -> None:
+        def update() -> None:
+            entry = self._held_by("update_peer_connections", room_id, peer_id, connection_id)
+            entry["connections"] = string(compact_json(connections))
+
+        await self._run("update_peer_connections", update)
+
     async def release_peer(self, room_id: str, peer_id: str, connection_id: str) -> None:
         def delete() -> None:
             self._held_by("release_peer", room_id, peer_id, connection_id)

@@ -172,6 +172,33 @@ async def test_room_creation_is_limited_per_identity(stack: StackInfo, api: str)
     assert metric_value(metrics, "signaling_errors_total", code="RATE_LIMITED") == 1
 
 
+async def test_creator_sees_each_pairs_last_connection_outcome(api: str, relay: str) -> None:
+    """A peer's connection_report reaches GET /rooms/{id}: per other peer, the last outcome and path."""
+    creator, guest = await sign_in(api), await sign_in(api)
+    room = await create_room(api, creator)
+    first, second = await Peer.connect(relay), await Peer.connect(relay)
+    async with closing(first, second), httpx.AsyncClient(base_url=api, timeout=TIMEOUT) as client:
+        await first.register(unique("A"), room, creator)
+        await second.register(unique("B"), room, guest)
+        report = {"type": "connection_report", "peer_id": second.peer_id, "local_candidate": "srflx"}
+        await first.send(
+            {**report, "outcome": "connected", "remote_candidate": "host", "time_to_connect_ms": 90, "id": 1}
+        )
+        while (answer := await first.recv())["type"] != "ack":
+            pass  # room events first
+        assert answer["id"] == 1
+        response = await client.get(f"/rooms/{room.room_id}", headers=creator.bearer)
+    assert response.status_code == 200, response.text
+    peers = {p["peer_id"]: p for p in response.json()["peers"]}
+    outcome = peers[first.peer_id]["connections"][second.peer_id]
+    assert {k: outcome[k] for k in ("outcome", "path", "time_to_connect_ms")} == {
+        "outcome": "connected",
+        "path": "stun",
+        "time_to_connect_ms": 90,
+    }
+    assert peers[second.peer_id]["connections"] == {}
+
+
 async def test_creator_sees_status_expiry_and_live_peers_oldest_first(api: str, relay: str, stack: StackInfo) -> None:
     """GET /rooms/{id} by the creator: active, its expiry, and the live peers oldest first (expired entries hidden)."""
     creator, guest = await sign_in(api), await sign_in(api)

@@ -64,6 +64,11 @@ async def test_a_report_is_counted_by_outcome_and_path_and_acked() -> None:
     }
     assert samples["signaling_peer_connection_seconds_count"] == 1
     assert samples["signaling_peer_connection_seconds_sum"] == pytest.approx(0.85)
+    entry = await world.repository.peer_entry("room-1", "A")  # what rooms-api shows the creator
+    assert entry is not None
+    assert entry.connections == {
+        "B": {"outcome": "closed", "path": "unknown", "time_to_connect_ms": None, "at": int(world.clock.now)}
+    }
 
 
 async def test_bad_reports_get_typed_errors_and_count_nothing() -> None:

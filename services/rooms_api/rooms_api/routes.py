@@ -116,7 +116,13 @@ def rooms_router(
             created_at=room.created_at,
             expires_at=room.expires_at,
             peers=[
-                PeerView(peer_id=p.peer_id, role=p.role, metadata=p.metadata, connected_at=p.connected_at)
+                PeerView(
+                    peer_id=p.peer_id,
+                    role=p.role,
+                    metadata=p.metadata,
+                    connected_at=p.connected_at,
+                    connections=p.connections,  # type: ignore[arg-type]  # validated into PeerConnection
+                )
                 for p in peers
             ],
         )

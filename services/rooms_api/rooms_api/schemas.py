@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -56,11 +56,25 @@ class DeleteRoomResponse(BaseModel):
     users_deleted: int = Field(description="Anonymous Cognito users of those peers deleted (as the seed did).")
 
 
+class PeerConnection(BaseModel):
+    """The last outcome a peer reported of its connection to another (connection_report)."""
+
+    outcome: Literal["connected", "failed", "closed"]
+    path: Literal["direct", "stun", "relay", "unknown"] = Field(
+        description="direct: host to host; stun: a reflexive address; relay: through TURN."
+    )
+    time_to_connect_ms: int | None = Field(default=None, description="From offer to connected, when it connected.")
+    at: int = Field(description="Unix time the relay received the report.")
+
+
 class PeerView(BaseModel):
     peer_id: str
     role: str = Field(description="The role the peer registered with ('peer' by default).")
     metadata: dict[str, Any] = Field(description="The peer's metadata, as last updated.")
     connected_at: int = Field(description="Unix time the peer registered.")
+    connections: dict[str, PeerConnection] = Field(
+        default_factory=dict, description="Per other peer id: the last outcome this peer reported."
+    )
 
 
 class RoomView(BaseModel):

@@ -326,6 +326,7 @@ class SavedClaim(Claim):
             role=saved.peer.role,
             metadata=saved.peer.metadata,
             max_claims=saved.peer.max_claims,
+            connections=dict(saved.peer.connections),
             resume_hashes=(hash_room_token(resume_token), *saved.resume_hashes[:1]),
             session_id=saved.session_id,
             in_flight=set(saved.in_flight),
@@ -404,6 +405,7 @@ class OrphanClaim(Claim):
             role=entry.role,
             metadata=entry.metadata,
             max_claims=entry.max_claims,
+            connections=dict(entry.connections),
             resume_hashes=(hash_room_token(resume_token),),
             seq=message.last_seq,
             waiting=[],  # live frames for it wait behind what is held for it

@@ -66,6 +66,7 @@ class Cluster:
             role=member.role,
             metadata=member.metadata,
             max_claims=member.max_claims,
+            connections=dict(member.connections),
         )
 
     async def restore(self, member: Member, now: float) -> None:

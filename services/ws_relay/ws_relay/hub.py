@@ -136,8 +136,10 @@ class Member:
     max_claims: int = 1
     booked: dict[str, int] = field(default_factory=dict)
     holding: dict[str, str] = field(default_factory=dict)
-    # Connection reports it sent (ws_relay.outcomes), per other peer id.
+    # Connection reports it sent (ws_relay.outcomes), per other peer id; the last outcome
+    # per other peer, as kept on its routing entry (rooms-api shows them to the creator).
     reports: dict[str, int] = field(default_factory=dict)
+    connections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.waiting is not None:

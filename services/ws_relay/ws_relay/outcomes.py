@@ -8,9 +8,12 @@ per other peer and registration (connected or failed, then closed, and a reconne
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import structlog
 
-from signaling_shared.errors import InvalidMessage, PeerNotFound, RateLimited
+from signaling_shared.dynamo import Repository
+from signaling_shared.errors import ConditionFailed, InvalidMessage, PeerNotFound, RateLimited, RepositoryError
 from signaling_shared.settings import RelaySettings
 from ws_relay import protocol
 from ws_relay.hub import Hub, Member
@@ -35,13 +38,24 @@ def path_of(report: protocol.ConnectionReport) -> str:
 
 
 class Outcomes:
-    def __init__(self, settings: RelaySettings, hub: Hub, metrics: RelayMetrics) -> None:
+    def __init__(
+        self,
+        settings: RelaySettings,
+        hub: Hub,
+        repository: Repository,
+        metrics: RelayMetrics,
+        *,
+        clock: Callable[[], float],
+    ) -> None:
         self.settings = settings
         self.hub = hub
+        self.repository = repository
         self.metrics = metrics
+        self._clock = clock
 
-    def report(self, member: Member, report: protocol.ConnectionReport) -> None:
-        """Check ``report`` from ``member``, then count and log it."""
+    async def report(self, member: Member, report: protocol.ConnectionReport) -> None:
+        """Check ``report`` from ``member``, count and log it, and keep it as the pair's last
+        outcome on the member's routing entry (what rooms-api shows the room's creator)."""
         if report.peer_id == member.peer_id:
             raise InvalidMessage("a report is about another peer of the room")
         if self.hub.get(member.room_id, report.peer_id) is None and report.peer_id not in member.reports:
@@ -72,3 +86,15 @@ class Outcomes:
             turn_server=report.turn_server,
             failure=report.failure,
         )
+        member.connections[report.peer_id] = {
+            "outcome": report.outcome,
+            "path": path,
+            "time_to_connect_ms": report.time_to_connect_ms,
+            "at": int(self._clock()),
+        }
+        try:
+            await self.repository.update_peer_connections(
+                member.room_id, member.peer_id, member.connection_id, member.connections
+            )
+        except (ConditionFailed, RepositoryError) as exc:  # counted already; the entry is kept at the next write
+            log.warning("connection_outcome_not_stored", room_id=member.room_id, error=type(exc).__name__)

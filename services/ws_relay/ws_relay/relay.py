@@ -96,7 +96,7 @@ class Relay:
         )
         self.router = Router(settings, self.hub, self.ledger, metrics, clock=clock)
         self.bookings = Bookings(settings, self.hub, self.ledger, repository, metrics, clock=clock, spawn=self._spawn)
-        self.outcomes = Outcomes(settings, self.hub, metrics)
+        self.outcomes = Outcomes(settings, self.hub, repository, metrics, clock=clock)
         self._unhandled_logs = KeyedRateLimiter.per_minute(UNHANDLED_LOGS_PER_MINUTE, UNHANDLED_LOGS_BURST)
 
     # Connections -------------------------------------------------------------------
@@ -238,7 +238,7 @@ class Relay:
             if compat.successor_shaped(data):  # the successor confirms to the sender
                 reply(connection, frames.metadata_updated(view), kind="metadata_updated")
         elif isinstance(message, protocol.ConnectionReport):
-            self.outcomes.report(member, message)
+            await self.outcomes.report(member, message)
         elif isinstance(message, protocol.Broadcast):
             recipients = len(self.hub.others(member))
             charge_fan_out(connection, recipients, "a broadcast", self.settings.messages_per_second)

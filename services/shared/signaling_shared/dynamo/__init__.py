@@ -160,6 +160,11 @@ class Repository:
     ) -> None:
         await self.peers.update_peer_metadata(room_id, peer_id, connection_id, metadata)
 
+    async def update_peer_connections(
+        self, room_id: str, peer_id: str, connection_id: str, connections: dict[str, Any]
+    ) -> None:
+        await self.peers.update_peer_connections(room_id, peer_id, connection_id, connections)
+
     async def release_peer(self, room_id: str, peer_id: str, connection_id: str) -> None:
         await self.peers.release_peer(room_id, peer_id, connection_id)
 

@@ -130,6 +130,20 @@ class PeerStore(Store):
             ExpressionAttributeValues={":m": string(compact_json(metadata)), ":cid": string(connection_id)},
         )
 
+    async def update_peer_connections(
+        self, room_id: str, peer_id: str, connection_id: str, connections: dict[str, Any]
+    ) -> None:
+        """Store a live entry's connection outcomes; ConditionFailed if the entry is no longer ours."""
+        await self._call(
+            "update_peer_connections",
+            self._client.update_item,
+            TableName=self._db.peers_table,
+            Key={"room_id": string(room_id), "peer_id": string(peer_id)},
+            UpdateExpression="SET connections = :c",
+            ConditionExpression="connection_id = :cid",
+            ExpressionAttributeValues={":c": string(compact_json(connections)), ":cid": string(connection_id)},
+        )
+
     async def release_peer(self, room_id: str, peer_id: str, connection_id: str) -> None:
         """Delete the entry if this connection still holds it (a takeover keeps its own)."""
         with contextlib.suppress(ConditionFailed):

@@ -77,6 +77,9 @@ class PeerRecord:
     # a node that died recovers the session under it, so what was owed to it still is.
     session_id: str = ""
     max_claims: int = 1  # how many leases (bookings.Booking) it may be under at once
+    # The last connection outcome it reported per other peer (ws_relay.outcomes): other
+    # peer id -> {"outcome", "path", "time_to_connect_ms", "at"}.
+    connections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +220,7 @@ def peer_item(peer: PeerRecord) -> dict[str, Any]:
         "metadata": string(compact_json(peer.metadata)),
         **({"session_id": string(peer.session_id)} if peer.session_id else {}),
         **({"max_claims": number(peer.max_claims)} if peer.max_claims != 1 else {}),
+        **({"connections": string(compact_json(peer.connections))} if peer.connections else {}),
     }
 
 
@@ -235,6 +239,7 @@ def peer_from(item: dict[str, Any]) -> PeerRecord:
         saved="saved_session" in item,
         session_id=item.get("session_id", {}).get("S", ""),
         max_claims=int(item.get("max_claims", {}).get("N", "1")),
+        connections=json_object(item.get("connections", {}).get("S", "{}")),
     )
 
 
