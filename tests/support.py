@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
 import math
 import os
 import socket
@@ -11,18 +13,20 @@ import sys
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import httpx
+import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from devstack.ports import AddressInUse, says_address_in_use
 from devstack.stack import HttpServer, StackInfo
 from signaling_shared.dynamo import PeerRecord, QueuedMessage, Repository, Room
+from signaling_shared.logging import configure_logging
 from signaling_shared.settings import CommonSettings, RelaySettings
 from signaling_shared.tokens import hash_room_token, new_room_id, new_room_token
 from ws_relay.schema import SERVER_MESSAGE
@@ -30,6 +34,24 @@ from ws_relay.server import RelayServer
 
 # The one timeout factor, for slow machines (SIGNALING_TEST_TIMEOUT_FACTOR=3 on a busy box).
 FACTOR = float(os.environ.get("SIGNALING_TEST_TIMEOUT_FACTOR", "1"))
+
+
+@contextmanager
+def logs_into(level: str = "INFO") -> Iterator[io.StringIO]:
+    """The service's logging (configure_logging) writing JSON lines into a fresh buffer for the block,
+    whatever an earlier test configured; the earlier configuration comes back after it."""
+    buffer = io.StringIO()
+    root = logging.getLogger()
+    saved_handlers, saved_level, saved_config = root.handlers[:], root.level, structlog.get_config()
+    saved_websockets = logging.getLogger("websockets").level
+    configure_logging(level, stream=buffer)
+    try:
+        yield buffer
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        structlog.configure(**saved_config)
+        logging.getLogger("websockets").setLevel(saved_websockets)
 
 
 def scaled(seconds: float) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 
@@ -12,8 +11,9 @@ from pydantic import ValidationError
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from signaling_shared.logging import REDACTED, configure_logging
+from signaling_shared.logging import REDACTED
 from signaling_shared.settings import CommonSettings, Environment, RelaySettings
+from support import logs_into
 
 
 def test_environment_prefix_and_aws_endpoint_alias(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,19 +100,11 @@ def test_cors_origins_refuse_wildcards_paths_and_non_origins(origin: str) -> Non
 
 def test_log_events_are_json_and_secret_fields_are_redacted() -> None:
     """Whatever logs a token, ID token, SDP or candidate field, the line shows it redacted."""
-    buffer = io.StringIO()
-    root = logging.getLogger()
-    saved_handlers, saved_level, saved_config = root.handlers[:], root.level, structlog.get_config()
-    configure_logging("INFO", stream=buffer)
-    try:
+    with logs_into("INFO") as buffer:
         structlog.stdlib.get_logger("test").info(
             "event", token="room-secret", id_token="jwt", sdp="v=0", candidate="c", Authorization="Bearer x", ok=1
         )
         logging.getLogger("thirdparty").warning("plain %s", "message")
-    finally:
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
-        structlog.configure(**saved_config)
     lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
     first = lines[0]
     assert first["event"] == "event"
@@ -140,12 +132,7 @@ async def test_debug_logging_keeps_websocket_frame_contents_out() -> None:
     """At DEBUG, websockets would log every frame it reads and writes (room tokens, SDP);
     configure_logging holds its logger at INFO, so a frame's contents never reach a log line.
     The connection is real (loopback, port 0), and our own DEBUG lines still get through."""
-    buffer = io.StringIO()
-    root = logging.getLogger()
-    saved_handlers, saved_level, saved_config = root.handlers[:], root.level, structlog.get_config()
-    saved_websockets = logging.getLogger("websockets").level
-    configure_logging("DEBUG", stream=buffer)
-    try:
+    with logs_into("DEBUG") as buffer:
 
         async def echo(connection: ServerConnection) -> None:
             async for frame in connection:
@@ -157,10 +144,5 @@ async def test_debug_logging_keeps_websocket_frame_contents_out() -> None:
                 await client.send('{"type":"register","room_token":"frame-secret"}')
                 assert "frame-secret" in str(await client.recv())
         structlog.stdlib.get_logger("test").debug("ours")
-    finally:
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
-        structlog.configure(**saved_config)
-        logging.getLogger("websockets").setLevel(saved_websockets)
     assert "frame-secret" not in buffer.getvalue()
     assert any(json.loads(line)["event"] == "ours" for line in buffer.getvalue().splitlines())
