@@ -39,6 +39,10 @@ export class SessionLost extends SignalingError {}
 export class NegotiationFailed extends SignalingError {}
 /** The data channel closed before what was awaited came (CHANNEL_CLOSED). */
 export class ChannelClosed extends SignalingError {}
+/** Every slot of the worker you `claim` is taken (ALREADY_CLAIMED); who holds it is not said. */
+export class AlreadyClaimed extends SignalingError {}
+/** No live lease of yours has that id (LEASE_NOT_FOUND): it expired, was released, or its worker left. */
+export class LeaseNotFound extends SignalingError {}
 
 const BY_CODE = {
   INVALID_ID_TOKEN: AuthError, UNSUPPORTED_AUTH: AuthError,
@@ -53,6 +57,7 @@ const BY_CODE = {
   UNKNOWN_MESSAGE_TYPE: InvalidRequest, NOT_REGISTERED: InvalidRequest,
   ALREADY_REGISTERED: InvalidRequest, ROUTE_NOT_FOUND: InvalidRequest, METHOD_NOT_ALLOWED: InvalidRequest,
   NEGOTIATION_FAILED: NegotiationFailed, CHANNEL_CLOSED: ChannelClosed,
+  ALREADY_CLAIMED: AlreadyClaimed, LEASE_NOT_FOUND: LeaseNotFound,
 };
 
 /** The typed error for a service error code (SignalingError itself for unknown codes). */
@@ -141,12 +146,96 @@ class Queue {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+// A lease is renewed at 2/3 of the time it has left (a renewal that fails has the last
+// third to try again), and never sooner than MIN_RENEW_MS after the previous one.
+const RENEW_AT = 2 / 3;
+const MIN_RENEW_MS = 1000;
+
+/** A claim the relay granted (`session.claim`): this session holds one of `peerId`'s
+ * `max_claims` slots until `expiresAt` (epoch seconds, the relay's clock) unless renewed.
+ * `ended` is null while it is live, then why it ended: the relay's `lease_ended` reason
+ * (`released`, `expired`, `holder_left`, `peer_left`: the worker left), `released` for its
+ * own release, or `left` when the session ended. `keepRenewed()` renews it until it ends or
+ * is released; `session.withClaim` does that around a callback and releases it after. */
+export class Lease extends EventTarget {
+  constructor(session, peerId, leaseId, expiresAt, ttlSeconds) {
+    super();
+    this.session = session;
+    this.peerId = peerId;
+    this.leaseId = leaseId;
+    this.expiresAt = expiresAt;
+    this.ttlSeconds = ttlSeconds; // what renewals ask for (undefined: the relay's default)
+    this.ended = null;
+    this._timer = null;
+  }
+
+  /** Extend the lease by `ttlSeconds` from now (default: what it was claimed with);
+   * LeaseNotFound once it has ended (without asking the relay). */
+  async renew(ttlSeconds = this.ttlSeconds) {
+    if (this.ended !== null) throw new LeaseNotFound("LEASE_NOT_FOUND", `the lease ended (${this.ended})`);
+    const message = { type: "renew", lease_id: this.leaseId };
+    if (ttlSeconds !== undefined && ttlSeconds !== null) message.ttl_seconds = ttlSeconds;
+    try {
+      await this.session.send(message); // its `claimed` answer updates expiresAt
+    } catch (exc) {
+      if (exc instanceof LeaseNotFound) this._end("expired"); // lapsed (or its end is on the way)
+      throw exc;
+    }
+    return this;
+  }
+
+  /** Give the slot back (the worker hears `lease_ended`); nothing once the lease has ended. */
+  async release() {
+    this._stopRenewing();
+    if (this.ended !== null) return;
+    try {
+      await this.session.send({ type: "release", lease_id: this.leaseId });
+    } catch (exc) {
+      if (exc instanceof LeaseNotFound) { this._end("expired"); return; }
+      if (exc instanceof SessionLost) return; // the relay ends a leaving holder's leases
+      throw exc;
+    }
+  }
+
+  /** Renew before each expiry until the lease ends or is released. */
+  keepRenewed() {
+    if (this._timer !== null || this.ended !== null) return this;
+    const schedule = () => {
+      const delay = Math.max(MIN_RENEW_MS, (this.expiresAt * 1000 - Date.now()) * RENEW_AT);
+      this._timer = setTimeout(async () => {
+        try {
+          await this.renew();
+        } catch (exc) {
+          if (exc instanceof LeaseNotFound || exc instanceof SessionLost) { this._timer = null; return; }
+          // RATE_LIMITED past its retries, SERVER_BUSY, ...: try again in the time left
+        }
+        if (this.ended === null && this._timer !== null) schedule();
+      }, delay);
+    };
+    schedule();
+    return this;
+  }
+
+  _stopRenewing() {
+    if (this._timer !== null) clearTimeout(this._timer);
+    this._timer = null;
+  }
+
+  _end(reason) {
+    this._stopRenewing();
+    this.session._leases.delete(this.leaseId);
+    if (this.ended !== null) return;
+    this.ended = reason;
+    this.dispatchEvent(new CustomEvent("ended", { detail: reason }));
+  }
+}
+
 /** One registered peer in one room over the relay's WebSocket, that survives drops: every
  * message is sent with an `id` and `send` resolves with the service's answer (ack, peer_list)
  * or rejects with a typed error; after a dropped socket or `go_away` it resumes with its
  * resume token and the last `seq` seen, and sends again what had no answer yet. */
 export class Session extends EventTarget {
-  constructor(url, room, identity, peerId, { role = "peer", metadata = {}, openTimeoutMs = 10000, backoff = {} } = {}) {
+  constructor(url, room, identity, peerId, { role = "peer", metadata = {}, maxClaims = null, openTimeoutMs = 10000, backoff = {} } = {}) {
     super();
     this.entryUrl = url;
     this.url = room.wsUrl || url;
@@ -155,6 +244,7 @@ export class Session extends EventTarget {
     this.peerId = peerId;
     this.role = role;
     this.metadata = { ...metadata };
+    this.maxClaims = maxClaims; // a worker: how many clients may book it at once (the relay's default 1)
     this.openTimeoutMs = openTimeoutMs;
     this.backoff = { initialMs: 200, maximumMs: 10000, attempts: 30, rateLimitedRetries: 3, ...backoff };
     this.resumeToken = null;
@@ -166,6 +256,7 @@ export class Session extends EventTarget {
     // getRandomValues, not randomUUID: the latter exists in secure contexts only.
     this._prefix = Array.from(crypto.getRandomValues(new Uint8Array(6)), (b) => b.toString(16).padStart(2, "0")).join("");
     this._pending = new Map();
+    this._leases = new Map(); // the live leases this session holds, by lease id
     this._seen = new Set();
     this._inbox = new Queue();
     this._signals = new Queue();
@@ -221,6 +312,31 @@ export class Session extends EventTarget {
     return Array.from(answer.peers || []);
   }
 
+  /** Book `peerId` (a worker registered with `max_claims`) for `ttlSeconds` (the relay's
+   * default is 300, its bounds 5 to 3600): resolves with a Lease that is yours to renew and
+   * release; AlreadyClaimed when every slot of the worker is taken, PeerError when it is
+   * not in the room. */
+  async claim(peerId, { ttlSeconds } = {}) {
+    const message = { type: "claim", peer_id: peerId };
+    if (ttlSeconds !== undefined) message.ttl_seconds = ttlSeconds;
+    return this.send(message);
+  }
+
+  /** Claim `peerId`, run `use(lease)` while the lease is kept renewed, release it after
+   * (also when `use` throws); resolves with what `use` returned. */
+  async withClaim(peerId, use, options = {}) {
+    const lease = await this.claim(peerId, options);
+    lease.keepRenewed();
+    try {
+      return await use(lease);
+    } finally {
+      await lease.release().catch(() => {});
+    }
+  }
+
+  /** The live leases this session holds. */
+  get leases() { return Array.from(this._leases.values()); }
+
   /** Replace this peer's metadata; the room sees `metadata_updated`. */
   async updateMetadata(metadata) {
     this.metadata = { ...metadata };
@@ -228,7 +344,9 @@ export class Session extends EventTarget {
   }
 
   /** The next application message (peer_message, broadcast, peer_joined, peer_left,
-   * metadata_updated, expired); rejects with SessionLost once the session has ended. */
+   * metadata_updated, expired, and the booking events booked, lease_ended and
+   * peer_availability: the session has already marked its own leases ended); rejects with
+   * SessionLost once the session has ended. */
   recv() { return this._inbox.get(); }
 
   /** The next relayed `offer`, `answer` or `candidate`. */
@@ -284,6 +402,7 @@ export class Session extends EventTarget {
           peer_id: this.peerId, room_id: this.room.roomId, token: this.room.token,
           id_token: this.identity.idToken, role: this.role, metadata: this.metadata,
         };
+        if (this.maxClaims !== null) message.max_claims = this.maxClaims;
         if (resume && this.resumeToken) Object.assign(message, { resume_token: this.resumeToken, last_seq: this.lastSeq });
         ws.send(JSON.stringify(message));
       };
@@ -363,13 +482,19 @@ export class Session extends EventTarget {
     if ("message_id" in message && this._seenBefore(message)) return;
     const kind = message.type;
     const id = message.id;
-    const answer = ["ack", "error", "peer_list", "pong"].includes(kind) && typeof id === "string";
+    const answer = ["ack", "error", "peer_list", "pong", "claimed", "released"].includes(kind) && typeof id === "string";
     const pending = answer ? this._pending.get(id) : undefined;
     if (pending) this._pending.delete(id);
     if (kind === "ack" && pending) pending.resolve({ type: "ack", id, queued: Boolean(message.queued) });
     else if (kind === "error" && pending) pending.reject(errorFromFrame(message));
     else if ((kind === "peer_list" || kind === "pong") && pending) pending.resolve(message);
-    else if (kind === "go_away") this._reconnectAfterMs = Number(message.reconnect_after_ms || 0);
+    // Here, not in claim(): a lease_ended read right after the answer must find the lease.
+    else if (kind === "claimed" && pending) pending.resolve(this._hold(message, pending.message));
+    else if (kind === "released" && pending) {
+      const lease = this._leases.get(String(message.lease_id));
+      if (lease) lease._end("released");
+      pending.resolve(message);
+    } else if (kind === "go_away") this._reconnectAfterMs = Number(message.reconnect_after_ms || 0);
     else if (kind === "ice_servers") {
       this.iceServers = Array.from(message.ice_servers || []);
       this.dispatchEvent(new Event("iceservers"));
@@ -378,9 +503,29 @@ export class Session extends EventTarget {
       if (kind === "peer_joined" || kind === "metadata_updated") {
         const { type, ...peer } = message;
         this.peers.set(message.peer_id, peer);
+      } else if (kind === "peer_availability" && this.peers.has(message.peer_id)) {
+        const known = this.peers.get(message.peer_id);
+        for (const key of ["available", "claims", "max_claims"]) if (key in message) known[key] = message[key];
       } else if (kind === "peer_left") this.peers.delete(message.peer_id);
+      else if (kind === "lease_ended") {
+        const lease = this._leases.get(String(message.lease_id));
+        if (lease) lease._end(String(message.reason || "expired"));
+      }
       this._inbox.put(message);
     }
+  }
+
+  /** The lease a `claimed` frame grants (a claim), now held, or the one it extends (a
+   * renewal: the frame itself if that lease has ended here meanwhile). */
+  _hold(claimed, request) {
+    const leaseId = String(claimed.lease_id);
+    const expiresAt = Number(claimed.expires_at);
+    const known = this._leases.get(leaseId);
+    if (known) { known.expiresAt = expiresAt; return known; }
+    if (request.type === "renew") return claimed;
+    const lease = new Lease(this, String(claimed.peer_id), leaseId, expiresAt, request.ttl_seconds);
+    this._leases.set(leaseId, lease);
+    return lease;
   }
 
   _seenBefore(message) {
@@ -398,6 +543,7 @@ export class Session extends EventTarget {
     this._pending.clear();
     this._inbox.fail(error);
     this._signals.fail(error);
+    for (const lease of Array.from(this._leases.values())) lease._end("left"); // the relay ends them
     this.dispatchEvent(new CustomEvent("ended", { detail: error }));
   }
 }
@@ -415,13 +561,19 @@ export function rtcConfiguration(iceServers, { relayOnly = false } = {}) {
   };
 }
 
-/** An open data channel to `peerId`: `channel`, `pc`, and `recv()` for the next message. */
+/** An open data channel to `peerId`: `channel`, `pc`, and `recv()` for the next message.
+ * On the offering side (`connect`), `path` is the selected candidate pair (`local_candidate`,
+ * `remote_candidate`, `transport`), `timeToConnectMs` the time from offer to open, and
+ * `describe()` says both in words. */
 export class PeerLink {
-  constructor(peerId, pc, channel, messages) {
+  constructor(peerId, pc, channel, messages, { session = null, path = {}, timeToConnectMs = null } = {}) {
     this.peerId = peerId;
     this.pc = pc;
     this.channel = channel;
     this.messages = messages;
+    this.session = session; // told of the connection's end (connection_report)
+    this.path = path;
+    this.timeToConnectMs = timeToConnectMs;
     channel.binaryType = "arraybuffer";
     const closed = () => this.messages.fail(new ChannelClosed("CHANNEL_CLOSED", `the data channel to ${peerId} closed`));
     channel.addEventListener("close", closed);
@@ -446,7 +598,75 @@ export class PeerLink {
     this.channel.send(data);
   }
 
-  close() { this.pc.close(); }
+  /** "direct (host -> host, udp) in 84 ms": how the connection was made, for people. */
+  describe() {
+    const { local_candidate: local, remote_candidate: remote, transport } = this.path;
+    const kind = pathOf(local, remote);
+    const pair = local && remote ? ` (${local} -> ${remote}${transport ? `, ${transport}` : ""})` : "";
+    const took = this.timeToConnectMs !== null ? ` in ${this.timeToConnectMs} ms` : "";
+    return `${kind}${pair}${took}`;
+  }
+
+  /** Close the peer connection (and report it closed); the returned promise never rejects. */
+  close() {
+    this.pc.close();
+    if (!this.session) return Promise.resolve();
+    const session = this.session;
+    this.session = null;
+    return report(session, this.peerId, "closed", this.path);
+  }
+}
+
+const CANDIDATE_TYPES = new Set(["host", "srflx", "prflx", "relay"]);
+
+/** The relay's name for a pair's path (as in signaling_peer_connections_total's `path`). */
+function pathOf(local, remote) {
+  if (!local || !remote) return "unknown";
+  if (local === "relay" || remote === "relay") return "relay";
+  if (local === "host" && remote === "host") return "direct";
+  return "stun";
+}
+
+/** The types (and transport, and the TURN server when relayed) of the candidate pair ICE
+ * selected, read from getStats(); empty when the browser does not say. The transport of a
+ * relayed candidate is how this browser reached the TURN server (`relayProtocol`). */
+export async function selectedPair(pc, iceServers = []) {
+  let stats;
+  try {
+    stats = await pc.getStats();
+  } catch {
+    return {};
+  }
+  let pair = null;
+  for (const entry of stats.values()) {
+    if (entry.type === "transport" && entry.selectedCandidatePairId) pair = stats.get(entry.selectedCandidatePairId) || null;
+  }
+  if (!pair) {
+    for (const entry of stats.values()) {
+      if (entry.type === "candidate-pair" && entry.nominated && entry.state === "succeeded") { pair = entry; break; }
+    }
+  }
+  if (!pair) return {};
+  const local = stats.get(pair.localCandidateId) || {};
+  const remote = stats.get(pair.remoteCandidateId) || {};
+  const fields = {};
+  if (CANDIDATE_TYPES.has(local.candidateType)) fields.local_candidate = local.candidateType;
+  if (CANDIDATE_TYPES.has(remote.candidateType)) fields.remote_candidate = remote.candidateType;
+  const transport = String((local.candidateType === "relay" && local.relayProtocol) || local.protocol || "").toLowerCase();
+  if (["udp", "tcp", "tls"].includes(transport)) fields.transport = transport;
+  const turnUrls = iceServers.flatMap((server) => [].concat(server.urls || []));
+  if (local.candidateType === "relay" && turnUrls.includes(local.url)) fields.turn_server = local.url;
+  return fields;
+}
+
+/** Tell the relay how the connection to `peerId` came out (`connection_report`); never
+ * rejects: telemetry must not fail a transfer. */
+async function report(session, peerId, outcome, fields = {}) {
+  try {
+    await session.send({ type: "connection_report", peer_id: peerId, outcome, ...fields });
+  } catch (exc) {
+    console.info(`connection report not sent: ${exc.message}`);
+  }
 }
 
 function collect(channel) {
@@ -459,12 +679,19 @@ function collect(channel) {
 function untilOpen(pc, channel, timeoutMs) {
   return new Promise((resolve, reject) => {
     if (channel.readyState === "open") return resolve();
-    const timer = setTimeout(() => reject(new NegotiationFailed("NEGOTIATION_FAILED", `no data channel after ${timeoutMs / 1000} s (ICE ${pc.iceConnectionState})`)), timeoutMs);
+    const timer = setTimeout(() => {
+      const error = new NegotiationFailed("NEGOTIATION_FAILED", `no data channel after ${timeoutMs / 1000} s (ICE ${pc.iceConnectionState})`);
+      error.failure = "timeout";
+      reject(error);
+    }, timeoutMs);
     channel.addEventListener("open", () => { clearTimeout(timer); resolve(); });
     pc.addEventListener("connectionstatechange", () => {
       if (["failed", "closed"].includes(pc.connectionState)) {
         clearTimeout(timer);
-        reject(new NegotiationFailed("NEGOTIATION_FAILED", `connection ${pc.connectionState}`));
+        const error = new NegotiationFailed("NEGOTIATION_FAILED", `connection ${pc.connectionState}`);
+        // ICE that connected and a connection that failed after it: the DTLS handshake.
+        error.failure = pc.iceConnectionState === "failed" || pc.iceConnectionState === "checking" ? "ice_failed" : "dtls_failed";
+        reject(error);
       }
     });
   });
@@ -498,9 +725,14 @@ async function nextFrom(session, peerId, kind) {
   return message;
 }
 
-/** Offer a data channel to `peerId` over `session`; resolves with a PeerLink once it is open. */
+/** Offer a data channel to `peerId` over `session`; resolves with a PeerLink once it is open.
+ * The relay hears how the connection came out (`connection_report`: connected with the
+ * selected candidate pair's types and the time it took, or failed and why; closed, from
+ * `PeerLink.close`). */
 export async function connect(session, peerId, { label = "data", iceServers = null, relayOnly = false, timeoutMs = 30000 } = {}) {
-  const pc = new RTCPeerConnection(rtcConfiguration(iceServers || session.iceServers, { relayOnly }));
+  const started = performance.now();
+  const servers = iceServers || session.iceServers;
+  const pc = new RTCPeerConnection(rtcConfiguration(servers, { relayOnly }));
   try {
     const channel = pc.createDataChannel(label);
     channel.binaryType = "arraybuffer";
@@ -525,9 +757,16 @@ export async function connect(session, peerId, { label = "data", iceServers = nu
     await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
     await Promise.race([takeCandidates(session, peerId, pc), opened]);
     await opened;
-    return new PeerLink(peerId, pc, channel, messages);
+    const path = await selectedPair(pc, servers);
+    const timeToConnectMs = Math.min(600000, Math.round(performance.now() - started));
+    await report(session, peerId, "connected", { ...path, time_to_connect_ms: timeToConnectMs });
+    return new PeerLink(peerId, pc, channel, messages, { session, path, timeToConnectMs });
   } catch (exc) {
-    pc.close();
+    if (exc instanceof NegotiationFailed) {
+      const path = await selectedPair(pc, servers);
+      pc.close();
+      await report(session, peerId, "failed", { ...path, failure: exc.failure || "other" });
+    } else pc.close();
     throw exc;
   }
 }

@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -29,6 +30,7 @@ import httpx
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from api_checks import metric_value
 from devstack.stack import StackConfig, StackInfo, StackThread
 from support import scaled
 from tools import require
@@ -309,6 +311,16 @@ def test_a_page_from_another_origin_sends_a_file_the_worker_hashes(
             assert page.evaluate("window.demo.sha256") == expected
             assert page.evaluate("document.getElementById('sha256').textContent") == expected
             assert page.evaluate("document.getElementById('progress').value") == SIZE
+            # The page booked the worker for the transfer and told the relay how it connected.
+            assert page.evaluate("window.demo.lease"), state
+            shown_connection = page.evaluate("document.getElementById('connection').textContent")
+            assert re.search(
+                r"(direct|stun|relay) \((host|srflx|prflx|relay) -> (host|srflx|prflx|relay)", shown_connection
+            )
+            assert re.search(r"in \d+ ms", shown_connection)
+            metrics = httpx.get(info.relay_url.replace("ws://", "http://") + "/metrics", timeout=scaled(10)).text
+            assert metric_value(metrics, "signaling_claims_total", outcome="granted") >= 1
+            assert metric_value(metrics, "signaling_peer_connections_total", outcome="connected") >= 1
             shot = page.call("Page.captureScreenshot", format="png")
             (tmp_path / "browser-demo.png").write_bytes(base64.b64decode(shot["data"]))
         assert worker.wait(timeout=scaled(30)) == 0, (tmp_path / "worker.log").read_text()
@@ -318,4 +330,80 @@ def test_a_page_from_another_origin_sends_a_file_the_worker_hashes(
             worker.wait()
         worker_log.close()
     assert hashlib.sha256((received / job.name).read_bytes()).hexdigest() == expected
-    assert expected in (tmp_path / "worker.log").read_text()  # what the worker said it wrote
+    said = (tmp_path / "worker.log").read_text()
+    assert expected in said  # what the worker said it wrote
+    assert "booked by browser-" in said
+
+
+BOOKING = """
+(async () => {
+  const m = await import("./sdk/signaling.js");
+  const [API, RELAY, room] = ARGS;
+  const service = new m.ServiceClient(API);
+  const open = async (peerId, options) => m.Session.open(RELAY, room, await service.signIn(), peerId, options);
+  const until = async (session, type) => {
+    for (;;) {
+      const message = await session.recv();
+      if (message.type === type) return message;
+    }
+  };
+  const failure = async (promise) => promise.then(() => "granted", (e) => `${e.name} ${e.code}`);
+  const out = {};
+  const worker = await open("js-worker", { role: "worker", maxClaims: 1 });
+  const alice = await open("js-alice", { role: "client" });
+  const bob = await open("js-bob", { role: "client" });
+  const lease = await alice.claim("js-worker", { ttlSeconds: 30 });
+  out.lease = lease instanceof m.Lease && lease.peerId === "js-worker" && lease.ended === null;
+  out.booked = (await until(worker, "booked")).by_peer_id;
+  out.second = await failure(bob.claim("js-worker"));
+  out.heard = (await until(bob, "peer_availability")).available;
+  out.available = (await bob.discover({ role: "worker", available: true })).map((p) => p.peer_id);
+  const before = lease.expiresAt;
+  await lease.renew(60);
+  out.renewed = lease.expiresAt - before;
+  await lease.release();
+  out.released = [lease.ended, alice.leases.length];
+  out.workerHeard = (await until(worker, "lease_ended")).reason;
+  out.renewAfter = await failure(lease.renew());
+  out.withClaim = await bob.withClaim("js-worker", async (held) => [held.peerId, bob.leases.length]);
+  out.afterWithClaim = [bob.leases.length, (await until(worker, "lease_ended")).holder_peer_id];
+  const held = await alice.claim("js-worker", { ttlSeconds: 30 });
+  const ended = new Promise((resolve) => held.addEventListener("ended", (event) => resolve(event.detail)));
+  worker.close();
+  out.workerLeft = [await ended, (await until(alice, "lease_ended")).reason];
+  alice.close();
+  bob.close();
+  return JSON.stringify(out);
+})()
+"""
+
+
+def test_the_browser_client_books_renews_and_releases_a_worker(
+    browser_stack: StackInfo, chromium: str, tmp_path: Path
+) -> None:
+    """signaling.js's booking in the real browser against the relay: one lease per slot,
+    renewed, released, kept around a callback, and ended when the worker leaves."""
+    info = browser_stack
+    room = json.loads(
+        subprocess.run(_signaling(info, "rooms", "create"), capture_output=True, text=True, check=True).stdout
+    )
+    with connect(_page(chromium), max_size=None, open_timeout=scaled(10)) as ws:
+        page = DevTools(ws)
+        page.call("Runtime.enable")
+        page.call("Page.enable")
+        page.call("Page.navigate", url=info.demo_url)
+        page.wait_for("document.readyState === 'complete'", 10)
+        args = [info.api_url, info.relay_url, {"roomId": room["room_id"], "token": room["token"], "wsUrl": ""}]
+        out = json.loads(page.evaluate(BOOKING.replace("ARGS", json.dumps(args))))
+    assert out["lease"] is True, out
+    assert out["booked"] == "js-alice"
+    assert out["second"] == "AlreadyClaimed ALREADY_CLAIMED"
+    assert out["heard"] is False  # bob heard the worker's one slot taken
+    assert out["available"] == []
+    assert out["renewed"] >= 25  # 30 s claimed, renewed for 60 s
+    assert out["released"] == ["released", 0]
+    assert out["workerHeard"] == "released"
+    assert out["renewAfter"] == "LeaseNotFound LEASE_NOT_FOUND"  # refused without asking the relay
+    assert out["withClaim"] == ["js-worker", 1]
+    assert out["afterWithClaim"] == [0, "js-bob"]  # released when the callback returned
+    assert out["workerLeft"] == ["peer_left", "peer_left"]
