@@ -1,0 +1,127 @@
+"""ws_relay.link over a real websockets connection (loopback, port 0): bursts written in
+one write with their confirmation ping, and the pong confirming what came before it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import ServerConnection, serve
+
+from support import scaled
+from ws_relay.link import WRITE_BATCH, WebSocketLink
+from ws_relay.metrics import RelayMetrics
+
+
+@dataclass
+class Served:
+    link: WebSocketLink
+    client: ClientConnection
+    writes: list[bytes] = field(default_factory=list)
+    confirmed: list[int] = field(default_factory=list)
+    confirmed_event: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@asynccontextmanager
+async def served(*, outbox_max: int = 1000) -> AsyncIterator[Served]:
+    """One link on the server side of a real connection, its transport's writes recorded."""
+    ready: asyncio.Future[tuple[WebSocketLink, list[bytes]]] = asyncio.get_running_loop().create_future()
+    done = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        writes: list[bytes] = []
+        write = ws.transport.write
+
+        def recording(data: bytes | bytearray | memoryview) -> None:
+            writes.append(bytes(data))
+            write(data)
+
+        ws.transport.write = recording  # type: ignore[method-assign]
+        link = WebSocketLink(ws, outbox_max=outbox_max, metrics=RelayMetrics(CollectorRegistry()))
+        ready.set_result((link, writes))
+        await done.wait()
+        await link.finish()
+
+    async with serve(handler, "127.0.0.1", 0, ping_interval=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}", ping_interval=None) as client:
+            link, writes = await asyncio.wait_for(ready, scaled(5))
+            result = Served(link, client, writes)
+
+            def on_confirm(seq: int) -> None:
+                result.confirmed.append(seq)
+                result.confirmed_event.set()
+
+            link.on_confirm = on_confirm
+            try:
+                yield result
+            finally:
+                done.set()
+
+
+async def receive(client: ClientConnection, count: int) -> list[str]:
+    return [str(await asyncio.wait_for(client.recv(), scaled(5))) for _ in range(count)]
+
+
+async def test_a_burst_goes_out_in_one_write_with_its_confirmation_ping() -> None:
+    async with served() as s:
+        for seq in range(1, 11):
+            assert s.link.send(f'{{"type":"offer","seq":{seq}}}', None, seq)
+        assert await receive(s.client, 10) == [f'{{"type":"offer","seq":{seq}}}' for seq in range(1, 11)]
+        # The client answers the ping as it reads (websockets does): the pong confirms all ten.
+        await asyncio.wait_for(s.confirmed_event.wait(), scaled(5))
+        assert s.confirmed == [10]
+        assert len(s.writes) == 1, s.writes  # ten frames and the ping: one syscall's worth
+        assert s.writes[0].endswith(b"confirm:10")  # the ping after the frames it confirms
+
+
+async def test_what_is_written_while_a_confirmation_is_in_flight_is_confirmed_after_it() -> None:
+    async with served() as s:
+        s.link.send('{"n":1}', None, 1)
+        await receive(s.client, 1)
+        await asyncio.wait_for(s.confirmed_event.wait(), scaled(5))
+        s.confirmed_event.clear()
+        s.link.send('{"n":2}', None, 2)
+        s.link.send('{"n":3}', None, 3)
+        await receive(s.client, 2)
+        await asyncio.wait_for(s.confirmed_event.wait(), scaled(5))
+        while s.confirmed[-1] < 3:
+            s.confirmed_event.clear()
+            await asyncio.wait_for(s.confirmed_event.wait(), scaled(5))
+        assert s.confirmed == sorted(s.confirmed)  # in order, ending with the last written
+        assert s.confirmed[-1] == 3
+
+
+async def test_a_long_burst_is_written_in_batches_and_confirmed_every_so_often() -> None:
+    async with served(outbox_max=1000) as s:
+        count = WRITE_BATCH * 3
+        for seq in range(1, count + 1):
+            s.link.send(f'{{"n":{seq}}}', None, seq)
+        assert len(await receive(s.client, count)) == count
+        while not s.confirmed or s.confirmed[-1] < count:
+            s.confirmed_event.clear()
+            await asyncio.wait_for(s.confirmed_event.wait(), scaled(5))
+        assert len(s.writes) <= 4  # 3 batches (and a ping of its own at most)
+
+
+async def test_frames_without_a_sequence_number_need_no_confirmation() -> None:
+    async with served() as s:
+        s.link.send('{"type":"ack","id":"a"}')
+        assert await receive(s.client, 1) == ['{"type":"ack","id":"a"}']
+        assert s.writes == [s.writes[0]]
+        assert b"confirm:" not in s.writes[0]
+        assert s.confirmed == []
+
+
+async def test_a_consumer_past_its_outbox_is_closed_as_a_slow_consumer() -> None:
+    async with served(outbox_max=2) as s:
+        assert s.link.send("1")
+        assert s.link.send("2")
+        assert not s.link.send("3")  # the limit: closed, the frames dropped (senders are told)
+        assert not s.link.is_open()
+        await asyncio.wait_for(s.client.wait_closed(), scaled(5))
+        assert s.client.close_code == 4501
