@@ -413,10 +413,10 @@ class GatedRepository(Repository):
         finally:
             self._done("claim_peer")
 
-    async def hold_message(self, message: QueuedMessage) -> None:
+    async def hold_message(self, message: QueuedMessage, *, held_until_ms: int) -> None:
         await self._hold("hold_message")
         try:
-            await super().hold_message(message)
+            await super().hold_message(message, held_until_ms=held_until_ms)
         finally:
             self._done("hold_message")
 

@@ -9,6 +9,7 @@ and against the real one on the integration tier's emulator
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -80,6 +81,14 @@ def node(node_id: str, *, expires_at: float, rooms: int = 0, capacity: int = 100
     return RelayNode(node_id, f"ws://{node_id}.test/ws", rooms, capacity, expires_at, **extra)
 
 
+async def hold(repo: AnyRepository, held: QueuedMessage) -> None:
+    """Hold ``held`` in its room (created, live, if there is none yet), the room marked
+    until the message expires."""
+    with contextlib.suppress(ConditionFailed):
+        await repo.create_room(room(held.room_id, now=clock()))
+    await repo.hold_message(held, held_until_ms=held.expires_at_ms)
+
+
 async def saved(repo: AnyRepository, *, now: int, frames: int = 2, connection: str = "c1") -> SavedSession:
     """A peer claimed in a live room, its session saved with ``frames`` frames."""
     await repo.create_room(room(now=now))
@@ -107,8 +116,11 @@ async def rooms_are_created_once_and_read_back_expired_or_not(repo: AnyRepositor
     now = clock()
     first = room(now=now)
     placed = room("room-2", now=now, expires_in=-10, node_id="node-a")
+    marked = replace(room("room-3", now=now), held_until_ms=0, saved_until=0)
     await repo.create_room(first)
     await repo.create_room(placed)
+    await repo.create_room(marked)
+    assert await repo.get_room("room-3") == marked
     assert await repo.get_room("room-1") == first
     assert await repo.get_room("room-2") == placed  # expired: returned all the same
     with pytest.raises(ConditionFailed):
@@ -390,7 +402,7 @@ async def held_messages_are_listed_by_target_in_order(repo: AnyRepository) -> No
     a = message("A", 4, now=now, expires_at_ms=(now - 10) * 1000)  # expired: listed all the same
     other = message("B", 5, now=now, room_id="room-2")
     for held in (b2, bb, b1, a, other):
-        await repo.hold_message(held)
+        await hold(repo, held)
     assert await repo.held_messages("room-1") == [a, b1, b2, bb]
     assert await repo.held_messages("room-1", to_peer_id="B") == [b1, b2]  # not BB's
     assert await repo.held_messages("room-1", to_peer_id="B", with_frames=False) == [
@@ -400,9 +412,9 @@ async def held_messages_are_listed_by_target_in_order(repo: AnyRepository) -> No
     assert await repo.held_messages("room-1", to_peer_id="C") == []
     assert await repo.held_messages("room-3") == []
     with pytest.raises(ConditionFailed):
-        await repo.hold_message(replace(b1, frame="another"))  # the key is taken
+        await hold(repo, replace(b1, frame="another"))  # the key is taken
     claimed = message("C", 6, now=now, claimed_until_ms=now * 1000)
-    await repo.hold_message(claimed)  # a new hold is nobody's claim
+    await hold(repo, claimed)  # a new hold is nobody's claim
     assert await repo.held_messages("room-1", to_peer_id="C") == [replace(claimed, claimed_until_ms=0)]
 
 
@@ -410,7 +422,7 @@ async def held_messages_are_listed_by_target_in_order(repo: AnyRepository) -> No
 async def a_held_message_is_taken_once(repo: AnyRepository) -> None:
     now = clock()
     held = message("B", 1, now=now)
-    await repo.hold_message(held)
+    await hold(repo, held)
     assert await repo.take_message("room-1", held.key) == held
     assert await repo.take_message("room-1", held.key) is None
     assert await repo.held_messages("room-1") == []
@@ -420,8 +432,8 @@ async def a_held_message_is_taken_once(repo: AnyRepository) -> None:
 async def held_messages_are_claimed_for_a_saved_session(repo: AnyRepository) -> None:
     now = clock()
     first, second = message("B", 1, now=now), message("B", 2, now=now)
-    await repo.hold_message(first)
-    await repo.hold_message(second)
+    await hold(repo, first)
+    await hold(repo, second)
     until = (now + 30) * 1000
     await repo.claim_messages("room-1", iter([first.key, "B#gone"]), until)  # a missing one is skipped
     assert await repo.held_messages("room-1") == [replace(first, claimed_until_ms=until), second]
@@ -433,7 +445,7 @@ async def held_messages_are_deleted_in_batches_of_distinct_keys(repo: AnyReposit
     now = clock()
     held = [message("B", n, now=now) for n in range(28)]
     for one in held:
-        await repo.hold_message(one)
+        await hold(repo, one)
     await repo.delete_messages("room-1", [])
     await repo.delete_messages("room-1", [m.key for m in held[:26]] + ["B#gone"])
     assert await repo.held_messages("room-1") == held[26:]
@@ -446,14 +458,54 @@ async def held_messages_are_deleted_in_batches_of_distinct_keys(repo: AnyReposit
 async def a_room_s_messages_and_saved_frames_are_deleted_together(repo: AnyRepository) -> None:
     now = clock()
     session = await saved(repo, now=now, frames=3)
-    await repo.hold_message(message("B", 1, now=now))
+    await hold(repo, message("B", 1, now=now))
     elsewhere = message("B", 2, now=now, room_id="room-2")
-    await repo.hold_message(elsewhere)
+    await hold(repo, elsewhere)
     await repo.delete_room_messages("room-1")
     assert await repo.held_messages("room-1") == []
     assert await repo.held_messages("room-2") == [elsewhere]
     assert await repo.load_session("room-1", session.peer.peer_id) is None  # its frames are gone
     await repo.delete_room_messages("room-3")  # nothing there: nothing to do
+
+
+@case
+async def holding_a_message_marks_its_room_and_needs_the_room(repo: AnyRepository) -> None:
+    now = clock()
+    await repo.create_room(replace(room(now=now), held_until_ms=0, saved_until=0))
+    assert not (await repo.get_room("room-1")).may_hold_messages(now)
+    held = message("B", 1, now=now)
+    until = held.expires_at_ms + 60_000
+    await repo.hold_message(held, held_until_ms=until)
+    marked = await repo.get_room("room-1")
+    assert (marked.held_until_ms, marked.saved_until) == (until, 0)
+    assert marked.may_hold_messages(now)
+    assert not marked.may_hold_messages(until / 1000)
+    with pytest.raises(ConditionFailed):  # the key is taken: the mark stays as it was
+        await repo.hold_message(replace(held, frame="another"), held_until_ms=until + 1)
+    assert (await repo.get_room("room-1")).held_until_ms == until
+    gone = message("B", 2, now=now, room_id="room-2")
+    with pytest.raises(NotFound):  # no room: nothing is held, and no room item appears
+        await repo.hold_message(gone, held_until_ms=until)
+    assert await repo.held_messages("room-2") == []
+    with pytest.raises(NotFound):
+        await repo.get_room("room-2")
+
+
+@case
+async def saving_sessions_marks_their_room(repo: AnyRepository) -> None:
+    now = clock()
+    unmarked = room(now=now)  # a room written before the marks: anything may be in it
+    await repo.create_room(unmarked)
+    assert (await repo.get_room("room-1")).may_have_saved_sessions(now)
+    assert (await repo.get_room("room-1")).may_hold_messages(now)
+    await repo.mark_sessions_saved("room-1", until=now + 30)
+    marked = await repo.get_room("room-1")
+    assert marked == replace(unmarked, saved_until=now + 30)
+    assert marked.may_have_saved_sessions(now)
+    assert not marked.may_have_saved_sessions(now + 30)
+    await repo.mark_sessions_saved("room-2", until=now + 30)  # no room: nothing, and no room item
+    with pytest.raises(NotFound):
+        await repo.get_room("room-2")
 
 
 # Saved sessions --------------------------------------------------------------------
@@ -523,6 +575,18 @@ async def an_unresumed_session_is_dropped_once(repo: AnyRepository) -> None:
 
 
 @case
+async def a_saved_session_s_entry_is_not_claimed_over(repo: AnyRepository) -> None:
+    now = clock()
+    session = await saved(repo, now=now)
+    for claimant in (replace(session.peer, connection_id="c2"), peer(now=now, sub="someone else", connection="c3")):
+        with pytest.raises(ConditionFailed):  # not even by its own identity: the session must end first
+            await repo.claim_peer(claimant, now=now)
+    with pytest.raises(ConditionFailed):  # nor once its window is over
+        await repo.claim_peer(replace(session.peer, connection_id="c2"), now=session.peer.expires_at + 1)
+    assert await repo.load_session("room-1", "A") == replace(session, peer=replace(session.peer, saved=True))
+
+
+@case
 async def a_saved_session_is_taken_by_one_resume(repo: AnyRepository) -> None:
     now = clock()
     session = await saved(repo, now=now)
@@ -539,7 +603,8 @@ async def a_saved_session_is_taken_by_one_resume(repo: AnyRepository) -> None:
 async def a_saved_session_is_not_taken_after_its_entry_changed(repo: AnyRepository) -> None:
     now = clock()
     session = await saved(repo, now=now)
-    await repo.claim_peer(replace(session.peer, connection_id="c2"), now=now)  # registered again
+    assert await repo.drop_session(session) is True  # registered again: the saved session ended
+    await repo.claim_peer(replace(session.peer, connection_id="c2"), now=now)
     assert await repo.peer_entry("room-1", "A") == replace(session.peer, connection_id="c2")  # nothing saved
     resume = replace(session.peer, connection_id="c3")
     with pytest.raises(ConditionFailed):

@@ -194,6 +194,14 @@ class MemoryRepository:
 
         await self._run("move_room", update)
 
+    async def mark_sessions_saved(self, room_id: str, *, until: int) -> None:
+        def update() -> None:
+            item = self.rooms_table.get(room_id)
+            if item is not None:
+                item["saved_until"] = number(until)
+
+        await self._run("mark_sessions_saved", update)
+
     def _nodes(self) -> dict[str, Any] | None:
         """The node registry's map (node id -> entry), None before the first heartbeat."""
         item = self.rooms_table.get(NODES_ITEM)
@@ -259,8 +267,9 @@ class MemoryRepository:
 
     async def claim_peer(self, peer: PeerRecord, *, now: int) -> None:
         def free(entry: Item | None) -> bool:
-            return (
-                entry is None or _s(entry, "owner_sub") == peer.owner_sub or int(entry["expires_at"]["N"]) <= int(now)
+            return entry is None or (
+                "saved_session" not in entry
+                and (_s(entry, "owner_sub") == peer.owner_sub or int(entry["expires_at"]["N"]) <= int(now))
             )
 
         await self._put_in_live_room("claim_peer", peer, now=now, condition=free)
@@ -366,13 +375,21 @@ class MemoryRepository:
 
     # Held messages -----------------------------------------------------------------
 
-    async def hold_message(self, message: QueuedMessage) -> None:
+    async def hold_message(self, message: QueuedMessage, *, held_until_ms: int) -> None:
         def put() -> None:
-            if (message.room_id, message.key) in self.messages_table:
-                raise _condition_failed("hold_message")
+            room = self.rooms_table.get(message.room_id)
+            taken = (message.room_id, message.key) in self.messages_table
+            self._transaction("hold_message", room is not None, not taken)
+            assert room is not None
+            room["held_until_ms"] = number(held_until_ms)
             self.messages_table[(message.room_id, message.key)] = message_item(message)
 
-        await self._run("hold_message", put)
+        try:
+            await self._run("hold_message", put)
+        except ConditionFailed as exc:
+            if exc.reasons[:1] == ("ConditionalCheckFailed",):
+                raise NotFound("room is gone", operation="hold_message") from exc
+            raise
 
     def _room_messages(self, room_id: str, prefix: str = "") -> list[Item]:
         """A room's items in the messages table whose key starts with ``prefix``, in key order."""

@@ -71,6 +71,8 @@ class RoomsService:
                 created_at=now,
                 expires_at=now + self._ttl,
                 node_id=node.node_id if node else "",
+                held_until_ms=0,  # nothing held, no session saved: a registration reads neither
+                saved_until=0,
             )
             try:
                 await self._repo.create_room(room)

@@ -60,11 +60,15 @@ class Seats:
     spawn: Callable[[Coroutine[Any, Any, None]], None]
     end: Callable[[Member, CloseCode, str], None]
 
-    def seat(self, connection: Connection, reservation: Reservation, member: Member, now: float) -> Member | None:
-        """Seat ``member`` on ``connection``'s socket: in the hub, its room watched for saved
-        sessions, due to leave when the room expires. The member it replaced, if any."""
+    def seat(
+        self, connection: Connection, reservation: Reservation, member: Member, now: float, room: Room | None
+    ) -> Member | None:
+        """Seat ``member`` on ``connection``'s socket: in the hub, its room (as read, if it was)
+        watched for saved sessions, due to leave when the room expires. The member it
+        replaced, if any."""
         replaced = self.hub.commit(reservation, member)
-        self.handoff.watch(member.room_id)
+        if room is None or room.may_have_saved_sessions(now):
+            self.handoff.watch(member.room_id)
         self.attach(connection, member)
         member.timers["room_expiry"] = asyncio.get_running_loop().call_later(
             max(0.0, member.room_expires_at - now), self._room_expired, member
@@ -97,6 +101,7 @@ class Claim:
     opens_inbox = True  # held messages are delivered after the reply
     replay_from: int | None = None  # the client's last_seq: confirmed, and replayed after
     now: float | None = None  # when the source was read, if its checks used that time
+    room: Room | None = None  # the room as read for this claim, if it was
 
     def __init__(self, seats: Seats, connection: Connection, member: Member, resume_token: str) -> None:
         self.seats = seats
@@ -131,9 +136,13 @@ class Claim:
     def unchanged(self) -> bool:
         return True
 
+    def may_hold_messages(self, now: float) -> bool:
+        """Whether messages may be held for the member: its inbox is read only if so."""
+        return self.room is None or self.room.may_hold_messages(now)
+
     def seat(self, now: float) -> Member:
         assert self.reservation is not None
-        self.seats.seat(self.connection, self.reservation, self.member, now)
+        self.seats.seat(self.connection, self.reservation, self.member, now, self.room)
         return self.member
 
     async def after_seat(self) -> None:
@@ -176,10 +185,19 @@ class FreshClaim(Claim):
         )
         super().__init__(seats, connection, member, resume_token)
         self.now = now
+        self.room = room
         self.replaced: Member | None = None
 
     async def write(self, now: float) -> None:
-        await self.seats.repository.claim_peer(self.record(now), now=int(now))
+        try:
+            await self.seats.repository.claim_peer(self.record(now), now=int(now))
+        except ConditionFailed:
+            # The id is another identity's, or its entry carries a session the previous
+            # process saved: that one, if this identity's (or lapsed), ends, and we try again.
+            member = self.member
+            if not await self.seats.handoff.end_previous(member.room_id, member.peer_id, member.owner_sub, now):
+                raise
+            await self.seats.repository.claim_peer(self.record(now), now=int(now))
 
     def refusal(self, exc: RepositoryError) -> SignalingError:
         return PeerIdTaken() if isinstance(exc, ConditionFailed) else RoomNotFound("room was deleted")
@@ -196,7 +214,7 @@ class FreshClaim(Claim):
 
     def seat(self, now: float) -> Member:
         assert self.reservation is not None
-        self.replaced = self.seats.seat(self.connection, self.reservation, self.member, now)
+        self.replaced = self.seats.seat(self.connection, self.reservation, self.member, now, self.room)
         if self.replaced is not None:
             for timer in self.replaced.timers.values():
                 timer.cancel()
@@ -335,6 +353,7 @@ class SavedClaim(Claim):
         )
         claim = cls(seats, connection, restored_member(member, saved), resume_token)
         claim.now = now
+        claim.room = room
         claim.saved = saved
         claim.replay_from = message.last_seq
         return claim
@@ -414,6 +433,7 @@ class OrphanClaim(Claim):
             member.session_id = entry.session_id
         claim = cls(seats, connection, member, resume_token)
         claim.now = now
+        claim.room = room
         claim.entry = entry
         return claim
 

@@ -102,15 +102,18 @@ class Handoff:
             return
         await self.settle(saved, left=True)
 
-    async def end_previous(self, room_id: str, peer_id: str, sub: str, now: float) -> None:
-        """A fresh registration of ``peer_id``: a session a previous process saved for it
-        (the same identity's, or one whose window is over) ends now."""
+    async def end_previous(self, room_id: str, peer_id: str, sub: str, now: float) -> bool:
+        """A fresh registration of ``peer_id`` was refused: a session a previous process saved
+        for it (the same identity's, or one whose window is over) ends now. Whether there was
+        one to end (here or by a registration racing this one): the claim may be tried again."""
         if self.hub.get(room_id, peer_id) is not None:
-            return
+            return False
         previous = await self.repository.load_session(room_id, peer_id, whole=False)
-        ours = previous is not None and (previous.peer.owner_sub == sub or previous.peer.expires_at <= now)
-        if previous is not None and ours and await self.repository.drop_session(previous):
+        if previous is None or not (previous.peer.owner_sub == sub or previous.peer.expires_at <= now):
+            return False
+        if await self.repository.drop_session(previous):
             self._spawn(self.settle(previous, left=previous.peer.owner_sub != sub))
+        return True
 
     async def settle(self, saved: SavedSession, *, left: bool) -> None:
         """A saved session that will not be resumed: what it had not received never will be.
@@ -148,9 +151,30 @@ class Handoff:
             lapse.cancel()
         now = self._clock()
         limit = asyncio.Semaphore(LEASE_REFRESH_CONCURRENCY)
+        until = int(now + self.settings.resume_window_seconds)
+        marked: dict[str, asyncio.Task[bool]] = {}
+
+        async def mark(room_id: str) -> bool:
+            """The room says it has saved sessions (before any is saved): the next process
+            looks for them there, and only there."""
+            for attempt in range(SAVE_ATTEMPTS):
+                try:
+                    async with limit:
+                        await self.repository.mark_sessions_saved(room_id, until=until)
+                    return True
+                except RepositoryError as exc:
+                    log.warning("session_mark_failed", room_id=room_id, error=type(exc).__name__)
+                    if attempt + 1 < SAVE_ATTEMPTS:
+                        await asyncio.sleep(0.5 * 2**attempt)
+            return False
 
         async def save(member: Member) -> None:
-            expires_at = min(member.room_expires_at, int(now + self.settings.resume_window_seconds))
+            if member.room_id not in marked:
+                marked[member.room_id] = asyncio.ensure_future(mark(member.room_id))
+            if not await marked[member.room_id]:  # unmarked, it would never be found to end
+                await self.cluster.release_quietly(member.room_id, member.peer_id, member.connection_id)
+                return
+            expires_at = min(member.room_expires_at, until)
             saved = SavedSession(
                 peer=replace(self.cluster.record(member, now), expires_at=expires_at),
                 session_id=member.session_id,

@@ -208,11 +208,12 @@ class Ledger:
         self.metrics.held.labels("expired").inc()
         self.push(sender, frames.expired(message.correlation_id, message.to_peer_id), kind="expired", answer=True)
 
-    async def open_inbox(self, member: Member) -> None:
-        """Deliver what is held for a newly registered member, then what arrived meanwhile."""
+    async def open_inbox(self, member: Member, *, may_hold: bool = True) -> None:
+        """Deliver what is held for a newly registered member, then what arrived meanwhile
+        (``may_hold`` False: its room, as read at registration, held nothing)."""
         held = []
         try:
-            held = await self.mailbox.arrived(member.room_id, member.peer_id, member.session_id)
+            held = await self.mailbox.arrived(member.room_id, member.peer_id, member.session_id, may_hold=may_hold)
         except RepositoryError as exc:  # they stay held: delivered at a later registration, or expire
             log.warning("held_read_failed", room_id=member.room_id, error=type(exc).__name__)
         finally:

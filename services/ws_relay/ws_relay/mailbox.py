@@ -173,7 +173,9 @@ class Mailbox:
                 for_session=for_session,
             )
             try:
-                await self.repository.hold_message(message)
+                # The room's mark covers every message held in it: none lives past the longest lifetime.
+                held_until_ms = max(expires_at_ms, now_ms + 1000 * self.settings.queue_ttl_max_seconds)
+                await self.repository.hold_message(message, held_until_ms=held_until_ms)
             except RepositoryError:
                 # The write may have landed: take it back, so a message its sender was told
                 # failed is not delivered later.
@@ -184,11 +186,16 @@ class Mailbox:
         log.info("message_held", room_id=room_id, to_peer_id=to_peer_id, expires_at_ms=expires_at_ms)
         return True
 
-    async def arrived(self, room_id: str, peer_id: str, session_id: str) -> list[QueuedMessage]:
+    async def arrived(
+        self, room_id: str, peer_id: str, session_id: str, *, may_hold: bool = True
+    ) -> list[QueuedMessage]:
         """``peer_id`` registered (or resumed here) as ``session_id``: the live messages held
         for it, in order, with their frames, marked as being delivered (settle each with
         ``delivered`` or ``release``). Those it sent that expired while it was away are
-        expired now, so it hears of them."""
+        expired now, so it hears of them. ``may_hold`` False: the room, as just read, holds
+        no live message, so unless this node is holding one now the table is not read."""
+        if not may_hold and room_id not in self._rooms and room_id not in self._locks:
+            return []
         async with self._room(room_id) as room:
             now_ms = self._clock() * 1000
             for message in list(room.held.values()):

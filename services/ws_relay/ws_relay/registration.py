@@ -115,7 +115,6 @@ class Registrar:
             elsewhere = await self.cluster.serving_node(room, now)
             if elsewhere is not None:
                 return self._redirect(connection, elsewhere, room.room_id, message.id)
-            await self.handoff.end_previous(message.room_id, message.peer_id, identity.sub, now)
             claim = FreshClaim(self.seats, connection, message, identity, room, now)
         elif (member := self.hub.get(message.room_id, message.peer_id)) is not None:
             claim = LiveClaim.of(self.seats, connection, message, identity.sub, member)
@@ -189,7 +188,7 @@ class Registrar:
             for other in others:
                 self.ledger.push(other, joined, kind="peer_joined")
         if claim.opens_inbox:
-            await self.ledger.open_inbox(member)
+            await self.ledger.open_inbox(member, may_hold=claim.may_hold_messages(now))
         return claim.outcome
 
     # Replies -----------------------------------------------------------------------

@@ -299,7 +299,8 @@ class Relay:
             frame = frames.go_away("SERVER_SHUTDOWN", drain_ms + secrets.randbelow(self.settings.drain_jitter_ms + 1))
             self.ledger.reply(connection, frame, kind="go_away")
 
-    async def _finish_tasks(self) -> None:
+    async def finish_tasks(self) -> None:
+        """Once every task the relay spawned (and what those spawned) has finished."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
@@ -311,7 +312,7 @@ class Relay:
         for member in self.hub.members():
             for timer in member.timers.values():
                 timer.cancel()
-        await self._finish_tasks()  # with the mailbox open: they may hold answers
+        await self.finish_tasks()  # with the mailbox open: they may hold answers
         await self.ledger.mailbox.close()
-        await self._finish_tasks()
+        await self.finish_tasks()
         await self.handoff.save_all([m for m in self.hub.members() if not m.gone])

@@ -123,6 +123,9 @@ class Repository:
     async def get_room(self, room_id: str) -> Room:
         return await self.rooms.get_room(room_id)
 
+    async def mark_sessions_saved(self, room_id: str, *, until: int) -> None:
+        await self.rooms.mark_sessions_saved(room_id, until=until)
+
     async def delete_room(self, room_id: str, *, now: float) -> None:
         await self.rooms.delete_room(room_id, now=now)
 
@@ -182,8 +185,8 @@ class Repository:
 
     # Held messages (MessageStore) --------------------------------------------------
 
-    async def hold_message(self, message: QueuedMessage) -> None:
-        await self.messages.hold_message(message)
+    async def hold_message(self, message: QueuedMessage, *, held_until_ms: int) -> None:
+        await self.messages.hold_message(message, held_until_ms=held_until_ms)
 
     async def held_messages(
         self, room_id: str, *, to_peer_id: str | None = None, with_frames: bool = True

@@ -17,7 +17,7 @@ from signaling_shared.dynamo.records import (
     number,
     string,
 )
-from signaling_shared.errors import ConditionFailed
+from signaling_shared.errors import ConditionFailed, NotFound
 
 # What listing for timers reads: everything but the frame.
 _WITHOUT_FRAME = (
@@ -27,14 +27,38 @@ _WITHOUT_FRAME = (
 
 
 class MessageStore(Store):
-    async def hold_message(self, message: QueuedMessage) -> None:
-        await self._call(
-            "hold_message",
-            self._client.put_item,
-            TableName=self._db.messages_table,
-            Item=message_item(message),
-            ConditionExpression="attribute_not_exists(msg_key)",
-        )
+    async def hold_message(self, message: QueuedMessage, *, held_until_ms: int) -> None:
+        """Store ``message`` and mark its room as holding messages until ``held_until_ms``
+        (no earlier than the message expires), in one transaction: a registration reads the
+        messages table only in a marked room. NotFound: the room is gone; ConditionFailed:
+        the key is taken."""
+        try:
+            await self._call(
+                "hold_message",
+                self._client.transact_write_items,
+                TransactItems=[
+                    {
+                        "Update": {
+                            "TableName": self._db.rooms_table,
+                            "Key": {"room_id": string(message.room_id)},
+                            "UpdateExpression": "SET held_until_ms = :u",
+                            "ConditionExpression": "attribute_exists(room_id)",
+                            "ExpressionAttributeValues": {":u": number(held_until_ms)},
+                        }
+                    },
+                    {
+                        "Put": {
+                            "TableName": self._db.messages_table,
+                            "Item": message_item(message),
+                            "ConditionExpression": "attribute_not_exists(msg_key)",
+                        }
+                    },
+                ],
+            )
+        except ConditionFailed as exc:
+            if exc.reasons[:1] == ("ConditionalCheckFailed",):
+                raise NotFound("room is gone", operation="hold_message") from exc
+            raise
 
     async def held_messages(
         self, room_id: str, *, to_peer_id: str | None = None, with_frames: bool = True

@@ -35,17 +35,21 @@ class PeerStore(Store):
         return {"ConditionCheck": check}
 
     async def claim_peer(self, peer: PeerRecord, *, now: int) -> None:
-        """Write ``peer`` if its room is live and no live entry of another identity holds its id.
+        """Write ``peer`` if its room is live and no live entry of another identity holds its id,
+        nor an entry carrying a saved session (that session must be ended first).
 
         One transaction with a check on the room, so a registration racing the room's
         deletion cannot leave an entry behind. NotFound: the room is gone or expired;
-        ConditionFailed: the peer id is live in this room under another identity.
+        ConditionFailed: the peer id is live in this room under another identity, or saved.
         """
         await self.put_in_live_room(
             "claim_peer",
             peer,
             now=now,
-            condition="attribute_not_exists(peer_id) OR owner_sub = :sub OR expires_at <= :now",
+            condition=(
+                "attribute_not_exists(peer_id)"
+                " OR (attribute_not_exists(saved_session) AND (owner_sub = :sub OR expires_at <= :now))"
+            ),
             values={":sub": string(peer.owner_sub), ":now": number(now)},
         )
 

@@ -32,9 +32,20 @@ class Room:
     created_at: int
     expires_at: int
     node_id: str = ""  # the relay node that serves it ("": any node, as with a single relay)
+    # Marks that spare a registration a read: messages may be held in it until
+    # ``held_until_ms``, and a process may have saved sessions in it until ``saved_until``.
+    # None (a room written before the marks existed): anything may be there; look.
+    held_until_ms: int | None = None
+    saved_until: int | None = None
 
     def is_expired(self, now: float) -> bool:
         return now >= self.expires_at
+
+    def may_hold_messages(self, now: float) -> bool:
+        return self.held_until_ms is None or self.held_until_ms > now * 1000
+
+    def may_have_saved_sessions(self, now: float) -> bool:
+        return self.saved_until is None or self.saved_until > now
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +173,10 @@ def room_item(room: Room) -> dict[str, Any]:
     }
     if room.node_id:
         item["node_id"] = string(room.node_id)
+    if room.held_until_ms is not None:
+        item["held_until_ms"] = number(room.held_until_ms)
+    if room.saved_until is not None:
+        item["saved_until"] = number(room.saved_until)
     return item
 
 
@@ -173,6 +188,8 @@ def room_from(item: dict[str, Any]) -> Room:
         created_at=int(item["created_at"]["N"]),
         expires_at=int(item["expires_at"]["N"]),
         node_id=item.get("node_id", {}).get("S", ""),
+        held_until_ms=int(item["held_until_ms"]["N"]) if "held_until_ms" in item else None,
+        saved_until=int(item["saved_until"]["N"]) if "saved_until" in item else None,
     )
 
 

@@ -86,6 +86,21 @@ class RoomStore(Store):
             ExpressionAttributeValues=values,
         )
 
+    async def mark_sessions_saved(self, room_id: str, *, until: int) -> None:
+        """Mark the room as holding sessions saved for a resume until ``until`` (before they
+        are saved): the next process looks for them only in marked rooms. Nothing if the
+        room is gone."""
+        with contextlib.suppress(ConditionFailed):
+            await self._call(
+                "mark_sessions_saved",
+                self._client.update_item,
+                TableName=self._db.rooms_table,
+                Key={"room_id": string(room_id)},
+                UpdateExpression="SET saved_until = :u",
+                ConditionExpression="attribute_exists(room_id)",
+                ExpressionAttributeValues={":u": number(until)},
+            )
+
     # Relay nodes -------------------------------------------------------------------
 
     async def heartbeat_node(self, node: RelayNode) -> None:
