@@ -154,13 +154,14 @@ class Handoff:
         until = int(now + self.settings.resume_window_seconds)
         marked: dict[str, asyncio.Task[bool]] = {}
 
-        async def mark(room_id: str) -> bool:
+        async def mark(room_id: str, room_expires_at: int) -> bool:
             """The room says it has saved sessions (before any is saved): the next process
-            looks for them there, and only there."""
+            looks for them there, and only there. Until the room expires: a session nobody
+            resumed still ends properly when the room's next registration finds it, late."""
             for attempt in range(SAVE_ATTEMPTS):
                 try:
                     async with limit:
-                        await self.repository.mark_sessions_saved(room_id, until=until)
+                        await self.repository.mark_sessions_saved(room_id, until=room_expires_at)
                     return True
                 except RepositoryError as exc:
                     log.warning("session_mark_failed", room_id=room_id, error=type(exc).__name__)
@@ -170,7 +171,7 @@ class Handoff:
 
         async def save(member: Member) -> None:
             if member.room_id not in marked:
-                marked[member.room_id] = asyncio.ensure_future(mark(member.room_id))
+                marked[member.room_id] = asyncio.ensure_future(mark(member.room_id, member.room_expires_at))
             if not await marked[member.room_id]:  # unmarked, it would never be found to end
                 await self.cluster.release_quietly(member.room_id, member.peer_id, member.connection_id)
                 return
