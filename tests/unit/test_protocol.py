@@ -32,6 +32,9 @@ def test_register_parses_with_seed_fields() -> None:
     [
         ("not json", InvalidJson),
         ('{"type": "offer", "target": "a", "sdp": NaN}', InvalidJson),
+        ('{"type": "offer", "target": "a", "sdp": "v=0", "x": 1e400}', InvalidJson),  # no encoder sends it on
+        ('{"type": "offer", "target": "a", "sdp": "v=0", "x": -Infinity}', InvalidJson),
+        ('{"type": "offer", "target": "a", "sdp": "v=0"} trailing', InvalidJson),
         ("[" * 100_000, InvalidJson),
         ("[1, 2]", InvalidMessage),
         ('"register"', InvalidMessage),
@@ -85,6 +88,29 @@ def test_lone_surrogates_stay_sendable() -> None:
     frame = frames.relayed_frame(data, "c")
     frame.encode("utf-8")
     assert json.loads(frame)["sdp"] == "\ud800"
+
+
+def test_what_a_sender_puts_in_is_relayed_exactly() -> None:
+    """Integers of any size, non-ASCII text, escapes, nulls and floats arrive as they were
+    sent (the target decodes the same values)."""
+    sent = {
+        "type": "peer_message",
+        "to_peer_id": "w",
+        "payload": {"big": 2**80, "neg": -(2**70), "text": "é ✓ \u2028 \x00", "f": 0.1, "none": None, "t": True},
+    }
+    _, data = parse(json.dumps(sent))
+    assert json.loads(frames.relayed_frame(data, "c")) == {**sent, "sender": "c"}
+    _, data = parse(json.dumps(sent, ensure_ascii=False))  # raw UTF-8 text decodes the same
+    assert json.loads(frames.relayed_frame(data, "c")) == {**sent, "sender": "c"}
+
+
+def test_nesting_is_counted_by_levels_of_containers() -> None:
+    """32 levels of arrays and objects are decoded; 33 are refused; scalars do not count."""
+    assert protocol.decode_frame('{"a":' + "[" * 31 + "1" + "]" * 31 + "}")
+    assert not protocol.depth_exceeds({"a": "b", "c": [1, {"d": 2}]}, 3)
+    assert protocol.depth_exceeds({"a": "b", "c": [1, {"d": []}]}, 3)
+    with pytest.raises(InvalidJson):
+        protocol.decode_frame('{"a":' + "[" * 32 + "1" + "]" * 32 + "}")
 
 
 def test_error_frame_has_the_v1_shape() -> None:

@@ -12,13 +12,21 @@ import json
 import math
 from typing import Any
 
+import msgspec
+
 from signaling_shared.errors import ErrorCode, InvalidMessage, SignalingError
 from ws_relay.protocol import MeshAnswer, MeshConnect, MeshMessage
 
+_ENCODER = msgspec.json.Encoder()
+
 
 def encode(message: dict[str, Any]) -> str:
-    # ASCII escapes keep lone surrogates (valid in JSON, not in UTF-8) sendable.
-    return json.dumps(message, separators=(",", ":"))
+    """Compact JSON text. msgspec writes UTF-8; a lone surrogate (valid in JSON, not in
+    UTF-8) falls back to the standard library's ASCII escapes, which keep it sendable."""
+    try:
+        return _ENCODER.encode(message).decode()
+    except UnicodeEncodeError:
+        return json.dumps(message, separators=(",", ":"))
 
 
 def _encode_relayed(message: dict[str, Any]) -> str:

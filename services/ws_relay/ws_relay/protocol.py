@@ -45,9 +45,11 @@ registered on the socket.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Annotated, Any, Literal
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from signaling_shared.errors import (
@@ -269,6 +271,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: no JSON encoder can send it on
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
+
+
 def try_decode_frame(frame: str | bytes) -> dict[str, Any] | None:
     """The JSON object in ``frame``, or None (for a frame that is refused anyway)."""
     try:
@@ -277,26 +286,29 @@ def try_decode_frame(frame: str | bytes) -> dict[str, Any] | None:
         return None
 
 
-# One decoder for every frame: json.loads with an option builds a new one per call.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+# Frames are decoded by msgspec (a few times faster than the standard library, and it
+# keeps integers of any size). What it refuses, the standard decoder judges: escapes of
+# lone surrogates are valid JSON and stay sendable; NaN, Infinity and numbers out of
+# range are refused by both.
+_FAST_DECODER = msgspec.json.Decoder()
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite)
 MAX_DEPTH = 32  # levels of nesting in a frame: every reply that embeds it can still be encoded
 
 
 def depth_exceeds(value: Any, limit: int) -> bool:
     """Whether ``value`` (decoded JSON) nests deeper than ``limit`` levels of arrays and
     objects. Iterative: no recursion limit, and it stops at the first level too deep."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth + 1 > limit:
+    level = [value] if isinstance(value, (dict, list)) else []
+    depth = 0
+    while level:  # the containers ``depth`` levels down, one level at a time
+        depth += 1
+        if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children)
+        below: list[Any] = []
+        for container in level:
+            children = container.values() if isinstance(container, dict) else container
+            below.extend(child for child in children if isinstance(child, (dict, list)))
+        level = below
     return False
 
 
@@ -325,9 +337,12 @@ def decode_frame(frame: str | bytes) -> dict[str, Any]:
     if not isinstance(frame, str):
         raise InvalidMessage("binary frames are not supported; send JSON text")
     try:
-        data = _DECODER.decode(frame)
-    except (ValueError, RecursionError):
-        raise InvalidJson() from None
+        data = _FAST_DECODER.decode(frame)
+    except (msgspec.DecodeError, RecursionError):
+        try:
+            data = _DECODER.decode(frame)
+        except (ValueError, RecursionError):
+            raise InvalidJson() from None
     if not isinstance(data, dict):
         raise InvalidMessage("a message is a JSON object")
     if depth_exceeds(data, MAX_DEPTH):
