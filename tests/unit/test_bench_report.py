@@ -1,0 +1,36 @@
+"""bench/report.py's verdicts on issue 18's targets, from a committed results JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench import report
+
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "2026-11-26.json"
+
+
+def rows(results: dict[str, Any]) -> dict[str, str]:
+    """Each target's verdict, by the start of the target's text."""
+    lines = [line for line in report.targets(results) if line.startswith("| ") and not line.startswith("| Target")]
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    return {target: verdict for target, _, verdict in cells}
+
+
+def test_each_target_of_issue_18_gets_a_verdict() -> None:
+    verdicts = rows(json.loads(RESULTS.read_text()))
+    assert verdicts["CPU per message at 5,000 msg/s ≤ PeerJS's and the null relay's"].startswith("missed: 4.27x")
+    assert verdicts["highest sustained rate ≥ PeerJS's"].startswith("missed")
+    assert verdicts["p99 one-hop ≤ 2 ms and max ≤ 20 ms at 500 msg/s"] == "met"
+    assert verdicts["p99 one-hop ≤ 2 ms and max ≤ 20 ms at 2,000 msg/s"].startswith("missed")
+    assert verdicts["churn ≥ 300 cycles/s"].startswith("missed")
+    assert verdicts["overload: 3x the sustained rate for 10 s, bounded and responsive"] == "not measured"
+
+
+def test_a_relay_as_cheap_as_the_others_meets_the_cpu_target() -> None:
+    results = json.loads(RESULTS.read_text())
+    for step in results["latency"]["relay"]["steps"]:
+        step["server_cpu"] = 0.01  # 2 µs per message at 5,000 msg/s
+    verdicts = rows(results)
+    assert verdicts["CPU per message at 5,000 msg/s ≤ PeerJS's and the null relay's"] == "met"
