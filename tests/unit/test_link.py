@@ -1,9 +1,12 @@
-"""ws_relay.link over a real websockets connection (loopback, port 0): bursts written in
-one write with their confirmation ping, and the pong confirming what came before it."""
+"""ws_relay.link over a real websockets connection (loopback, port 0): what is sent in one
+turn of the loop written in one write with its confirmation ping, the pong confirming what
+came before it, and frames waiting behind a full transport, bounded."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -11,9 +14,10 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 from support import scaled
-from ws_relay.link import WRITE_BATCH, WebSocketLink
+from ws_relay.link import WebSocketLink
 from ws_relay.metrics import RelayMetrics
 
 
@@ -27,8 +31,10 @@ class Served:
 
 
 @asynccontextmanager
-async def served(*, outbox_max: int = 1000) -> AsyncIterator[Served]:
-    """One link on the server side of a real connection, its transport's writes recorded."""
+async def served(*, outbox_max: int = 1000, small_buffers: bool = False) -> AsyncIterator[Served]:
+    """One link on the server side of a real connection, its transport's writes recorded.
+    ``small_buffers``: the kernel's socket buffers are small, and the client buffers one
+    message before it stops reading, so that a client not reading fills the transport soon."""
     ready: asyncio.Future[tuple[WebSocketLink, list[bytes]]] = asyncio.get_running_loop().create_future()
     done = asyncio.Event()
 
@@ -41,6 +47,8 @@ async def served(*, outbox_max: int = 1000) -> AsyncIterator[Served]:
             write(data)
 
         ws.transport.write = recording  # type: ignore[method-assign]
+        if small_buffers:
+            ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         link = WebSocketLink(ws, outbox_max=outbox_max, metrics=RelayMetrics(CollectorRegistry()))
         ready.set_result((link, writes))
         await done.wait()
@@ -48,7 +56,10 @@ async def served(*, outbox_max: int = 1000) -> AsyncIterator[Served]:
 
     async with serve(handler, "127.0.0.1", 0, ping_interval=None) as server:
         port = server.sockets[0].getsockname()[1]
-        async with connect(f"ws://127.0.0.1:{port}", ping_interval=None) as client:
+        max_queue = 1 if small_buffers else 16  # 16: websockets' default
+        async with connect(f"ws://127.0.0.1:{port}", ping_interval=None, max_queue=max_queue, max_size=None) as client:
+            if small_buffers:
+                client.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             link, writes = await asyncio.wait_for(ready, scaled(5))
             result = Served(link, client, writes)
 
@@ -96,16 +107,66 @@ async def test_what_is_written_while_a_confirmation_is_in_flight_is_confirmed_af
         assert s.confirmed[-1] == 3
 
 
-async def test_a_long_burst_is_written_in_batches_and_confirmed_every_so_often() -> None:
+async def test_a_long_burst_is_one_write_and_one_confirmation() -> None:
     async with served(outbox_max=1000) as s:
-        count = WRITE_BATCH * 3
+        count = 200
         for seq in range(1, count + 1):
             s.link.send(f'{{"n":{seq}}}', None, seq)
         assert len(await receive(s.client, count)) == count
-        while not s.confirmed or s.confirmed[-1] < count:
+        await asyncio.wait_for(s.confirmed_event.wait(), scaled(5))
+        assert s.confirmed == [count]
+        assert len(s.writes) == 1
+
+
+async def test_each_turn_of_the_loop_is_one_write() -> None:
+    """Frames sent in different turns are not held back for each other: each turn's go out
+    at its end (with a ping only when none is in flight)."""
+    async with served() as s:
+        s.link.send('{"n":1}')
+        await asyncio.sleep(0)
+        assert len(s.writes) == 1
+        s.link.send('{"n":2}')
+        s.link.send('{"n":3}')
+        await asyncio.sleep(0)
+        assert len(s.writes) == 2
+        assert await receive(s.client, 3) == ['{"n":1}', '{"n":2}', '{"n":3}']
+
+
+async def test_frames_wait_behind_a_full_transport_and_none_is_lost() -> None:
+    async with served(outbox_max=10_000, small_buffers=True) as s:
+        frame = "x" * 65536
+        sent = 0
+        while s.link.waiting == 0:  # the client is not reading: the transport fills up
+            assert sent < 2000, "the transport never filled"
+            sent += 1
+            assert s.link.send(f"{sent:06d}{frame}", None, sent)
+            await asyncio.sleep(0)
+        assert s.link.is_open()
+        for _ in range(3):  # more waits behind it, in order
+            sent += 1
+            assert s.link.send(f"{sent:06d}{frame}", None, sent)
+        received = await receive(s.client, sent)  # the client reads: the transport drains
+        assert [int(text[:6]) for text in received] == list(range(1, sent + 1))
+        assert s.link.waiting == 0
+        while not s.confirmed or s.confirmed[-1] < sent:
             s.confirmed_event.clear()
             await asyncio.wait_for(s.confirmed_event.wait(), scaled(5))
-        assert len(s.writes) <= 4  # 3 batches (and a ping of its own at most)
+
+
+async def test_a_consumer_that_stops_reading_is_closed_once_its_outbox_is_full() -> None:
+    async with served(outbox_max=8, small_buffers=True) as s:
+        frame = "x" * 65536
+        sent = 0
+        while s.link.send(frame):
+            sent += 1
+            assert sent < 2000, "never closed"
+            await asyncio.sleep(0)
+        assert s.link.waiting == 0  # dropped: the reader was not reading them
+        assert not s.link.is_open()
+        with contextlib.suppress(ConnectionClosed):
+            while True:  # what was written before the close arrives; then the close
+                await asyncio.wait_for(s.client.recv(), scaled(5))
+        assert s.client.close_code == 4501
 
 
 async def test_frames_without_a_sequence_number_need_no_confirmation() -> None:

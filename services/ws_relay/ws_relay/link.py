@@ -1,17 +1,24 @@
 """The websocket link: one client connection as the relay sees it (``hub.Link``).
 
-Each connection gets an outbox (a bounded queue) drained by its own writer task, so a
-peer that stops reading slows no one else down: when its outbox is full it is closed
-(4501) and senders are told (DELIVERY_FAILED). After each burst a ping confirms receipt:
-its pong proves the client has every frame written before it.
+A frame sent to a link is written at the end of the event loop's current turn, with every
+other frame sent to it in that turn and the burst's confirmation ping behind them, in one
+write to the socket: no queue, no writer task, no task hop per frame. The profile of
+issue 18 found writes and the hop through a per-connection writer task to be most of the
+relay's CPU per message.
 
-The writer takes what is queued (up to WRITE_BATCH frames) and writes it, with the burst's
-confirmation ping behind it, in one write to the socket: a syscall and a pass through
-websockets' send path per burst, not two per frame (the profile of issue 18: writes were
-half the relay's CPU). It uses websockets' own pieces for it: ``send_context`` (state
-checks, errors, flow control), the sans-I/O ``protocol`` to build the frames, and the
-connection's ``pending_pings`` so that the pong resolves the ping as ``ping()`` would
-(websockets is pinned; tests/unit/test_link.py checks that shape).
+The ping's pong proves that the client has every frame written before it. One ping is in
+flight at a time; what is written meanwhile is confirmed by the next.
+
+Backpressure comes from the transport: while its write buffer is above websockets' high
+mark (``write_limit``), frames wait here, and a consumer with ``outbox_max`` frames
+waiting is closed as a slow consumer (4501; its senders are told). A peer that stops
+reading thus slows no one else down.
+
+Frames are built with websockets' own sans-I/O ``protocol`` and written to its transport;
+the ping is registered in the connection's ``pending_pings``, so that the pong resolves it
+as ``ping()`` would; waiting for the transport to drain uses the connection's
+``drain_waiters`` as its ``drain()`` does (websockets is pinned; tests/unit/test_link.py
+checks that shape).
 """
 
 from __future__ import annotations
@@ -21,11 +28,9 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import structlog
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from ws_relay.close_codes import REASONS, CloseCode
@@ -33,22 +38,11 @@ from ws_relay.metrics import RelayMetrics
 
 log = structlog.stdlib.get_logger("ws_relay.server")  # its events kept their logger
 
-# Under continuous traffic the outbox never drains: confirm at least every so many frames.
-CONFIRM_EVERY = 32
-# At most so many queued frames go out in one write.
-WRITE_BATCH = 64
-
 _Frame = tuple[str, float | None, int | None, bool]  # frame, relay start, seq, replay
 
 
-@dataclass(frozen=True, slots=True)
-class _Close:
-    code: int
-    reason: str
-
-
 class WebSocketLink:
-    """A ``Link`` over a websockets connection, with a bounded outbox."""
+    """A ``Link`` over a websockets connection; frames wait only behind a full transport."""
 
     def __init__(self, ws: ServerConnection, *, outbox_max: int, metrics: RelayMetrics) -> None:
         self.connection_id = uuid.uuid4().hex
@@ -56,30 +50,24 @@ class WebSocketLink:
         self._ws = ws
         self._metrics = metrics
         self._outbox_max = outbox_max
-        # One slot more than the limit, so a close always fits behind the frames.
-        # Unbounded underneath: send() applies the limit (replays are owed and may exceed it).
-        self._queue: asyncio.Queue[_Frame | _Close] = asyncio.Queue()
-        self._limited = 0  # queued frames the limit applies to (not replays or answers)
+        self._waiting: list[_Frame] = []  # sent to the link, not yet written
+        self._limited = 0  # waiting frames the limit applies to (not replays or answers)
         self._closing = False
+        self._close: tuple[int, str] | None = None  # to close with, once what waits is written
+        self._scheduled: asyncio.Handle | None = None  # the write at the end of this turn
+        self._drained: asyncio.Future[None] | None = None  # waited for while the transport is full
         self._written_seq = 0  # the last numbered frame handed to the socket
         self._pinged_seq = 0  # the last one a confirmation ping was sent after
         self._confirming = False  # a confirmation ping is in flight
-        self._since_ping = 0  # numbered frames written since the last confirmation ping
-        self._confirm_task: asyncio.Task[None] | None = None
-        self._writer = asyncio.create_task(self._write())
-        self._writer.add_done_callback(self._writer_done)
-        self._abort_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # closing handshakes
+
+    @property
+    def waiting(self) -> int:
+        """Frames sent to the link and not yet written (behind a full transport)."""
+        return len(self._waiting)
 
     def is_open(self) -> bool:
         return not self._closing and self._ws.state is State.OPEN
-
-    def _writer_done(self, task: asyncio.Task[None]) -> None:
-        """A writer that died of a bug must not leave its peer silently stuck: drop the connection."""
-        if task.cancelled() or task.exception() is None:
-            return
-        log.error("writer_crashed", error_type=type(task.exception()).__name__, exc_info=task.exception())
-        self._closing = True
-        self._ws.transport.abort()
 
     def send(
         self, frame: str, relay_started: float | None = None, seq: int | None = None, *, replay: bool = False
@@ -91,70 +79,94 @@ class WebSocketLink:
                 self._abort(CloseCode.SLOW_CONSUMER)
                 return False
             self._limited += 1
-        self._queue.put_nowait((frame, relay_started, seq, replay))
+        self._waiting.append((frame, relay_started, seq, replay))
+        self._schedule()
         return True
 
     def close(self, code: int, reason: str) -> None:
         if not self._closing:
             self._closing = True
-            self._queue.put_nowait(_Close(code, reason))
+            self._close = (code, reason)
+            self._schedule()
 
     def _abort(self, code: CloseCode) -> None:
-        """Close now, dropping the queued frames (the reader is not reading them)."""
+        """Close now, dropping the waiting frames (the reader is not reading them)."""
         self._closing = True
+        self._close = None
+        self._waiting.clear()
         self._metrics.closes.labels(str(int(code))).inc()
-        self._writer.cancel()
-        self._abort_task = asyncio.create_task(self._ws.close(code, REASONS[code]))
+        self._closing_handshake(code, REASONS[code])
 
-    async def _write(self) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            while True:
-                item = await self._queue.get()
-                batch: list[_Frame] = []
-                while not isinstance(item, _Close):
-                    batch.append(item)
-                    if len(batch) >= WRITE_BATCH or self._queue.empty():
-                        break
-                    item = self._queue.get_nowait()
-                if batch:
-                    await self._write_batch(batch)
-                if isinstance(item, _Close):
-                    await self._ws.close(item.code, item.reason)
-                    return
+    def _closing_handshake(self, code: int, reason: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._ws.close(code, reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def _write_batch(self, batch: list[_Frame]) -> None:
-        """The frames, and the burst's confirmation ping if one is due, in one write."""
-        for _, _, _, replay in batch:
-            if not replay:
-                self._limited -= 1
-        pong: asyncio.Future[float] | None = None
+    # Writing -------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        """Write at the end of this turn of the loop, unless the transport is full (then
+        once it has drained)."""
+        if self._scheduled is not None or self._drained is not None:
+            return
+        loop = asyncio.get_running_loop()
+        if self._ws.paused:
+            self._drained = loop.create_future()
+            self._ws.drain_waiters.append(self._drained)
+            self._drained.add_done_callback(self._on_drained)
+        else:
+            self._scheduled = loop.call_soon(self._write)
+
+    def _on_drained(self, waiter: asyncio.Future[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._ws.drain_waiters.remove(waiter)
+        self._drained = None
+        if waiter.cancelled() or waiter.exception() is not None:  # the connection was lost
+            self._waiting.clear()
+            return
+        self._schedule()
+
+    def _write(self) -> None:
+        self._scheduled = None
+        try:
+            self._write_waiting()
+        except Exception as exc:  # a bug must not leave its peer silently stuck
+            log.error("writer_crashed", error_type=type(exc).__name__, exc_info=exc)
+            self._closing = True
+            self._ws.transport.abort()
+
+    def _write_waiting(self) -> None:
+        """What waits, a confirmation ping if one is due, and the close if one was asked
+        for: one write."""
         ws = self._ws
-        async with ws.send_context():
-            for frame, _, seq, _ in batch:
-                ws.protocol.send_text(frame.encode())
-                if seq is not None:
-                    self._written_seq = seq
-                    self._since_ping += 1
-            if self._queue.empty() or self._since_ping >= CONFIRM_EVERY:
-                pong = self._queue_confirmation()
-            self._flush()
+        if ws.protocol.state is not State.OPEN:  # closing: the relay hears of it from the socket
+            self._waiting.clear()
+            return
+        batch, self._waiting, self._limited = self._waiting, [], 0
+        protocol = ws.protocol
+        for frame, _, seq, _ in batch:
+            protocol.send_text(frame.encode())
+            if seq is not None:
+                self._written_seq = seq
+        pong = self._queue_confirmation()
+        data = b"".join(protocol.data_to_send())
+        if data:
+            ws.transport.write(data)
         written = time.perf_counter()
         for _, started, _, _ in batch:
             if started is not None:
                 self._metrics.relay_latency.observe(written - started)
         if pong is not None:
             self._await_confirmation(pong)
-
-    def _flush(self) -> None:
-        """Everything the protocol has to send, as one write (inside ``send_context``)."""
-        data = b"".join(self._ws.protocol.data_to_send())
-        if data:
-            self._ws.transport.write(data)
+        if self._close is not None:
+            code, reason = self._close
+            self._close = None
+            self._closing_handshake(code, reason)
 
     def _queue_confirmation(self) -> asyncio.Future[float] | None:
         """Queue a ping after what is written, if anything is unconfirmed and none is in
-        flight (inside ``send_context``): its pong proves the client has everything before it.
-        Registered as ``ping()`` registers its own, so websockets resolves it on the pong."""
+        flight: its pong proves the client has everything before it. Registered as
+        ``ping()`` registers its own, so websockets resolves it on the pong."""
         if self._confirming or self.on_confirm is None or self._written_seq <= self._pinged_seq:
             return None
         seq = self._written_seq
@@ -166,7 +178,6 @@ class WebSocketLink:
         self._ws.protocol.send_ping(data)
         self._pinged_seq = seq
         self._confirming = True
-        self._since_ping = 0
         return pong
 
     def _await_confirmation(self, pong: asyncio.Future[float]) -> None:
@@ -179,27 +190,20 @@ class WebSocketLink:
                 return
             confirm(seq)
             if self._written_seq > seq and not self._closing:  # more was written meanwhile
-                self._confirm_task = asyncio.get_running_loop().create_task(self._confirm_written())
+                self._schedule()  # its ping goes out at the end of this turn (with any frames)
 
         pong.add_done_callback(confirmed)
 
-    async def _confirm_written(self) -> None:
-        """Confirm what was written while the last confirmation was in flight."""
-        pong: asyncio.Future[float] | None = None
-        with contextlib.suppress(ConnectionClosed):
-            async with self._ws.send_context():
-                pong = self._queue_confirmation()
-                self._flush()
-        if pong is not None:
-            self._await_confirmation(pong)
-
     async def finish(self) -> None:
-        """The connection has ended: stop the writer."""
+        """The connection has ended: nothing more is written."""
         self._closing = True
-        self._writer.cancel()
-        if self._confirm_task is not None:
-            self._confirm_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
-        if self._abort_task is not None:
-            await self._abort_task
+        self._waiting.clear()
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+            self._scheduled = None
+        if self._drained is not None:
+            self._drained.cancel()
+        for task in self._tasks:  # the socket is gone: no handshake is left to wait for
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
