@@ -234,7 +234,8 @@ def start_stack(*options: str) -> BackgroundStack:
     """devstack.background.start(), through bench.emulator (moto's transactions made O(1))."""
     command = [sys.executable, "-m", "bench.emulator", "--api-port", "0", "--relay-port", "0", "--aws-port", "0"]
     process = subprocess.Popen(  # noqa: S603 - this interpreter, our module
-        [*command, "--turn-port", "0", *options],
+        # No demo page: it has a fixed port, and the abuse scenario runs a second stack.
+        [*command, "--turn-port", "0", "--no-demo", *options],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
