@@ -237,8 +237,8 @@ class RelayServer:
                 async for frame in ws:
                     await self.relay.handle_frame(connection, frame)
                     # recv() does not yield while frames are buffered: yield here so the
-                    # writers (this peer's replies, its targets' outboxes) keep pace with a
-                    # pipelining sender instead of overflowing behind it.
+                    # links' writes at the end of the turn (this peer's replies, its targets'
+                    # frames) keep pace with a pipelining sender instead of piling up behind it.
                     await asyncio.sleep(0)
             except ConnectionClosed:
                 pass
