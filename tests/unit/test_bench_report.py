@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
-from bench import report
-
-RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "2026-11-26.json"
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "bench" / "results" / "2026-11-26.json"
+# bench/ is run as `python -m bench.…` from the checkout, not installed: load the module by path.
+_SPEC = importlib.util.spec_from_file_location("bench_report", ROOT / "bench" / "report.py")
+assert _SPEC is not None
+assert _SPEC.loader is not None
+report = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(report)
 
 
 def rows(results: dict[str, Any]) -> dict[str, str]:
