@@ -165,3 +165,30 @@ async def test_unreachable_jwks_is_a_dependency_error(key: KeyPair) -> None:
         with pytest.raises(AuthProviderUnavailable):
             await v.verify(key.sign())
     assert jwks.fetches == 1
+
+
+async def test_each_key_is_built_once_and_a_malformed_one_spoils_no_other(
+    key: KeyPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys are built when fetched, not for every token; a JWKS entry that is not an RSA
+    key (or is broken) is left out, and the others still verify."""
+    token, naming_the_broken_key = key.sign(), KeyPair("broken").sign()
+    entries = [key.jwk(), {"kid": "broken", "kty": "RSA", "n": "!!", "e": "AQAB"}, {"kid": "ec", "kty": "EC"}]
+    built: list[str] = []
+    construct = jwk.construct
+
+    def counting(data: Any, algorithm: str | None = None) -> Any:
+        built.append(str(data.get("kid")))
+        return construct(data, algorithm)
+
+    monkeypatch.setattr(jwk, "construct", counting)
+
+    async def with_broken_entries() -> dict[str, Any]:
+        return {"keys": entries}
+
+    checker = TokenVerifier(issuer=ISSUER, audience=AUDIENCE, fetch_jwks=with_broken_entries, min_refresh_seconds=30)
+    for _ in range(3):
+        assert (await checker.verify(token)).sub == "user-1"
+    assert built == [key.kid, "broken", "ec"]  # once each, when fetched
+    with pytest.raises(InvalidIdToken, match="unknown key"):
+        await checker.verify(naming_the_broken_key)

@@ -3,6 +3,8 @@
 The signing keys (JWKS) are fetched once, cached, and fetched again when a token names
 a key id we do not know (Cognito rotates keys), at most once per
 ``min_refresh_seconds`` so that garbage key ids cannot make us hammer the JWKS URL.
+Each key is built once, when fetched (python-jose would build it from its JWK again for
+every token it verifies).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from jose import jwt
+from jose import jwk, jwt
+from jose.backends.base import Key
 from jose.exceptions import JOSEError
 
 from signaling_shared.errors import AuthProviderUnavailable, InvalidIdToken
@@ -66,7 +69,7 @@ class TokenVerifier:
         self._min_refresh = min_refresh_seconds
         self._clock = clock
         self._leeway = leeway_seconds
-        self._keys: dict[str, dict[str, Any]] = {}
+        self._keys: dict[str, Key] = {}
         self._attempted_at: float | None = None
         self._failed = False
         self._lock = asyncio.Lock()
@@ -97,13 +100,17 @@ class TokenVerifier:
                 self._failed = True
                 raise AuthProviderUnavailable("signing keys could not be fetched") from exc
             self._failed = False
-            self._keys = {str(key["kid"]): key for key in document["keys"] if isinstance(key, dict) and "kid" in key}
+            self._keys = {
+                str(key["kid"]): built
+                for key in document["keys"]
+                if isinstance(key, dict) and "kid" in key and (built := _rs256_key(key)) is not None
+            }
 
     async def check(self) -> None:
         """Readiness: the keys were fetched within the refresh interval, or can be now."""
         await self.refresh()
 
-    async def _key_for(self, kid: str) -> dict[str, Any]:
+    async def _key_for(self, kid: str) -> Key:
         if kid not in self._keys:
             await self.refresh()
         key = self._keys.get(kid)
@@ -150,3 +157,11 @@ class TokenVerifier:
             raise InvalidIdToken("ID token has no subject")
         username = claims.get("cognito:username")
         return Identity(sub=sub, username=username if isinstance(username, str) else "")
+
+
+def _rs256_key(data: dict[str, Any]) -> Key | None:
+    """The RS256 verifying key of a JWK; None for a key of another kind (never accepted)."""
+    try:
+        return jwk.construct(data, ALGORITHM)
+    except (JOSEError, ValueError, TypeError, KeyError):  # a malformed entry spoils no other key
+        return None
