@@ -413,7 +413,7 @@ class GatedRepository(Repository):
         finally:
             self._done("claim_peer")
 
-    async def hold_message(self, message: QueuedMessage, *, held_until_ms: int) -> None:
+    async def hold_message(self, message: QueuedMessage, *, held_until_ms: int | None) -> None:
         await self._hold("hold_message")
         try:
             await super().hold_message(message, held_until_ms=held_until_ms)

@@ -492,6 +492,20 @@ async def holding_a_message_marks_its_room_and_needs_the_room(repo: AnyRepositor
 
 
 @case
+async def a_hold_the_room_s_mark_covers_leaves_the_room_item_alone(repo: AnyRepository) -> None:
+    now = clock()
+    marked = replace(room(now=now), held_until_ms=5, saved_until=0)
+    await repo.create_room(marked)
+    held = message("B", 1, now=now)
+    await repo.hold_message(held, held_until_ms=None)
+    assert await repo.get_room("room-1") == marked
+    assert await repo.held_messages("room-1") == [held]
+    with pytest.raises(ConditionFailed):  # the key is taken
+        await repo.hold_message(replace(held, frame="another"), held_until_ms=None)
+    assert await repo.held_messages("room-1") == [held]
+
+
+@case
 async def saving_sessions_marks_their_room(repo: AnyRepository) -> None:
     now = clock()
     unmarked = room(now=now)  # a room written before the marks: anything may be in it

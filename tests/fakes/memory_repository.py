@@ -375,13 +375,17 @@ class MemoryRepository:
 
     # Held messages -----------------------------------------------------------------
 
-    async def hold_message(self, message: QueuedMessage, *, held_until_ms: int) -> None:
+    async def hold_message(self, message: QueuedMessage, *, held_until_ms: int | None) -> None:
         def put() -> None:
-            room = self.rooms_table.get(message.room_id)
             taken = (message.room_id, message.key) in self.messages_table
-            self._transaction("hold_message", room is not None, not taken)
-            assert room is not None
-            room["held_until_ms"] = number(held_until_ms)
+            if held_until_ms is None:
+                if taken:
+                    raise _condition_failed("hold_message")
+            else:
+                room = self.rooms_table.get(message.room_id)
+                self._transaction("hold_message", room is not None, not taken)
+                assert room is not None
+                room["held_until_ms"] = number(held_until_ms)
             self.messages_table[(message.room_id, message.key)] = message_item(message)
 
         try:

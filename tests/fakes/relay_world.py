@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -130,9 +130,15 @@ class World:
         self.relay = Relay(self.settings, self.repository, FakeVerifier(), self.metrics, clock=self.clock)  # type: ignore[arg-type]
         self._links = 0
 
-    async def room(self, room_id: str = "room-1", *, expires_in: int = 3600, node_id: str = "") -> Room:
+    async def room(
+        self, room_id: str = "room-1", *, expires_in: int = 3600, node_id: str = "", marked: bool = False
+    ) -> Room:
+        """A room in the table; ``marked``: with the marks rooms-api writes (nothing held or
+        saved in it yet), else as written before the marks existed."""
         now = int(self.clock())
         room = Room(room_id, "creator", hash_room_token(ROOM_TOKEN), now, now + expires_in, node_id)
+        if marked:
+            room = replace(room, held_until_ms=0, saved_until=0)
         await self.repository.create_room(room)
         return room
 

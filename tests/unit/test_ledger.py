@@ -104,3 +104,48 @@ async def test_a_held_message_that_expires_is_reported_to_its_sender() -> None:
     await world.until(lambda: bool(a.link.of_type("expired")))
     assert {**a.link.last("expired"), "seq": None} == {"type": "expired", "id": "x", "to_peer_id": "B", "seq": None}
     assert await world.repository.held_messages("room-1", to_peer_id="B") == []
+
+
+async def test_a_sender_back_after_a_restart_hears_of_its_message_that_expired_past_the_room_s_mark() -> None:
+    """A message held for 900 s; its sender drops at once and stays away (a message of an
+    absent sender is kept for it, past its expiry, for the resume window); the relay
+    restarts (the sender's session saved) and the sender resumes after the room's mark of
+    held messages has lapsed: the resume still reads the room's messages, and it is told."""
+    world = World(resume_window_seconds=3600)
+    await world.room(marked=True)
+    a = await world.register("A", sub="alice")
+    await world.send(a, {"type": "peer_message", "to_peer_id": "B", "payload": 1, "id": "x", "ttl_seconds": 900})
+    await world.drop(a)
+    world.clock.now += 1790
+    world.relay.begin_shutdown()
+    await world.relay.save_sessions()
+    world.clock.now += 20
+    assert not (await world.repository.get_room("room-1")).may_hold_messages(world.clock())
+    later = World(repository=world.repository, clock=world.clock, resume_window_seconds=3600)
+    back = await later.resume(a)
+    await later.until(lambda: bool(back.link.of_type("expired")))
+    assert {**back.link.last("expired"), "seq": None} == {"type": "expired", "id": "x", "to_peer_id": "B", "seq": None}
+
+
+async def test_holds_mark_their_room_rarely() -> None:
+    """The first hold marks the room for two longest lifetimes; holds it covers leave the
+    room item alone (in DynamoDB each write of it can cancel a registration's transaction);
+    a hold it no longer covers marks it again."""
+    world = World()
+    await world.room(marked=True)
+    a = await world.register("A", sub="alice")
+    start = world.clock()
+    longest = world.relay.settings.queue_ttl_max_seconds
+
+    async def hold(n: int) -> int | None:
+        await world.send(a, {"type": "peer_message", "to_peer_id": "B", "payload": n, "id": f"h{n}", "ttl_seconds": 60})
+        assert a.link.last("ack") == {"type": "ack", "id": f"h{n}", "queued": True, "seq": a.link.last("ack")["seq"]}
+        return (await world.repository.get_room("room-1")).held_until_ms
+
+    first = await hold(1)
+    assert first == int(start * 1000) + 2000 * longest
+    world.repository.rooms_table["room-1"]["held_until_ms"]["N"] = "1"  # so that any write of it shows
+    world.clock.now += longest
+    assert await hold(2) == 1  # still covered by the first mark: the room item is not written
+    world.clock.now += longest  # a message held now would outlive the first mark
+    assert await hold(3) == int(world.clock() * 1000) + 2000 * longest

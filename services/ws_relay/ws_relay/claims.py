@@ -137,8 +137,10 @@ class Claim:
         return True
 
     def may_hold_messages(self, now: float) -> bool:
-        """Whether messages may be held for the member: its inbox is read only if so."""
-        return self.room is None or self.room.may_hold_messages(now)
+        """Whether the inbox must be read. Always for a resume: the session's own messages
+        that expired while it was away (kept for it past the room's mark) are reported
+        then."""
+        return True
 
     def seat(self, now: float) -> Member:
         assert self.reservation is not None
@@ -201,6 +203,11 @@ class FreshClaim(Claim):
 
     def refusal(self, exc: RepositoryError) -> SignalingError:
         return PeerIdTaken() if isinstance(exc, ConditionFailed) else RoomNotFound("room was deleted")
+
+    def may_hold_messages(self, now: float) -> bool:
+        """A new session: only messages held for its peer id matter, and the room, as read,
+        says whether any can be there."""
+        return self.room is None or self.room.may_hold_messages(now)
 
     async def undo_failed(self, now: float) -> None:
         await self._release()

@@ -64,6 +64,8 @@ class Mailbox:
         self._rooms: dict[str, _Room] = {}
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._counter = itertools.count(1)
+        # The held-messages mark this node last wrote on each room (Room.held_until_ms).
+        self._marks: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._failed_expiries: set[tuple[str, str]] = set()  # (room, key) whose delete may have landed
         # Delivered, but their delete failed: never to be held again by a reload of the index.
@@ -102,6 +104,11 @@ class Mailbox:
                 del self._locks[room_id]
             else:
                 self._locks[room_id] = (lock, users - 1)
+
+    def _remember_mark(self, room_id: str, mark: int, now_ms: int) -> None:
+        for lapsed in [r for r, until in self._marks.items() if until <= now_ms]:
+            del self._marks[lapsed]
+        self._marks[room_id] = mark
 
     def _index(self, room: _Room, message: QueuedMessage) -> None:
         message = replace(message, frame="")
@@ -172,10 +179,15 @@ class Mailbox:
                 frame=frame,
                 for_session=for_session,
             )
+            # The room's mark must cover the message. It is written with the message only when
+            # the mark this node last wrote does not, and then for two longest lifetimes: each
+            # such write touches the room item, which registrations' transactions check (in
+            # DynamoDB, overlapping transactions on an item cancel one another).
+            new_mark: int | None = None
+            if self._marks.get(room_id, 0) < expires_at_ms:
+                new_mark = max(expires_at_ms, now_ms + 2000 * self.settings.queue_ttl_max_seconds)
             try:
-                # The room's mark covers every message held in it: none lives past the longest lifetime.
-                held_until_ms = max(expires_at_ms, now_ms + 1000 * self.settings.queue_ttl_max_seconds)
-                await self.repository.hold_message(message, held_until_ms=held_until_ms)
+                await self.repository.hold_message(message, held_until_ms=new_mark)
             except RepositoryError:
                 # The write may have landed: take it back, so a message its sender was told
                 # failed is not delivered later.
@@ -183,6 +195,8 @@ class Mailbox:
                     await self.repository.take_message(room_id, message.key)
                 raise
             self._index(room, message)
+            if new_mark is not None:
+                self._remember_mark(room_id, new_mark, now_ms)
         log.info("message_held", room_id=room_id, to_peer_id=to_peer_id, expires_at_ms=expires_at_ms)
         return True
 

@@ -185,7 +185,7 @@ class Repository:
 
     # Held messages (MessageStore) --------------------------------------------------
 
-    async def hold_message(self, message: QueuedMessage, *, held_until_ms: int) -> None:
+    async def hold_message(self, message: QueuedMessage, *, held_until_ms: int | None) -> None:
         await self.messages.hold_message(message, held_until_ms=held_until_ms)
 
     async def held_messages(

@@ -27,11 +27,22 @@ _WITHOUT_FRAME = (
 
 
 class MessageStore(Store):
-    async def hold_message(self, message: QueuedMessage, *, held_until_ms: int) -> None:
-        """Store ``message`` and mark its room as holding messages until ``held_until_ms``
-        (no earlier than the message expires), in one transaction: a registration reads the
-        messages table only in a marked room. NotFound: the room is gone; ConditionFailed:
-        the key is taken."""
+    async def hold_message(self, message: QueuedMessage, *, held_until_ms: int | None) -> None:
+        """Store ``message``; with ``held_until_ms``, mark its room as holding messages until
+        then (no earlier than the message expires) in the same transaction: a registration
+        reads the messages table only in a marked room. None: the room's mark covers the
+        message already (a plain put, which does not touch the room item, so it cannot
+        conflict with the transactions that check it). NotFound: the room is gone;
+        ConditionFailed: the key is taken."""
+        if held_until_ms is None:
+            await self._call(
+                "hold_message",
+                self._client.put_item,
+                TableName=self._db.messages_table,
+                Item=message_item(message),
+                ConditionExpression="attribute_not_exists(msg_key)",
+            )
+            return
         try:
             await self._call(
                 "hold_message",
