@@ -38,7 +38,7 @@ from ws_relay.metrics import RelayMetrics
 
 log = structlog.stdlib.get_logger("ws_relay.server")  # its events kept their logger
 
-_Frame = tuple[str, float | None, int | None, bool]  # frame, relay start, seq, replay
+_Frame = tuple[str, float | None, int | None]  # frame, relay start, seq
 
 
 class WebSocketLink:
@@ -79,7 +79,7 @@ class WebSocketLink:
                 self._abort(CloseCode.SLOW_CONSUMER)
                 return False
             self._limited += 1
-        self._waiting.append((frame, relay_started, seq, replay))
+        self._waiting.append((frame, relay_started, seq))
         self._schedule()
         return True
 
@@ -144,7 +144,7 @@ class WebSocketLink:
             return
         batch, self._waiting, self._limited = self._waiting, [], 0
         protocol = ws.protocol
-        for frame, _, seq, _ in batch:
+        for frame, _, seq in batch:
             protocol.send_text(frame.encode())
             if seq is not None:
                 self._written_seq = seq
@@ -153,7 +153,7 @@ class WebSocketLink:
         if data:
             ws.transport.write(data)
         written = time.perf_counter()
-        for _, started, _, _ in batch:
+        for _, started, _ in batch:
             if started is not None:
                 self._metrics.relay_latency.observe(written - started)
         if pong is not None:
