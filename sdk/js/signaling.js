@@ -26,6 +26,8 @@ export class RoomError extends SignalingError {}
 /** PEER_ID_TAKEN, PEER_NOT_FOUND, SENDER_MISMATCH, ... */
 export class PeerError extends SignalingError {}
 export class DeliveryFailed extends SignalingError {}
+/** The target has not confirmed what it has yet (PEER_BUSY): this message was not sent; send it again shortly. */
+export class PeerBusy extends DeliveryFailed {}
 export class QueueFull extends SignalingError {}
 export class RateLimited extends SignalingError {}
 /** SERVER_BUSY, STORAGE_UNAVAILABLE, AUTH_PROVIDER_UNAVAILABLE, INTERNAL_ERROR: retry later. */
@@ -50,7 +52,7 @@ const BY_CODE = {
   ROOM_FULL: RoomError, NOT_ROOM_CREATOR: RoomError,
   PEER_ID_TAKEN: PeerError, PEER_NOT_FOUND: PeerError, SENDER_MISMATCH: PeerError,
   UNSUPPORTED_BY_PEER: PeerError, PEER_ERROR: PeerError,
-  DELIVERY_FAILED: DeliveryFailed, QUEUE_FULL: QueueFull, RATE_LIMITED: RateLimited,
+  DELIVERY_FAILED: DeliveryFailed, PEER_BUSY: PeerBusy, QUEUE_FULL: QueueFull, RATE_LIMITED: RateLimited,
   SERVER_BUSY: Unavailable, STORAGE_UNAVAILABLE: Unavailable,
   AUTH_PROVIDER_UNAVAILABLE: Unavailable, INTERNAL_ERROR: Unavailable,
   RESUME_FAILED: SessionLost,

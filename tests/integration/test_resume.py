@@ -289,43 +289,48 @@ async def test_confirmed_frames_are_forgotten(api: str, relay_with: RelayFactory
             await peer.close()
 
 
-async def test_a_connected_peer_that_never_confirms_is_closed_as_overflow(api: str, relay_with: RelayFactory) -> None:
-    """A connected peer owed more than the resume buffer is closed with 4005 and leaves ('overflow').
-    Every message sent to it is then either acked (it confirmed receipt) or failed, exactly once."""
-    # 400 frames go out as fast as the relay answers: no per-connection rate limit here.
+async def test_a_connected_peer_that_stops_confirming_is_refused_messages_not_dropped(
+    api: str, relay_with: RelayFactory
+) -> None:
+    """A connected peer with three quarters of its resume buffer unconfirmed takes no more
+    messages: each sent to it is acked (it confirmed receipt) or refused with PEER_BUSY,
+    exactly once, and the peer stays in the room. Once it reads again, messages pass again."""
+    # Frames go out as fast as the relay answers: no per-connection rate limit here.
     unlimited = {"messages_per_second": 100_000, "message_burst": 100_000}
     async with relay_with(resume_buffer_bytes=4096, outbox_max_messages=10_000, **unlimited) as server:
         _, a, _, b, _ = await room_of_two(api, url(server))
         # b stops reading: its client buffers a few frames, then reads (and answers) no ping.
         acked: list[int] = []
-        failed: list[int] = []
-        left: list[dict[str, Any]] = []
+        refused: list[int] = []
 
         def record(reply: dict[str, Any]) -> None:
-            if reply["type"] == "peer_left":
-                left.append(reply)
-            elif reply["type"] == "ack":
+            if reply["type"] == "ack":
                 acked.append(reply["id"])
             else:
-                assert reply == {"type": "error", "code": "DELIVERY_FAILED", "reason": ANY, "id": reply["id"]}
-                failed.append(reply["id"])
+                assert reply == {"type": "error", "code": "PEER_BUSY", "reason": ANY, "id": reply["id"]}
+                refused.append(reply["id"])
 
         for i in range(200):
-            await a.send({"type": "peer_message", "to_peer_id": "B", "payload": "x" * 100, "id": i})
+            await a.send({"type": "peer_message", "to_peer_id": "B", "payload": {"i": i, "pad": "x" * 100}, "id": i})
             await a.send_raw("barrier-probe")
             while (reply := await a.recv()) != {"type": "error", "code": "INVALID_JSON", "reason": ANY}:
                 record(reply)
-            if failed:
+            if refused:
                 break
         else:
-            raise AssertionError("the buffer never overflowed")
-        while not left:
+            raise AssertionError("the peer was never busy")
+        assert refused == [i]
+        # b reads again: it has every message but the refused one, and its pongs ack them.
+        assert [(await b.expect("peer_message"))["payload"]["i"] for _ in range(i)] == list(range(i))
+        while len(acked) < i:
             record(await a.recv())
-        assert left == [{"type": "peer_left", "peer_id": "B", "reason": "overflow"}]
-        assert sorted(acked + failed) == list(range(i + 1))
-        code, _ = await b.closed()
-        assert code == 4005
-        await a.close()
+        assert sorted(acked) == list(range(i))
+        await a.send({"type": "peer_message", "to_peer_id": "B", "payload": {"i": i}, "id": i})
+        assert (await b.expect("peer_message"))["payload"] == {"i": i}
+        assert (await a.expect("ack"))["id"] == i
+        assert server.relay.hub.get(*next((m.room_id, "B") for m in server.relay.hub.members())) is not None
+        for peer in (a, b):
+            await peer.close()
 
 
 async def test_a_message_resent_after_a_resume_is_delivered_once(api: str, relay_with: RelayFactory) -> None:

@@ -39,14 +39,46 @@ async def test_a_target_that_leaves_unconfirmed_fails_its_senders() -> None:
     assert a.link.last("peer_left")["reason"] == "closed"
 
 
-async def test_a_member_owed_more_than_kept_for_a_resume_is_ended() -> None:
+async def test_a_detached_member_owed_more_than_kept_for_a_resume_is_ended() -> None:
     world = World(resume_buffer_messages=3)
     a, b = await pair(world)
+    await world.drop(b)
     for i in range(4):
         await world.send(a, {"type": "peer_message", "to_peer_id": "B", "payload": i})
-    assert b.link.close_code() == CloseCode.OVERFLOW
     assert a.link.last("peer_left")["reason"] == "overflow"
     assert world.relay.hub.get("room-1", "B") is None
+
+
+async def test_a_connected_member_that_has_not_confirmed_most_of_its_buffer_is_busy() -> None:
+    """Past three quarters of the resume buffer unconfirmed, direct messages for a connected
+    member are refused with PEER_BUSY (the sender is told, the member stays); once it
+    confirms, they pass again. The last quarter is left for the room's events."""
+    world = World(resume_buffer_messages=4)
+    a, b = await pair(world)
+    for i in range(4):
+        await world.send(a, {"type": "peer_message", "to_peer_id": "B", "payload": i, "id": i})
+    assert [(e["code"], e["id"]) for e in a.link.of_type("error")] == [("PEER_BUSY", 3)]
+    assert [m["payload"] for m in b.link.of_type("peer_message")] == [0, 1, 2]
+    assert b.link.close_code() is None
+    await world.register("C", sub="carol")
+    assert b.link.last("peer_joined")["peer_id"] == "C"  # the quarter kept for events
+    assert b.link.close_code() is None
+    b.link.confirm()
+    assert sorted(ack["id"] for ack in a.link.of_type("ack")) == [0, 1, 2]
+    await world.send(a, {"type": "peer_message", "to_peer_id": "B", "payload": 3, "id": 3})
+    assert b.link.last("peer_message")["payload"] == 3
+
+
+async def test_a_member_that_does_not_confirm_still_gets_its_own_replies() -> None:
+    """Replies (errors included) answer what the member sent: they pass the resume buffer's
+    limits, so a member that sends faster than it confirms is not dropped for them."""
+    world = World(resume_buffer_messages=4)
+    a, _ = await pair(world)
+    for _ in range(10):
+        await world.send(a, {"type": "offer", "target": "Nobody", "sdp": "v=0"})
+    assert a.link.errors() == ["PEER_NOT_FOUND"] * 10
+    assert a.link.close_code() is None
+    assert world.relay.hub.get("room-1", "A") is not None
 
 
 async def test_a_message_for_a_peer_not_there_yet_is_held_and_delivered() -> None:

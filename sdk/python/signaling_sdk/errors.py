@@ -31,6 +31,11 @@ class DeliveryFailed(SignalingError):
     """The message will not reach its target (DELIVERY_FAILED)."""
 
 
+class PeerBusy(DeliveryFailed):
+    """The target has not confirmed the messages it has yet (PEER_BUSY): this one was not
+    sent; send it again shortly. A DeliveryFailed, so handlers of that catch it too."""
+
+
 class QueueFull(SignalingError):
     """Too many messages are held for peers not in the room (QUEUE_FULL)."""
 
@@ -81,6 +86,7 @@ _BY_CODE: dict[str, type[SignalingError]] = {
     "UNSUPPORTED_BY_PEER": PeerError,
     "PEER_ERROR": PeerError,
     "DELIVERY_FAILED": DeliveryFailed,
+    "PEER_BUSY": PeerBusy,
     "QUEUE_FULL": QueueFull,
     "ALREADY_CLAIMED": AlreadyClaimed,
     "LEASE_NOT_FOUND": LeaseNotFound,

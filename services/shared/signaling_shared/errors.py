@@ -39,6 +39,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_BY_PEER = "UNSUPPORTED_BY_PEER"
     PEER_ERROR = "PEER_ERROR"
     DELIVERY_FAILED = "DELIVERY_FAILED"
+    PEER_BUSY = "PEER_BUSY"
     QUEUE_FULL = "QUEUE_FULL"
     # Booking
     ALREADY_CLAIMED = "ALREADY_CLAIMED"
@@ -191,6 +192,12 @@ class DeliveryFailed(SignalingError):
     code = ErrorCode.DELIVERY_FAILED
     http_status = 503
     default_reason = "target peer is not reading its messages"
+
+
+class PeerBusy(SignalingError):
+    code = ErrorCode.PEER_BUSY
+    http_status = 503
+    default_reason = "target peer has not confirmed the messages it has yet: send again shortly"
 
 
 class QueueFull(SignalingError):

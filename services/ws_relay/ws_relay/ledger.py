@@ -2,10 +2,12 @@
 
 Every frame for a member goes through ``push``: it is numbered (``seq``), kept until the
 client confirms receipt (a resume replays what it missed), and what its receipt settles is
-noted (``Owed``: the sender's ack, or a held message's removal). When a member leaves
-without confirming, its senders are told (``DELIVERY_FAILED``) and held messages are held
-again. Messages for a peer not in the room yet are held in the ``Mailbox``; a new member
-reads them first (OPENING), live frames waiting behind them.
+noted (``Owed``: the sender's ack, or a held message's removal). A connected member
+with most of that buffer unconfirmed is ``busy``: direct messages for it are refused
+(``PEER_BUSY``) until it confirms. When a member leaves without confirming, its senders
+are told (``DELIVERY_FAILED``) and held messages are held again. Messages for a peer
+not in the room yet are held in the ``Mailbox``; a new member reads them first
+(OPENING), live frames waiting behind them.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class Ledger:
         *,
         kind: str,
         answer: bool = False,
+        reply: bool = False,
         flushed: bool = False,
     ) -> bool:
         """Number ``frame`` for ``member`` and send it, or keep it for a resume if detached.
@@ -78,35 +81,55 @@ class Ledger:
         ``owed`` is settled when the client confirms receipt (or fails if it never does).
         An ``answer`` (ack, expired, a failed delivery: one at most per message the member
         sent) is owed to it already and passes the buffer limits, which exist for what
-        others send it. A ``flushed`` frame (held for the member, or waiting behind what was
-        held) was accepted for it already, within the resume buffer's bound: it passes the
-        outbox limit, which is for a reader that stops reading. A frame of a ``kind`` the
+        others send it. A ``reply`` (to a request of the member's own, an error included)
+        passes them too, but not the outbox limit. A ``flushed`` frame (held for the
+        member, or waiting behind what was held) was accepted for it already, within the
+        resume buffer's bound: it passes the outbox limit, which is for a reader that stops
+        reading. A frame of a ``kind`` the
         member's client does not know (a v1 peer's: ``ws_relay.compat``) is not sent either.
         """
         if member.gone or not compat.receives(member.profile, kind):
             return False
+        owed_already = answer or reply
         if member.waiting is not None:  # OPENING: behind the messages held for it, being read
-            if not answer and len(member.waiting) >= self.settings.resume_buffer_messages:
+            if not owed_already and len(member.waiting) >= self.settings.resume_buffer_messages:
                 self._end(member, CloseCode.OVERFLOW, "overflow")
                 return False
-            member.waiting.append((frame, started, owed, answer, kind))
+            member.waiting.append((frame, started, owed, owed_already, kind))
             return True
-        if not answer:
+        if not owed_already:
             frames, size = member.kept()
             if frames >= self.settings.resume_buffer_messages or size + len(frame) > self.settings.resume_buffer_bytes:
                 self._end(member, CloseCode.OVERFLOW, "overflow")
                 return False
-        seq, stamped = member.stamp(frame, owed, answer=answer)
+        seq, stamped = member.stamp(frame, owed, answer=owed_already)
         if member.link is not None:
             member.link.send(stamped, started, seq, replay=answer or flushed)  # a slow reader is cut off and detached
         return True
 
+    def busy(self, member: Member, frame: str) -> bool:
+        """Whether ``member`` is connected with three quarters of what may be kept for it
+        unconfirmed (frames or bytes, ``frame`` included): it then takes no more direct
+        messages (their senders get ``PEER_BUSY``) until its client confirms. The last
+        quarter is for the room's events and broadcasts. A client confirms in its own
+        stream, behind what it sends, so one that sends faster than the relay reads it
+        confirms late: it is refused messages for a while, not dropped. A member detached,
+        or being cut off (its link closing), is never busy: what comes for it is kept for
+        a resume, and past the whole buffer it leaves (``overflow``)."""
+        if member.link is None or member.waiting is not None or not member.link.is_open():
+            return False
+        kept, size = member.kept()
+        messages, limit = self.settings.resume_buffer_messages, self.settings.resume_buffer_bytes
+        return kept >= messages - messages // 4 or size + len(frame) > limit - limit // 4
+
     def reply(self, connection: Connection, frame: str, *, kind: str) -> None:
         """A reply on this connection: numbered once the connection holds a member; not sent
-        at all if the client does not know its ``kind``."""
+        at all if the client does not know its ``kind``. A reply (an error included) answers
+        a message of the member's own: a member that sends faster than it confirms is not
+        dropped for the answers to what it sent."""
         member = connection.member
         if member is not None and member.link is connection.link:
-            self.push(member, frame, kind=kind)
+            self.push(member, frame, kind=kind, reply=True)
         elif compat.receives(connection.profile, kind):
             connection.link.send(frame)
 

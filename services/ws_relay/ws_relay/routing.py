@@ -2,7 +2,8 @@
 
 With an id, a message is acked once its target confirms receipt (``ledger``), or acked
 ``queued`` once held. Each hold is a write (and later a delete) in DynamoDB: an identity
-may hold only so many per minute.
+may hold only so many per minute. A target that has not confirmed most of what it was
+sent is busy: the message is refused (``PEER_BUSY``) and its sender may send it again.
 """
 
 from __future__ import annotations
@@ -10,7 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from signaling_shared.errors import DeliveryFailed, InvalidMessage, PeerNotFound, SenderMismatch, UnsupportedByPeer
+from signaling_shared.errors import (
+    DeliveryFailed,
+    InvalidMessage,
+    PeerBusy,
+    PeerNotFound,
+    SenderMismatch,
+    UnsupportedByPeer,
+)
 from signaling_shared.ratelimit import KeyedRateLimiter
 from signaling_shared.settings import RelaySettings
 from ws_relay import compat, frames, protocol
@@ -77,6 +85,8 @@ class Router:
             raise PeerNotFound(f"peer {to_peer_id!r} is not in this room")
         if not compat.receives(target.profile, kind):
             raise UnsupportedByPeer(f"peer {target.peer_id!r} is a v1 (seed) client: it cannot receive {kind!r}")
+        if self.ledger.busy(target, frame):  # refused, not queued: memory stays bounded
+            raise PeerBusy(f"peer {target.peer_id!r} has not confirmed the messages it has yet: send again shortly")
         # Its receipt acks it (with an id); if it never arrives, the sender is told (v1 too).
         owed = Owed(member.peer_id, member.session_id, message.id)
         if not self.ledger.push(target, frame, started, owed, kind=kind):
