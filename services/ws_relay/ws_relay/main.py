@@ -4,6 +4,7 @@ node fenced for failing to renew its entry shuts down the same way and exits 1."
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 
@@ -21,12 +22,21 @@ async def run(server: RelayServer) -> bool:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    settle_heap()
     waits = [asyncio.create_task(stop.wait()), asyncio.create_task(server.fenced.wait())]
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     for wait in waits:
         wait.cancel()
     await server.stop()
     return server.fenced.is_set()
+
+
+def settle_heap() -> None:
+    """Put what startup allocated (the AWS clients' service models, settings, modules) out
+    of the garbage collector's reach. A full collection then walks only what serving made:
+    under load, those collections had paused the loop for 50 to 90 ms (issue 18)."""
+    gc.collect()
+    gc.freeze()
 
 
 def main() -> None:
