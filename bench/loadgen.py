@@ -637,6 +637,129 @@ async def abuse_scenario(system: System, params: dict[str, Any], clock: CpuClock
     return {"attacks": results}
 
 
+# Overload: more than the relay can take, every message accounted for ------------------
+
+N = re.compile(r'"n":(\d+)')
+
+
+@dataclass
+class Outcomes:
+    """What became of the overload scenario's messages, by their number ``n`` (= their id)."""
+
+    delivered: set[int] = field(default_factory=set)  # seen by their target
+    acked: set[int] = field(default_factory=set)  # acked to their sender
+    errors: dict[int, str] = field(default_factory=dict)  # an error (or expired) to their sender
+    unnumbered: list[str] = field(default_factory=list)  # errors without an id (at most 20 kept)
+    closes: list[str] = field(default_factory=list)  # connections the relay closed
+
+    def settled(self, sent: int) -> bool:
+        """Every message sent has reached its target or been reported, and has its answer."""
+        reported = self.errors.keys()
+        return len(self.acked | reported) >= sent and len(self.delivered | reported) >= sent
+
+
+async def _account(ws: ClientConnection, outcomes: Outcomes) -> None:
+    """Read one peer's socket: messages relayed to it, answers to what it sent."""
+    try:
+        async for frame in ws:
+            text = frame if isinstance(frame, str) else frame.decode()
+            if (match := N.search(text)) is not None and '"ts":' in text:
+                outcomes.delivered.add(int(match[1]))
+                continue
+            message = json.loads(text)
+            kind, number = message.get("type"), message.get("id")
+            if kind == "ack" and isinstance(number, int):
+                outcomes.acked.add(number)
+            elif kind in ("error", "expired") and isinstance(number, int):
+                outcomes.errors[number] = str(message.get("code", kind))
+            elif kind == "error" and len(outcomes.unnumbered) < 20:
+                outcomes.unnumbered.append(text[:200])
+    except ConnectionClosed as exc:
+        outcomes.closes.append(f"{exc.rcvd.code if exc.rcvd else 1006}")
+
+
+async def overload_scenario(system: System, params: dict[str, Any], clock: CpuClock) -> dict[str, Any]:
+    """``rate`` messages/s offered over ``pairs`` pairs for ``duration`` seconds, more than the
+    relay can relay; then up to ``settle`` seconds for each message's outcome.
+
+    Every message carries an id, so the relay owes its sender an answer for it: an ``ack``
+    once the target has it, or an error. A message neither seen by its target nor reported
+    to its sender is lost silently; an ack for a message its target never saw breaks the
+    meaning of an ack. Senders are open loop per socket: when the relay stops reading
+    them (TCP backpressure), they fall behind, and ``offered_rate`` says what got out."""
+    assert system.identity is not None
+    pairs_count, duration, rate = int(params["pairs"]), float(params["duration"]), float(params["rate"])
+    prefix = f"o{run_id()}"
+    sockets: list[tuple[ClientConnection, str, str]] = []  # socket, own id, partner's id
+    for index in range(pairs_count):
+        room = system.rooms[index % len(system.rooms)]
+        a, b = f"{prefix}-{index}a", f"{prefix}-{index}b"
+        wa = await _member(system.url, a, room, system.identity)
+        wb = await _member(system.url, b, room, system.identity)
+        sockets += [(wa, a, b), (wb, b, a)]
+    outcomes = Outcomes()
+    readers = [asyncio.create_task(_account(ws, outcomes)) for ws, _, _ in sockets]
+    numbers = itertools.count()
+    each = rate / len(sockets)
+    lags: list[float] = []
+
+    async def sender(ws: ClientConnection, partner: str) -> int:
+        sent, lag, started = 0, 0.0, time.monotonic()
+        with contextlib.suppress(ConnectionClosed):
+            while (elapsed := time.monotonic() - started) < duration:
+                due = int(elapsed * each) - sent
+                lag = max(lag, due / each)
+                for _ in range(due):
+                    n = next(numbers)
+                    kind, _ = PATTERN[n % len(PATTERN)]
+                    body = f'"candidate":{CANDIDATE_JSON}' if kind == "candidate" else f'"sdp":{SDP_JSON}'
+                    ts = time.monotonic_ns()
+                    await ws.send(f'{{"type":"{kind}","target":"{partner}",{body},"id":{n},"n":{n},"ts":{ts}}}')
+                    sent += 1
+                await asyncio.sleep(0.001)
+        lags.append(lag)
+        return sent
+
+    clock.lap()
+    started = time.monotonic()
+    counts = await asyncio.gather(*(sender(ws, partner) for ws, _, partner in sockets))
+    sending = time.monotonic() - started
+    cpu = clock.lap()
+    sent = sum(counts)
+    settle = float(params.get("settle", 75.0))  # past the relay's resume window (60 s)
+    waited = time.monotonic()
+    while not outcomes.settled(sent) and time.monotonic() - waited < settle:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)  # the readers count; a benchmark may poll
+    settling = time.monotonic() - waited
+    for task in readers:
+        task.cancel()
+    await close_all([ws for ws, _, _ in sockets])
+    everything = set(range(sent))
+    reported = set(outcomes.errors)
+    errors_by_code: dict[str, int] = {}
+    for code in outcomes.errors.values():
+        errors_by_code[code] = errors_by_code.get(code, 0) + 1
+    return {
+        "rate": rate,
+        "pairs": pairs_count,
+        "duration_s": duration,
+        "sent": sent,
+        "offered_rate": round(sent / sending, 1),
+        "delivered": len(outcomes.delivered & everything),
+        "delivered_rate": round(len(outcomes.delivered) / (sending + settling), 1),
+        "acked": len(outcomes.acked),
+        "errors": errors_by_code,
+        "unnumbered_errors": outcomes.unnumbered,
+        "lost_silently": len(everything - outcomes.delivered - reported),
+        "acked_undelivered": len(outcomes.acked - outcomes.delivered),
+        "unanswered": len(everything - outcomes.acked - reported),
+        "closes": outcomes.closes,
+        "settle_s": round(settling, 2),
+        "max_sender_lag_ms": round(max(lags, default=0.0) * 1000, 1),
+        **cpu,
+    }
+
+
 async def relay_setup(api: str, rooms: int) -> tuple[Identity, list[Room]]:
     """One identity and ``rooms`` rooms created through rooms-api."""
     async with ServiceClient(api, timeout=TIMEOUT) as http:
@@ -659,6 +782,8 @@ def rooms_needed(scenario: str, params: dict[str, Any], per_room: int) -> int:
         return int(params["pairs"])
     if scenario == "abuse":
         return 3
+    if scenario == "overload":
+        return -(-2 * int(params["pairs"]) // per_room)
     return 0
 
 
@@ -684,6 +809,7 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
         "latency": latency_scenario,
         "hold": hold_scenario,
         "abuse": abuse_scenario,
+        "overload": overload_scenario,
     }
     result = await scenarios[scenario](system, params, clock)
     return {"params": params, **result}

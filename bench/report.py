@@ -29,6 +29,7 @@ REGISTRATION_P50_MS, REGISTRATION_P99_MS, REGISTRATION_CPU_MS = 5.0, 15.0, 1.0
 CHURN_TARGET = 300.0
 PEERS_TARGET, KIB_TARGET = 10_000, 8.0
 DATACHANNEL_P50_MS = 150.0
+OVERLOAD_RSS_MIB, OVERLOAD_HEALTHZ_MS = 64.0, 100.0
 # Frames of every stack (the interpreter, the loop, the thread pool): no information.
 PLUMBING = ("runpy", "runners.py", "main.py", "threading.py", "thread.py", "base_events.py", "events.py")
 
@@ -202,7 +203,7 @@ def targets(results: dict[str, Any]) -> list[str]:
                 ),
             ]
         )
-    rows.append(["overload: 3x the sustained rate for 10 s, bounded and responsive", "no scenario yet", "not measured"])
+    rows.append(overload_target(results.get("overload")))
     channel = results.get("datachannel")
     if channel:
         p50 = float(channel["channel_open"].get("p50_ms", float("inf")))
@@ -214,6 +215,65 @@ def targets(results: dict[str, Any]) -> list[str]:
             ]
         )
     return ["### Targets (issue 18)", "", *table(["Target", "Measured", "Verdict"], rows)]
+
+
+def overload_target(entry: dict[str, Any] | None) -> list[Any]:
+    label = (
+        f"overload: 3x the sustained rate for 10 s: RSS growth ≤ {OVERLOAD_RSS_MIB:g} MiB, /healthz within"
+        f" {OVERLOAD_HEALTHZ_MS:g} ms throughout, no message lost without an error to its sender"
+    )
+    if not entry:
+        return [label, "not run", "not measured"]
+    growth, silent = float(entry["rss_growth_mib"]), int(entry["lost_silently"])
+    slowest = float(entry["healthz"].get("max_ms", float("inf")))
+    failures = int(entry["healthz_failures"])
+    misses = [
+        reason
+        for reason, failed in (
+            (f"RSS grew {growth:.1f} MiB", growth > OVERLOAD_RSS_MIB),
+            (f"/healthz took up to {slowest:.0f} ms", slowest > OVERLOAD_HEALTHZ_MS),
+            (f"/healthz failed {failures} times", failures > 0),
+            (f"{silent:,} messages lost silently", silent > 0),
+        )
+        if failed
+    ]
+    measured = (
+        f"{entry['offered_rate']:,.0f} msg/s offered; RSS +{growth:.1f} MiB; /healthz p99"
+        f" {fmt(entry['healthz'].get('p99_ms'), 1)} ms, max {slowest:.0f} ms; {silent} lost silently"
+    )
+    return [label, measured, _verdict(not misses, "; ".join(misses))]
+
+
+def overload_section(results: dict[str, Any]) -> list[str]:
+    entry = results.get("overload")
+    if not entry:
+        return []
+    errors = ", ".join(f"{code} {count:,}" for code, count in sorted(entry["errors"].items())) or "none"
+    rows = [
+        ["offered (target rate)", f"{entry['offered_rate']:,.0f} msg/s ({entry['rate']:,.0f})"],
+        ["sent / delivered / acked", f"{entry['sent']:,} / {entry['delivered']:,} / {entry['acked']:,}"],
+        ["errors to senders", errors],
+        ["lost silently (neither delivered nor reported)", f"{entry['lost_silently']:,}"],
+        ["acked but never seen by the target", f"{entry['acked_undelivered']:,}"],
+        ["connections the relay closed", f"{len(entry['closes'])}"],
+        ["relay RSS before / peak", f"{entry['rss_before_kib'] / 1024:.1f} / {entry['rss_peak_kib'] / 1024:.1f} MiB"],
+        [
+            "/healthz (every 50 ms, a new connection each)",
+            f"p50 {fmt(entry['healthz'].get('p50_ms'), 1)} ms, p99 {fmt(entry['healthz'].get('p99_ms'), 1)} ms,"
+            f" max {fmt(entry['healthz'].get('max_ms'), 1)} ms, {entry['healthz_failures']} failed",
+        ],
+        ["relay / generator CPU (cores)", f"{entry['server_cpu']} / {entry['generator_cpu']}"],
+    ]
+    return [
+        "### Overload (ws-relay only)",
+        "",
+        f"{entry['pairs']} pairs offer {entry['rate']:,.0f} msg/s ({entry.get('basis', 'a fixed rate')}) for"
+        f" {entry['duration_s']:g} s, in open loop per socket. Every message has an id, so each is owed an"
+        " outcome: an ack once its target has it, or an error. /healthz is asked from another process"
+        " throughout, and the relay's RSS read.",
+        "",
+        *table(["Measure", "Value"], rows),
+    ]
 
 
 def latency_section(results: dict[str, Any]) -> list[str]:
@@ -595,6 +655,7 @@ def generated(results: dict[str, Any], plot_path: Path, doc: Path) -> str:
         *memory_section(results),
         *datachannel_section(results),
         *abuse_section(results),
+        *overload_section(results),
         *profile_section(results),
         *profile_section(results, "profile_registration"),
         *failures_section(results),

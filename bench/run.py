@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ from typing import IO, Any
 
 import httpx
 
+from bench.loadgen import percentiles
 from bench.nullrelay import raise_fd_limit
 from devstack.background import READY, BackgroundStack
 
@@ -82,6 +84,7 @@ class Sizes:
     memory: tuple[int, ...]
     datachannel: dict[str, Any]
     abuse: dict[str, Any]
+    overload: dict[str, Any]
     profile_seconds: float
     profile_rate: float
 
@@ -99,6 +102,8 @@ FULL = Sizes(
     memory=(1000, 10000),
     datachannel={"repeat": 5},
     abuse={"duration": 10, "rate": 50, "audience": 30, "ping_interval": 0.04},  # 25 pings/s: within its limit
+    # 3x the highest sustained rate of this run (rate: without one), over 20 pairs for 10 s.
+    overload={"pairs": 20, "duration": 10, "factor": 3, "rate": 24000, "settle": 75},
     profile_seconds=10,
     profile_rate=2000,
 )
@@ -110,6 +115,7 @@ QUICK = Sizes(
     memory=(100, 300),
     datachannel={"repeat": 1},
     abuse={"duration": 2, "rate": 50, "audience": 5, "ping_interval": 0.04},
+    overload={"pairs": 4, "duration": 2, "factor": 3, "rate": 12000, "settle": 75},
     profile_seconds=2,
     profile_rate=1000,
 )
@@ -362,6 +368,67 @@ def memory(server: Server, count: int) -> dict[str, Any]:
     }
 
 
+class Watch(threading.Thread):
+    """While a scenario runs: ``/healthz`` asked every ``interval`` (each answer's time, or
+    its failure; a new connection each time, as a load balancer's probe) and the server's RSS."""
+
+    def __init__(self, server: Server, interval: float = 0.05, timeout: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        self.url = server.url.replace("ws://", "http://", 1) + "/healthz"
+        self.pid, self.interval, self.timeout = server.pid, interval, timeout
+        self.answers: list[float] = []
+        self.failures: list[str] = []
+        self.rss: list[int] = []
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        # One client (building one costs ~25 ms here), no kept-alive connections.
+        with httpx.Client(timeout=self.timeout, limits=httpx.Limits(max_keepalive_connections=0)) as http:
+            while not self._done.wait(self.interval):
+                self.rss.append(rss_kib(self.pid))
+                started = time.perf_counter()
+                try:
+                    ok = http.get(self.url).is_success
+                except httpx.HTTPError as exc:
+                    self.failures.append(type(exc).__name__)
+                    continue
+                if ok:
+                    self.answers.append(time.perf_counter() - started)
+                else:
+                    self.failures.append("not 2xx")
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+def overload(server: Server, params: dict[str, Any], sustained: float | None) -> dict[str, Any]:
+    """``factor`` times the highest sustained rate (``rate`` without one) for ``duration``
+    seconds, with the relay's health probed and its RSS read throughout."""
+    factor = float(params.pop("factor"))
+    rate = factor * sustained if sustained else float(params["rate"])
+    params["rate"] = round(rate)
+    basis = f"{factor:g}x the highest sustained rate ({sustained:,.0f} msg/s)" if sustained else "no sustained rate"
+    before = rss_kib(server.pid)
+    watch = Watch(server)
+    watch.start()
+    try:
+        result = loadgen(server, "overload", params)
+    finally:
+        watch.stop()
+    result.update(
+        basis=basis,
+        rss_before_kib=before,
+        rss_peak_kib=max(watch.rss, default=before),
+        rss_after_kib=rss_kib(server.pid),
+        rss_growth_mib=round((max(watch.rss, default=before) - before) / 1024, 1),
+        healthz=percentiles(watch.answers),
+        healthz_failures=len(watch.failures),
+        healthz_first_failure=watch.failures[0] if watch.failures else None,
+    )
+    return result
+
+
 # Raw collapsed stacks; --nonblocking: the relay is not paused while sampled.
 SPY_OPTIONS = ("--rate", "250", "--format", "raw", "--nonblocking")
 
@@ -472,6 +539,7 @@ SCENARIOS = (
     "profile_registration",
     "datachannel",
     "abuse",
+    "overload",
     "memory",
 )
 
@@ -524,6 +592,10 @@ def measure_one(server: Server, sizes: Sizes, results: dict[str, Any], scenario:
         log("relay: abuse at the default limits, a bystander pinging (a relay of its own)")
         with tempfile.TemporaryFile("w") as logs, relay(logs, RELAY_ABUSE_ENV) as defaults:
             results["abuse"] = loadgen(defaults, "abuse", dict(sizes.abuse))
+    if name == "relay" and "overload" in scenarios:
+        log("relay: overload, 3x its highest sustained rate")
+        ladder = results["sustained"].get(name) or {}
+        results["overload"] = overload(server, dict(sizes.overload), ladder.get("max_sustained_rate"))
     if "memory" in scenarios:
         results["memory"][name] = []
         for count in sizes.memory:
