@@ -383,7 +383,7 @@ class SavedClaim(Claim):
         self.seats.spawn(self.seats.handoff.settle(self.saved, left=True))
 
     async def after_seat(self) -> None:
-        held = [owed.held_key for _, owed in self.member.owed if owed.held_key is not None]
+        held = self.member.held_keys()
         try:
             if held:
                 await self.seats.ledger.mailbox.claim(self.member.room_id, held)

@@ -182,11 +182,11 @@ class Handoff:
                 resume_hashes=member.resume_hashes,
                 seq=member.seq,
                 frames=list(member.unconfirmed),
-                owed=[(seq, owed.to_json()) for seq, owed in member.owed],
+                owed=[(seq, owed.to_json()) for seq, owed in member.owed_items()],
                 answers=[seq for seq, _ in member.answers],
                 in_flight=sorted(member.in_flight, key=str),
             )
-            held = [owed.held_key for _, owed in member.owed if owed.held_key is not None]
+            held = member.held_keys()
             async with limit:
                 for attempt in range(SAVE_ATTEMPTS):
                     try:
@@ -215,5 +215,6 @@ def restored_member(member: Member, saved: SavedSession) -> Member:
         if seq in answers:
             member.answers.append((seq, len(frame)))
             member.answers_bytes += len(frame)
-    member.owed.extend((seq, Owed.from_json(owed)) for seq, owed in saved.owed)
+    for seq, owed in saved.owed:
+        member.owe(seq, Owed.from_json(owed))
     return member

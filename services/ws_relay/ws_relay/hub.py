@@ -61,6 +61,9 @@ class Link(Protocol):
         """Close after the frames already queued."""
 
 
+OwedEntry = tuple[int, str | None, str | None, str | int | None, str | None]  # seq, then Owed's fields
+
+
 @dataclass(frozen=True, slots=True)
 class Owed:
     """What the confirmed receipt of a frame settles: its sender's ack, or a held message's removal.
@@ -120,8 +123,11 @@ class Member:
     # against the limits on what others may send it.
     answers: deque[tuple[int, int]] = field(default_factory=deque)
     answers_bytes: int = 0
-    # For frames whose receipt someone waits on: (seq, what it settles), oldest first.
-    owed: deque[tuple[int, Owed]] = field(default_factory=deque)
+    # For frames whose receipt someone waits on: (seq, what it settles), oldest first, as
+    # plain tuples of strings and ints (``owe``, ``owed_items``):
+    # the garbage collector stops tracking those, and under load tens of thousands are kept
+    # at once (full collections had walked each one and its Owed: 50-60 ms pauses).
+    owed: deque[OwedEntry] = field(default_factory=deque)
     # While OPENING (the messages held for it are read), live frames wait here behind them
     # (frame, relay start, what it settles, whether it is an answer, its type).
     waiting: list[tuple[str, float | None, Owed | None, bool, str]] | None = None
@@ -206,7 +212,7 @@ class Member:
         self.unconfirmed.append((self.seq, stamped))
         self.unconfirmed_bytes += len(stamped)
         if owed is not None:
-            self.owed.append((self.seq, owed))
+            self.owe(self.seq, owed)
         if answer:
             self.answers.append((self.seq, len(stamped)))
             self.answers_bytes += len(stamped)
@@ -224,12 +230,24 @@ class Member:
             self.answers_bytes -= self.answers.popleft()[1]
         settled = []
         while self.owed and self.owed[0][0] <= seq:
-            settled.append(self.owed.popleft()[1])
+            settled.append(Owed(*self.owed.popleft()[1:]))
         return settled
+
+    def owe(self, seq: int, owed: Owed) -> None:
+        """Note what the receipt of frame ``seq`` settles."""
+        self.owed.append((seq, owed.sender_peer_id, owed.sender_session, owed.correlation_id, owed.held_key))
+
+    def owed_items(self) -> list[tuple[int, Owed]]:
+        """What is owed, by seq, oldest first (left on the member)."""
+        return [(entry[0], Owed(*entry[1:])) for entry in self.owed]
+
+    def held_keys(self) -> list[str]:
+        """The held messages among what is owed (removed from the table once confirmed)."""
+        return [entry[4] for entry in self.owed if entry[4] is not None]
 
     def unsettled(self) -> list[Owed]:
         """Everything still owed, taken off the member (it is leaving)."""
-        owed = [item for _, item in self.owed]
+        owed = [Owed(*entry[1:]) for entry in self.owed]
         self.owed.clear()
         return owed
 
