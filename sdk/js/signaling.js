@@ -276,13 +276,14 @@ export class Session extends EventTarget {
   }
 
   /** Send `message` with a fresh id; resolves with its answer (`{type: "ack", queued}`,
-   * `peer_list`, `pong`); waits through reconnections and RATE_LIMITED. */
+   * `peer_list`, `pong`); waits through reconnections, RATE_LIMITED and PEER_BUSY. */
   async send(message) {
     for (let attempt = 0; ; attempt++) {
       try {
         return await this._sendOnce(message);
       } catch (exc) {
-        if (!(exc instanceof RateLimited) || attempt >= this.backoff.rateLimitedRetries) throw exc;
+        const again = exc instanceof RateLimited || exc instanceof PeerBusy; // not sent: may be sent again
+        if (!again || attempt >= this.backoff.rateLimitedRetries) throw exc;
         await sleep((exc.retryAfter ? exc.retryAfter * 1000 : this.backoff.initialMs) * (1 + Math.random() * 0.2));
       }
     }

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from signaling_sdk import Ack, Backoff, Identity, RateLimited, Room, Session, Unavailable
+from signaling_sdk import Ack, Backoff, Identity, PeerBusy, RateLimited, Room, Session, Unavailable
 from support import TIMEOUT, closed_after_test
 
 
@@ -89,12 +89,14 @@ async def test_after_a_resume_only_what_the_replay_did_not_answer_is_sent_again(
 
 
 class RateLimitingRelay:
-    """Registers the peer, then answers the first ``limited`` messages RATE_LIMITED (wait
-    ``retry_after_ms``) and acks the rest; records when each message came."""
+    """Registers the peer, then answers the first ``limited`` messages ``code`` (RATE_LIMITED
+    with the wait ``retry_after_ms``, or PEER_BUSY without one) and acks the rest; records
+    when each message came."""
 
-    def __init__(self, limited: int, retry_after_ms: int) -> None:
+    def __init__(self, limited: int, retry_after_ms: int | None, code: str = "RATE_LIMITED") -> None:
         self.limited = limited
         self.retry_after_ms = retry_after_ms
+        self.code = code
         self.received: list[tuple[float, dict[str, Any]]] = []
 
     async def handle(self, ws: ServerConnection) -> None:
@@ -103,7 +105,9 @@ class RateLimitingRelay:
             message = json.loads(frame)
             self.received.append((asyncio.get_running_loop().time(), message))
             if len(self.received) <= self.limited:
-                error = {"code": "RATE_LIMITED", "reason": "slow down", "retry_after_ms": self.retry_after_ms}
+                error: dict[str, Any] = {"code": self.code, "reason": "slow down"}
+                if self.retry_after_ms is not None:
+                    error["retry_after_ms"] = self.retry_after_ms
                 await ws.send(json.dumps({"type": "error", "id": message["id"], **error}))
             else:
                 await ws.send(json.dumps({"type": "ack", "id": message["id"], "queued": False}))
@@ -120,6 +124,30 @@ async def test_a_rate_limited_message_is_sent_again_after_the_wait_the_relay_nam
         assert (first["payload"], second["payload"]) == ("job", "job")
         assert first["id"] != second["id"]  # the refused one was never delivered: a new id
         assert second_at - first_at >= 0.2 - EARLY
+        await session.close()
+
+
+async def test_a_message_refused_for_a_busy_peer_is_sent_again_after_the_initial_backoff() -> None:
+    relay = RateLimitingRelay(limited=1, retry_after_ms=None, code="PEER_BUSY")
+    async with serve(relay.handle, "127.0.0.1", 0) as server:
+        session = await open_session(server, Backoff(initial=0.1))
+        async with asyncio.timeout(TIMEOUT):
+            ack = await session.send_to("B", "job")
+        (first_at, first), (second_at, second) = relay.received
+        assert ack == Ack(second["id"], queued=False)
+        assert (first["payload"], second["payload"]) == ("job", "job")
+        assert second_at - first_at >= 0.1 - EARLY
+        await session.close()
+
+
+async def test_past_its_retries_a_send_to_a_busy_peer_raises_peer_busy() -> None:
+    relay = RateLimitingRelay(limited=10, retry_after_ms=None, code="PEER_BUSY")
+    async with serve(relay.handle, "127.0.0.1", 0) as server:
+        session = await open_session(server, Backoff(initial=0.01, rate_limited_retries=2))
+        async with asyncio.timeout(TIMEOUT):
+            with pytest.raises(PeerBusy):
+                await session.send_to("B", "job")
+        assert len(relay.received) == 3  # the first try and two more
         await session.close()
 
 

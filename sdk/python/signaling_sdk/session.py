@@ -43,6 +43,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from signaling_sdk.errors import (
     Expired,
     LeaseNotFound,
+    PeerBusy,
     RateLimited,
     SessionLost,
     SignalingError,
@@ -77,8 +78,9 @@ class Ack:
 
 @dataclass
 class Backoff:
-    """Jittered exponential backoff between reconnection attempts; a RATE_LIMITED message is
-    sent again up to ``rate_limited_retries`` times, after the wait the relay asked for."""
+    """Jittered exponential backoff between reconnection attempts; a message refused with
+    RATE_LIMITED or PEER_BUSY is sent again up to ``rate_limited_retries`` times, after the
+    wait the relay asked for (or ``initial``)."""
 
     initial: float = 0.2
     maximum: float = 10.0
@@ -308,13 +310,13 @@ class Session:
 
     async def send(self, message: Mapping[str, Any]) -> Any:
         """Send ``message`` with a fresh id; its answer (``Ack``, ``peer_list``, ``pong``) or
-        the typed error. Waits through reconnections, and through RATE_LIMITED (it sends
-        again after the wait the relay names, ``Backoff.rate_limited_retries`` times); bound
-        it with ``asyncio.timeout``."""
+        the typed error. Waits through reconnections, and through RATE_LIMITED and PEER_BUSY
+        (it sends again after the wait the relay names, or ``Backoff.initial``,
+        ``Backoff.rate_limited_retries`` times); bound it with ``asyncio.timeout``."""
         for attempt in itertools.count():
             try:
                 return await self._send_once(message)
-            except RateLimited as exc:
+            except (RateLimited, PeerBusy) as exc:  # not sent: it may be sent again
                 if attempt >= self.backoff.rate_limited_retries:
                     raise
                 await asyncio.sleep(self.backoff.delay(attempt, at_least=exc.retry_after or self.backoff.initial))
