@@ -731,6 +731,7 @@ async def overload_scenario(system: System, params: dict[str, Any], clock: CpuCl
     while not outcomes.settled(sent) and time.monotonic() - waited < settle:  # noqa: ASYNC110
         await asyncio.sleep(0.05)  # the readers count; a benchmark may poll
     settling = time.monotonic() - waited
+    window = [round(started, 3), round(time.monotonic(), 3)]  # load and settling, CLOCK_MONOTONIC
     for task in readers:
         task.cancel()
     await close_all([ws for ws, _, _ in sockets])
@@ -755,6 +756,7 @@ async def overload_scenario(system: System, params: dict[str, Any], clock: CpuCl
         "unanswered": len(everything - outcomes.acked - reported),
         "closes": outcomes.closes,
         "settle_s": round(settling, 2),
+        "window": window,
         "max_sender_lag_ms": round(max(lags, default=0.0) * 1000, 1),
         **cpu,
     }

@@ -258,12 +258,21 @@ def overload_section(results: dict[str, Any]) -> list[str]:
         ["connections the relay closed", f"{len(entry['closes'])}"],
         ["relay RSS before / peak", f"{entry['rss_before_kib'] / 1024:.1f} / {entry['rss_peak_kib'] / 1024:.1f} MiB"],
         [
-            "/healthz (every 50 ms, a new connection each)",
+            "/healthz (every 50 ms, a new connection each), during the load and its settling",
             f"p50 {fmt(entry['healthz'].get('p50_ms'), 1)} ms, p99 {fmt(entry['healthz'].get('p99_ms'), 1)} ms,"
             f" max {fmt(entry['healthz'].get('max_ms'), 1)} ms, {entry['healthz_failures']} failed",
         ],
         ["relay / generator CPU (cores)", f"{entry['server_cpu']} / {entry['generator_cpu']}"],
     ]
+    whole = entry.get("healthz_whole_run")
+    if whole:
+        rows.insert(
+            -1,
+            [
+                "/healthz over the whole run (the generator's setup and teardown too)",
+                f"p99 {fmt(whole.get('p99_ms'), 1)} ms, max {fmt(whole.get('max_ms'), 1)} ms",
+            ],
+        )
     return [
         "### Overload (ws-relay only)",
         "",

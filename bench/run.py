@@ -376,8 +376,8 @@ class Watch(threading.Thread):
         super().__init__(daemon=True)
         self.url = server.url.replace("ws://", "http://", 1) + "/healthz"
         self.pid, self.interval, self.timeout = server.pid, interval, timeout
-        self.answers: list[float] = []
-        self.failures: list[str] = []
+        self.answers: list[tuple[float, float]] = []  # (asked at, CLOCK_MONOTONIC; seconds taken)
+        self.failures: list[tuple[float, str]] = []
         self.rss: list[int] = []
         self._done = threading.Event()
 
@@ -386,16 +386,22 @@ class Watch(threading.Thread):
         with httpx.Client(timeout=self.timeout, limits=httpx.Limits(max_keepalive_connections=0)) as http:
             while not self._done.wait(self.interval):
                 self.rss.append(rss_kib(self.pid))
-                started = time.perf_counter()
+                asked, started = time.monotonic(), time.perf_counter()
                 try:
                     ok = http.get(self.url).is_success
                 except httpx.HTTPError as exc:
-                    self.failures.append(type(exc).__name__)
+                    self.failures.append((asked, type(exc).__name__))
                     continue
                 if ok:
-                    self.answers.append(time.perf_counter() - started)
+                    self.answers.append((asked, time.perf_counter() - started))
                 else:
-                    self.failures.append("not 2xx")
+                    self.failures.append((asked, "not 2xx"))
+
+    def during(self, window: list[float]) -> tuple[list[float], list[str]]:
+        """The answers' times and the failures of the probes asked within ``window``."""
+        first, last = window
+        answers = [taken for asked, taken in self.answers if first <= asked <= last]
+        return answers, [failure for asked, failure in self.failures if first <= asked <= last]
 
     def stop(self) -> None:
         self._done.set()
@@ -416,15 +422,18 @@ def overload(server: Server, params: dict[str, Any], sustained: float | None) ->
         result = loadgen(server, "overload", params)
     finally:
         watch.stop()
+    # The load and its settling only: not the generator's setup, nor its closing of every socket.
+    answers, failures = watch.during(result["window"])
     result.update(
         basis=basis,
         rss_before_kib=before,
         rss_peak_kib=max(watch.rss, default=before),
         rss_after_kib=rss_kib(server.pid),
         rss_growth_mib=round((max(watch.rss, default=before) - before) / 1024, 1),
-        healthz=percentiles(watch.answers),
-        healthz_failures=len(watch.failures),
-        healthz_first_failure=watch.failures[0] if watch.failures else None,
+        healthz=percentiles(answers),
+        healthz_failures=len(failures),
+        healthz_first_failure=failures[0] if failures else None,
+        healthz_whole_run=percentiles([taken for _, taken in watch.answers]),
     )
     return result
 
