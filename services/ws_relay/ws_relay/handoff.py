@@ -181,9 +181,9 @@ class Handoff:
                 session_id=member.session_id,
                 resume_hashes=member.resume_hashes,
                 seq=member.seq,
-                frames=list(member.unconfirmed),
+                frames=member.frames(),
                 owed=[(seq, owed.to_json()) for seq, owed in member.owed_items()],
-                answers=[seq for seq, _ in member.answers],
+                answers=member.answer_seqs(),
                 in_flight=sorted(member.in_flight, key=str),
             )
             held = member.held_keys()
@@ -209,12 +209,7 @@ def restored_member(member: Member, saved: SavedSession) -> Member:
     """``member`` (built for a resume of ``saved``) with what ``saved`` had kept for it:
     its unconfirmed frames, which of them are answers, and what their receipt settles."""
     answers = set(saved.answers)
+    owed = {seq: Owed.from_json(data) for seq, data in saved.owed}
     for seq, frame in saved.frames:
-        member.unconfirmed.append((seq, frame))
-        member.unconfirmed_bytes += len(frame)
-        if seq in answers:
-            member.answers.append((seq, len(frame)))
-            member.answers_bytes += len(frame)
-    for seq, owed in saved.owed:
-        member.owe(seq, Owed.from_json(owed))
+        member.keep(seq, frame, answer=seq in answers, owed=owed.get(seq))
     return member

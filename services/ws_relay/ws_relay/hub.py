@@ -24,9 +24,9 @@ evicts no one.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -61,7 +61,12 @@ class Link(Protocol):
         """Close after the frames already queued."""
 
 
-OwedEntry = tuple[int, str | None, str | None, str | int | None, str | None]  # seq, then Owed's fields
+# A frame kept until confirmed: seq, frame, whether it is an answer, and Owed's fields (or None).
+Kept = tuple[int, str, bool, tuple[str | None, str | None, str | int | None, str | None] | None]
+
+
+def _seq_of(kept: Kept) -> int:
+    return kept[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,18 +121,17 @@ class Member:
     # client may not have received the newest before its socket dropped again).
     resume_hashes: tuple[str, ...] = ()
     seq: int = 0
-    # Frames sent and not yet confirmed received, oldest first: what a resume replays.
-    unconfirmed: deque[tuple[int, str]] = field(default_factory=deque)
+    # Frames sent and not yet confirmed received, oldest first: what a resume replays. One
+    # plain tuple each (``Kept``: seq, frame, whether it answers the member's own message,
+    # what its receipt settles). A list is cheap while empty, as for an idle peer, and tuples
+    # of strings and ints are untracked by the garbage collector: under load tens of thousands
+    # are kept at once, and full collections had walked each one (50-60 ms pauses).
+    unconfirmed: list[Kept] = field(default_factory=list)
     unconfirmed_bytes: int = 0
-    # Of those, the answers to what the member itself sent (seq, size): they do not count
-    # against the limits on what others may send it.
-    answers: deque[tuple[int, int]] = field(default_factory=deque)
+    # Of those, the answers to what the member itself sent: they do not count against the
+    # limits on what others may send it.
+    answers_count: int = 0
     answers_bytes: int = 0
-    # For frames whose receipt someone waits on: (seq, what it settles), oldest first, as
-    # plain tuples of strings and ints (``owe``, ``owed_items``):
-    # the garbage collector stops tracking those, and under load tens of thousands are kept
-    # at once (full collections had walked each one and its Owed: 50-60 ms pauses).
-    owed: deque[OwedEntry] = field(default_factory=deque)
     # While OPENING (the messages held for it are read), live frames wait here behind them
     # (frame, relay start, what it settles, whether it is an answer, its type).
     waiting: list[tuple[str, float | None, Owed | None, bool, str]] | None = None
@@ -209,46 +213,60 @@ class Member:
         """Number a frame (an encoded JSON object) and keep it until confirmed."""
         self.seq += 1
         stamped = f'{{"seq":{self.seq},{frame[1:]}'
-        self.unconfirmed.append((self.seq, stamped))
-        self.unconfirmed_bytes += len(stamped)
-        if owed is not None:
-            self.owe(self.seq, owed)
-        if answer:
-            self.answers.append((self.seq, len(stamped)))
-            self.answers_bytes += len(stamped)
+        self.keep(self.seq, stamped, answer=answer, owed=owed)
         return self.seq, stamped
+
+    def keep(self, seq: int, frame: str, *, answer: bool = False, owed: Owed | None = None) -> None:
+        """Keep frame ``seq`` until confirmed (just stamped, or restored from a saved session)
+        with what its receipt settles."""
+        fields = (
+            None if owed is None else (owed.sender_peer_id, owed.sender_session, owed.correlation_id, owed.held_key)
+        )
+        self.unconfirmed.append((seq, frame, answer, fields))
+        self.unconfirmed_bytes += len(frame)
+        if answer:
+            self.answers_count += 1
+            self.answers_bytes += len(frame)
 
     def kept(self) -> tuple[int, int]:
         """Frames and bytes kept for a resume, answers left out: what the limits apply to."""
-        return len(self.unconfirmed) - len(self.answers), self.unconfirmed_bytes - self.answers_bytes
+        return len(self.unconfirmed) - self.answers_count, self.unconfirmed_bytes - self.answers_bytes
 
     def confirm(self, seq: int) -> list[Owed]:
         """The client has received everything up to ``seq``: forget it; what that settles."""
-        while self.unconfirmed and self.unconfirmed[0][0] <= seq:
-            self.unconfirmed_bytes -= len(self.unconfirmed.popleft()[1])
-        while self.answers and self.answers[0][0] <= seq:
-            self.answers_bytes -= self.answers.popleft()[1]
+        count = bisect.bisect_right(self.unconfirmed, seq, key=_seq_of)
         settled = []
-        while self.owed and self.owed[0][0] <= seq:
-            settled.append(Owed(*self.owed.popleft()[1:]))
+        for index in range(count):
+            _, frame, answer, owed = self.unconfirmed[index]
+            self.unconfirmed_bytes -= len(frame)
+            if answer:
+                self.answers_count -= 1
+                self.answers_bytes -= len(frame)
+            if owed is not None:
+                settled.append(Owed(*owed))
+        del self.unconfirmed[:count]
         return settled
 
-    def owe(self, seq: int, owed: Owed) -> None:
-        """Note what the receipt of frame ``seq`` settles."""
-        self.owed.append((seq, owed.sender_peer_id, owed.sender_session, owed.correlation_id, owed.held_key))
+    def frames(self) -> list[tuple[int, str]]:
+        """The frames kept, with their seq, oldest first."""
+        return [(seq, frame) for seq, frame, _, _ in self.unconfirmed]
+
+    def answer_seqs(self) -> list[int]:
+        """The seqs of the kept frames that are answers."""
+        return [seq for seq, _, answer, _ in self.unconfirmed if answer]
 
     def owed_items(self) -> list[tuple[int, Owed]]:
-        """What is owed, by seq, oldest first (left on the member)."""
-        return [(entry[0], Owed(*entry[1:])) for entry in self.owed]
+        """What the kept frames' receipt settles, by seq, oldest first (left on the member)."""
+        return [(seq, Owed(*owed)) for seq, _, _, owed in self.unconfirmed if owed is not None]
 
     def held_keys(self) -> list[str]:
         """The held messages among what is owed (removed from the table once confirmed)."""
-        return [entry[4] for entry in self.owed if entry[4] is not None]
+        return [owed[3] for _, _, _, owed in self.unconfirmed if owed is not None and owed[3] is not None]
 
     def unsettled(self) -> list[Owed]:
         """Everything still owed, taken off the member (it is leaving)."""
-        owed = [Owed(*entry[1:]) for entry in self.owed]
-        self.owed.clear()
+        owed = [Owed(*fields) for _, _, _, fields in self.unconfirmed if fields is not None]
+        self.unconfirmed = [(seq, frame, answer, None) for seq, frame, answer, _ in self.unconfirmed]
         return owed
 
     def missed_since(self, last_seq: int) -> list[tuple[int, str]] | None:
@@ -258,7 +276,7 @@ class Member:
         oldest = self.unconfirmed[0][0] if self.unconfirmed else self.seq + 1
         if last_seq + 1 < oldest:
             return None
-        return [(seq, frame) for seq, frame in self.unconfirmed if seq > last_seq]
+        return [(seq, frame) for seq, frame, _, _ in self.unconfirmed if seq > last_seq]
 
 
 @dataclass(frozen=True, slots=True)
