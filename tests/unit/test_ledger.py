@@ -81,6 +81,18 @@ async def test_a_member_that_does_not_confirm_still_gets_its_own_replies() -> No
     assert world.relay.hub.get("room-1", "A") is not None
 
 
+async def test_a_member_that_confirms_none_of_its_replies_is_ended_past_their_own_budget() -> None:
+    """Replies pass the limits on what others send, not a budget of their own (the resume
+    buffer's size in bytes): a client that reads but never confirms cannot make the relay
+    keep its answers without bound."""
+    world = World(resume_buffer_bytes=2048)
+    a, b = await pair(world)
+    for _ in range(40):  # each error is about 100 bytes
+        await world.send(a, {"type": "offer", "target": "Nobody", "sdp": "v=0"})
+    assert a.link.close_code() == CloseCode.OVERFLOW
+    assert b.link.last("peer_left")["reason"] == "overflow"
+
+
 async def test_a_message_for_a_peer_not_there_yet_is_held_and_delivered() -> None:
     """Acked queued; delivered when the target registers, before what comes live; removed
     from the table once the target confirms it."""

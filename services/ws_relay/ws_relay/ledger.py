@@ -81,8 +81,9 @@ class Ledger:
         ``owed`` is settled when the client confirms receipt (or fails if it never does).
         An ``answer`` (ack, expired, a failed delivery: one at most per message the member
         sent) is owed to it already and passes the buffer limits, which exist for what
-        others send it. A ``reply`` (to a request of the member's own, an error included)
-        passes them too, but not the outbox limit. A ``flushed`` frame (held for the
+        others send it; answers have a budget of their own in bytes, as large. A ``reply``
+        (to a request of the member's own, an error included) is an answer for those limits,
+        but not for the outbox limit. A ``flushed`` frame (held for the
         member, or waiting behind what was held) was accepted for it already, within the
         resume buffer's bound: it passes the outbox limit, which is for a reader that stops
         reading. A frame of a ``kind`` the
@@ -102,6 +103,11 @@ class Ledger:
             if frames >= self.settings.resume_buffer_messages or size + len(frame) > self.settings.resume_buffer_bytes:
                 self._end(member, CloseCode.OVERFLOW, "overflow")
                 return False
+        elif member.answers_bytes + len(frame) > self.settings.resume_buffer_bytes:
+            # Answers have a budget of their own, as large: only a client that confirms none
+            # of them (it reads, and never answers a ping) reaches it.
+            self._end(member, CloseCode.OVERFLOW, "overflow")
+            return False
         seq, stamped = member.stamp(frame, owed, answer=owed_already)
         if member.link is not None:
             member.link.send(stamped, started, seq, replay=answer or flushed)  # a slow reader is cut off and detached
