@@ -284,7 +284,9 @@ export class Session extends EventTarget {
       } catch (exc) {
         const again = exc instanceof RateLimited || exc instanceof PeerBusy; // not sent: may be sent again
         if (!again || attempt >= this.backoff.rateLimitedRetries) throw exc;
-        await sleep((exc.retryAfter ? exc.retryAfter * 1000 : this.backoff.initialMs) * (1 + Math.random() * 0.2));
+        // The relay's hint as it is; without one, doubling up to the maximum.
+        const wait = exc.retryAfter ? exc.retryAfter * 1000 : Math.min(this.backoff.initialMs * 2 ** attempt, this.backoff.maximumMs);
+        await sleep(wait * (1 + Math.random() * 0.2));
       }
     }
   }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fakes.relay_world import Client, World
+from fakes.relay_world import ROOM_TOKEN, Client, World
 from signaling_shared.errors import StorageUnavailable
 from ws_relay.close_codes import CloseCode
 
@@ -67,6 +67,40 @@ async def test_a_connected_member_that_has_not_confirmed_most_of_its_buffer_is_b
     assert sorted(ack["id"] for ack in a.link.of_type("ack")) == [0, 1, 2]
     await world.send(a, {"type": "peer_message", "to_peer_id": "B", "payload": 3, "id": 3})
     assert b.link.last("peer_message")["payload"] == 3
+
+
+async def test_only_a_v2_senders_message_with_an_id_is_refused_for_a_busy_peer() -> None:
+    """A message its sender could not match to a PEER_BUSY (no id), or from a client that
+    knows no PEER_BUSY (the seed's), is kept as before, within the whole buffer."""
+    world = World(resume_buffer_messages=12)
+    await world.room()
+    b = await world.register("B", sub="bob")
+    a = await world.register("A", sub="alice")
+    seed = world.connect()
+    await world.send(
+        seed, {"type": "register", "peer_id": "S", "room_id": "room-1", "token": ROOM_TOKEN, "id_token": "sam"}
+    )
+    for i in range(12):
+        await world.send(a, {"type": "peer_message", "to_peer_id": "B", "payload": i, "id": i})
+        if a.link.errors():
+            break
+    assert a.link.errors() == ["PEER_BUSY"]
+    await world.send(a, {"type": "offer", "target": "B", "sdp": "no id"})
+    await world.send(seed, {"type": "offer", "target": "B", "sdp": "from the seed"})
+    assert a.link.errors() == ["PEER_BUSY"]
+    assert seed.link.errors() == []
+    assert [offer["sdp"] for offer in b.link.of_type("offer")] == ["no id", "from the seed"]
+    assert b.link.close_code() is None
+
+
+async def test_a_frame_larger_than_the_busy_share_passes_when_nothing_else_is_kept() -> None:
+    """Refused alone, it would be refused however often it is sent again."""
+    world = World(resume_buffer_bytes=2048)
+    a, b = await pair(world)
+    b.link.confirm()  # A's peer_joined
+    await world.send(a, {"type": "peer_message", "to_peer_id": "B", "payload": "x" * 1700, "id": 1})
+    assert a.link.errors() == []
+    assert b.link.last("peer_message")["payload"] == "x" * 1700
 
 
 async def test_a_member_that_does_not_confirm_still_gets_its_own_replies() -> None:

@@ -80,7 +80,7 @@ class Ack:
 class Backoff:
     """Jittered exponential backoff between reconnection attempts; a message refused with
     RATE_LIMITED or PEER_BUSY is sent again up to ``rate_limited_retries`` times, after the
-    wait the relay asked for (or ``initial``)."""
+    wait the relay asked for (or ``initial``, doubled at each attempt)."""
 
     initial: float = 0.2
     maximum: float = 10.0
@@ -311,15 +311,18 @@ class Session:
     async def send(self, message: Mapping[str, Any]) -> Any:
         """Send ``message`` with a fresh id; its answer (``Ack``, ``peer_list``, ``pong``) or
         the typed error. Waits through reconnections, and through RATE_LIMITED and PEER_BUSY
-        (it sends again after the wait the relay names, or ``Backoff.initial``,
-        ``Backoff.rate_limited_retries`` times); bound it with ``asyncio.timeout``."""
+        (it sends again after the wait the relay names, or else ``Backoff.initial`` doubled
+        at each attempt, ``Backoff.rate_limited_retries`` times); bound it with
+        ``asyncio.timeout``."""
         for attempt in itertools.count():
             try:
                 return await self._send_once(message)
             except (RateLimited, PeerBusy) as exc:  # not sent: it may be sent again
                 if attempt >= self.backoff.rate_limited_retries:
                     raise
-                await asyncio.sleep(self.backoff.delay(attempt, at_least=exc.retry_after or self.backoff.initial))
+                # The relay's hint as it is; without one, doubling up to the maximum.
+                wait = exc.retry_after or min(self.backoff.initial * 2**attempt, self.backoff.maximum)
+                await asyncio.sleep(self.backoff.delay(attempt, at_least=wait))
         raise AssertionError("unreachable")
 
     async def _send_once(self, message: Mapping[str, Any]) -> Any:

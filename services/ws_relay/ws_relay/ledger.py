@@ -116,7 +116,8 @@ class Ledger:
     def busy(self, member: Member, frame: str) -> bool:
         """Whether ``member`` is connected with three quarters of what may be kept for it
         unconfirmed (frames or bytes, ``frame`` included): it then takes no more direct
-        messages (their senders get ``PEER_BUSY``) until its client confirms. The last
+        messages with an id from v2 senders (they get ``PEER_BUSY``) until its client
+        confirms. The last
         quarter is for the room's events and broadcasts. A client confirms in its own
         stream, behind what it sends, so one that sends faster than the relay reads it
         confirms late: it is refused messages for a while, not dropped. A member detached,
@@ -126,7 +127,9 @@ class Ledger:
             return False
         kept, size = member.kept()
         messages, limit = self.settings.resume_buffer_messages, self.settings.resume_buffer_bytes
-        return kept >= messages - messages // 4 or size + len(frame) > limit - limit // 4
+        # A frame too large for the three quarters alone is refused only behind others: sent
+        # again, it would be refused for ever.
+        return kept >= messages - messages // 4 or (kept > 0 and size + len(frame) > limit - limit // 4)
 
     def reply(self, connection: Connection, frame: str, *, kind: str) -> None:
         """A reply on this connection: numbered once the connection holds a member; not sent

@@ -85,7 +85,10 @@ class Router:
             raise PeerNotFound(f"peer {to_peer_id!r} is not in this room")
         if not compat.receives(target.profile, kind):
             raise UnsupportedByPeer(f"peer {target.peer_id!r} is a v1 (seed) client: it cannot receive {kind!r}")
-        if self.ledger.busy(target, frame):  # refused, not queued: memory stays bounded
+        # Refused, not kept: memory stays bounded. Only a v2 sender's message with an id: the
+        # seed's clients and the successor's know no PEER_BUSY and could not tell which
+        # message it is about; theirs are kept as before, up to the whole buffer (overflow).
+        if message.id is not None and member.profile is compat.Profile.V2 and self.ledger.busy(target, frame):
             raise PeerBusy(f"peer {target.peer_id!r} has not confirmed the messages it has yet: send again shortly")
         # Its receipt acks it (with an id); if it never arrives, the sender is told (v1 too).
         owed = Owed(member.peer_id, member.session_id, message.id)
