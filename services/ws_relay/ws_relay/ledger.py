@@ -82,12 +82,12 @@ class Ledger:
         An ``answer`` (ack, expired, a failed delivery: one at most per message the member
         sent) is owed to it already and passes the buffer limits, which exist for what
         others send it; answers have a budget of their own in bytes, as large. A ``reply``
-        (to a request of the member's own, an error included) is an answer for those limits,
-        but not for the outbox limit. A ``flushed`` frame (held for the
-        member, or waiting behind what was held) was accepted for it already, within the
-        resume buffer's bound: it passes the outbox limit, which is for a reader that stops
-        reading. A frame of a ``kind`` the
-        member's client does not know (a v1 peer's: ``ws_relay.compat``) is not sent either.
+        (to a request of the member's own, an error included) is an answer for those
+        limits, but not for the outbox limit. A ``flushed`` frame (held for the member, or
+        waiting behind what was held) was accepted for it already, within the resume
+        buffer's bound: it passes the outbox limit, which is for a reader that stops
+        reading. A frame of a ``kind`` the member's client does not know (a v1 peer's:
+        ``ws_relay.compat``) is not sent either.
         """
         if member.gone or not compat.receives(member.profile, kind):
             return False
@@ -104,8 +104,8 @@ class Ledger:
                 self._end(member, CloseCode.OVERFLOW, "overflow")
                 return False
         elif member.answers_bytes + len(frame) > self.settings.resume_buffer_bytes:
-            # Answers have a budget of their own, as large: only a client that confirms none
-            # of them (it reads, and never answers a ping) reaches it.
+            # Answers have a budget of their own, as large: only a client that confirms
+            # almost none of them (it reads, and never answers a ping) reaches it.
             self._end(member, CloseCode.OVERFLOW, "overflow")
             return False
         seq, stamped = member.stamp(frame, owed, answer=owed_already)
@@ -117,12 +117,11 @@ class Ledger:
         """Whether ``member`` is connected with three quarters of what may be kept for it
         unconfirmed (frames or bytes, ``frame`` included): it then takes no more direct
         messages with an id from v2 senders (they get ``PEER_BUSY``) until its client
-        confirms. The last
-        quarter is for the room's events and broadcasts. A client confirms in its own
-        stream, behind what it sends, so one that sends faster than the relay reads it
-        confirms late: it is refused messages for a while, not dropped. A member detached,
-        or being cut off (its link closing), is never busy: what comes for it is kept for
-        a resume, and past the whole buffer it leaves (``overflow``)."""
+        confirms. The last quarter is for the room's events and broadcasts. A client
+        confirms in its own stream, behind what it sends, so one that sends faster than the
+        relay reads it confirms late: it is refused messages for a while, not dropped. A
+        member detached, or being cut off (its link closing), is never busy: what comes for
+        it is kept for a resume, and past the whole buffer it leaves (``overflow``)."""
         if member.link is None or member.waiting is not None or not member.link.is_open():
             return False
         kept, size = member.kept()
