@@ -25,6 +25,7 @@ import resource
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -703,7 +704,7 @@ async def overload_scenario(system: System, params: dict[str, Any], clock: CpuCl
     each = rate / len(sockets)
     lags: list[float] = []
 
-    async def sender(ws: ClientConnection, partner: str) -> int:
+    async def sender(ws: ClientConnection, own: str, partner: str) -> int:
         sent, lag, started = 0, 0.0, time.monotonic()
         with contextlib.suppress(ConnectionClosed):
             while (elapsed := time.monotonic() - started) < duration:
@@ -712,9 +713,7 @@ async def overload_scenario(system: System, params: dict[str, Any], clock: CpuCl
                 for _ in range(due):
                     n = next(numbers)
                     kind, _ = PATTERN[n % len(PATTERN)]
-                    body = f'"candidate":{CANDIDATE_JSON}' if kind == "candidate" else f'"sdp":{SDP_JSON}'
-                    ts = time.monotonic_ns()
-                    await ws.send(f'{{"type":"{kind}","target":"{partner}",{body},"id":{n},"n":{n},"ts":{ts}}}')
+                    await ws.send(f'{system.message(kind, own, partner)[:-1]},"id":{n},"n":{n}}}')
                     sent += 1
                 await asyncio.sleep(0.001)
         lags.append(lag)
@@ -722,7 +721,7 @@ async def overload_scenario(system: System, params: dict[str, Any], clock: CpuCl
 
     clock.lap()
     started = time.monotonic()
-    counts = await asyncio.gather(*(sender(ws, partner) for ws, _, partner in sockets))
+    counts = await asyncio.gather(*(sender(ws, own, partner) for ws, own, partner in sockets))
     sending = time.monotonic() - started
     cpu = clock.lap()
     sent = sum(counts)
@@ -737,9 +736,6 @@ async def overload_scenario(system: System, params: dict[str, Any], clock: CpuCl
     await close_all([ws for ws, _, _ in sockets])
     everything = set(range(sent))
     reported = set(outcomes.errors)
-    errors_by_code: dict[str, int] = {}
-    for code in outcomes.errors.values():
-        errors_by_code[code] = errors_by_code.get(code, 0) + 1
     return {
         "rate": rate,
         "pairs": pairs_count,
@@ -749,7 +745,7 @@ async def overload_scenario(system: System, params: dict[str, Any], clock: CpuCl
         "delivered": len(outcomes.delivered & everything),
         "delivered_rate": round(len(outcomes.delivered) / (sending + settling), 1),
         "acked": len(outcomes.acked),
-        "errors": errors_by_code,
+        "errors": dict(Counter(outcomes.errors.values())),
         "unnumbered_errors": outcomes.unnumbered,
         "lost_silently": len(everything - outcomes.delivered - reported),
         "acked_undelivered": len(outcomes.acked - outcomes.delivered),

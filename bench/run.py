@@ -424,12 +424,13 @@ def overload(server: Server, params: dict[str, Any], sustained: float | None) ->
         watch.stop()
     # The load and its settling only: not the generator's setup, nor its closing of every socket.
     answers, failures = watch.during(result["window"])
+    peak = max(watch.rss, default=before)
     result.update(
         basis=basis,
         rss_before_kib=before,
-        rss_peak_kib=max(watch.rss, default=before),
+        rss_peak_kib=peak,
         rss_after_kib=rss_kib(server.pid),
-        rss_growth_mib=round((max(watch.rss, default=before) - before) / 1024, 1),
+        rss_growth_mib=round((peak - before) / 1024, 1),
         healthz=percentiles(answers),
         healthz_failures=len(failures),
         healthz_first_failure=failures[0] if failures else None,
