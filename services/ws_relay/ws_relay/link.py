@@ -51,7 +51,7 @@ class WebSocketLink:
         self._metrics = metrics
         self._outbox_max = outbox_max
         self._waiting: list[_Frame] = []  # sent to the link, not yet written
-        self._limited = 0  # waiting frames the limit applies to (not replays or answers)
+        self._limited = 0  # frames waiting behind a full transport (not replays or answers)
         self._closing = False
         self._close: tuple[int, str] | None = None  # to close with, once what waits is written
         self._scheduled: asyncio.Handle | None = None  # the write at the end of this turn
@@ -74,7 +74,7 @@ class WebSocketLink:
     ) -> bool:
         if self._closing:
             return False
-        if not replay:
+        if not replay and self._drained is not None:  # behind a full transport
             if self._limited >= self._outbox_max:
                 self._abort(CloseCode.SLOW_CONSUMER)
                 return False
