@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -170,7 +170,11 @@ class Relay:
 
     # Frames ------------------------------------------------------------------------
 
-    async def handle_frame(self, connection: Connection, frame: str | bytes) -> None:
+    def take_frame(self, connection: Connection, frame: str | bytes) -> Awaitable[None] | None:
+        """Handle one frame now. What must wait on I/O (registering, claims, metadata, a
+        message held in DynamoDB, a sender held back by its rate limit) is returned, to be
+        awaited before the connection's next frame is taken (``reader.RelayConnection``):
+        a connection's frames are handled one after another, in order."""
         started = time.perf_counter()
         correlation_id: str | int | None = None
         if not connection.bucket.take(time.monotonic()):
@@ -182,26 +186,39 @@ class Relay:
                 f"more than {self.settings.messages_per_second:g} messages per second", retry_after=retry_after
             )
             self._reply_error(connection, error, protocol.scan_correlation_id(frame))
-            await asyncio.sleep(min(retry_after, MAX_REFUSED_PAUSE))
-            return
+            return asyncio.sleep(min(retry_after, MAX_REFUSED_PAUSE))
         try:
             data = protocol.decode_frame(frame)
             correlation_id = protocol.correlation_id_of(data)
             message = protocol.parse_message(data)
-            await self._dispatch(connection, message, data, started)
+            work = self._dispatch(connection, message, data, started)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a typed reply
+            self._reply_error(connection, exc, correlation_id)
+            return None
+        return None if work is None else self._finish(connection, work, correlation_id)
+
+    async def handle_frame(self, connection: Connection, frame: str | bytes) -> None:
+        """``take_frame``, and what it leaves, awaited to the end."""
+        work = self.take_frame(connection, frame)
+        if work is not None:
+            await work
+
+    async def _finish(self, connection: Connection, work: Awaitable[None], correlation_id: str | int | None) -> None:
+        try:
+            await work
         except Exception as exc:  # noqa: BLE001 - every failure becomes a typed reply
             self._reply_error(connection, exc, correlation_id)
 
-    async def _dispatch(
+    def _dispatch(
         self, connection: Connection, message: protocol.AnyClientMessage, data: dict[str, Any], started: float
-    ) -> None:
+    ) -> Awaitable[None] | None:
+        """Do what ``message`` asks; return what is left to await, if anything."""
         reply = self.ledger.reply
         if isinstance(message, protocol.Register):
-            await self.registrar.register(connection, message, data)
-            return
+            return self.registrar.register(connection, message, data)
         if isinstance(message, protocol.Ping):
             reply(connection, frames.pong(message.id), kind="pong")
-            return
+            return None
         member = connection.member
         if member is None:
             raise NotRegistered()
@@ -213,44 +230,64 @@ class Relay:
         if isinstance(message, protocol.DiscoverPeers):
             peers = self.discover(member, message.filters, any_tag=compat.successor_shaped(data))
             reply(connection, frames.peer_list(peers, message.id), kind="peer_list")
-            return
+            return None
         if isinstance(message, protocol.Query):
             peer_ids = [other.peer_id for other in self.hub.others(member)]
             reply(connection, frames.available_peers(peer_ids, message.id), kind="available_peers")
-            return
+            return None
         if isinstance(message, protocol.Quit):
             self.end(member, CloseCode.QUIT, "quit")
-            return
+            return None
         if isinstance(message, protocol.Claim):
-            reply(connection, await self.bookings.claim(member, message), kind="claimed")
-            return
+            return self._replying(connection, self.bookings.claim(member, message), "claimed")
         if isinstance(message, protocol.Renew):
-            reply(connection, await self.bookings.renew(member, message), kind="claimed")
-            return
+            return self._replying(connection, self.bookings.renew(member, message), "claimed")
         if isinstance(message, protocol.Release):
-            reply(connection, await self.bookings.release(member, message), kind="released")
-            return
+            return self._replying(connection, self.bookings.release(member, message), "released")
         if isinstance(message, protocol.UpdateMetadata):
             recipients = len(self.hub.others(member))  # a frame to each
             charge_fan_out(connection, recipients, "an update_metadata", self.settings.messages_per_second)
-            merge = message.merge or compat.successor_shaped(data)
-            view = await self.registrar.update_metadata(member, message.metadata, merge=merge)
-            if compat.successor_shaped(data):  # the successor confirms to the sender
-                reply(connection, frames.metadata_updated(view), kind="metadata_updated")
-        elif isinstance(message, protocol.ConnectionReport):
-            await self.outcomes.report(member, message)
-        elif isinstance(message, protocol.Broadcast):
+            return self._update_metadata(connection, member, message, data)
+        if isinstance(message, protocol.ConnectionReport):
+            return self._acked(connection, message, self.outcomes.report(member, message))
+        if isinstance(message, protocol.Broadcast):
             recipients = len(self.hub.others(member))
             charge_fan_out(connection, recipients, "a broadcast", self.settings.messages_per_second)
             frame = frames.broadcast(member.peer_id, message.payload)
             self.ledger.to_others(member, frame, kind="broadcast", started=started)
-        else:
-            await self.router.direct(connection, member, message, data, started)
-            self.metrics.relayed.labels(message.type).inc()
-            return  # acked when the target confirms receipt, or when held
+            self._ack(connection, message)
+            return None
+        # Acked when the target confirms receipt, or when held.
+        holding = self.router.direct(connection, member, message, data, started)
+        if holding is not None:
+            return self._counted(message, holding)
+        self.metrics.relayed.labels(message.type).inc()
+        return None
+
+    def _ack(self, connection: Connection, message: protocol.AnyClientMessage) -> None:
         self.metrics.relayed.labels(message.type).inc()
         if message.id is not None:
-            reply(connection, frames.ack(message.id), kind="ack")
+            self.ledger.reply(connection, frames.ack(message.id), kind="ack")
+
+    async def _acked(self, connection: Connection, message: protocol.AnyClientMessage, work: Awaitable[None]) -> None:
+        await work
+        self._ack(connection, message)
+
+    async def _counted(self, message: protocol.AnyClientMessage, work: Awaitable[None]) -> None:
+        await work
+        self.metrics.relayed.labels(message.type).inc()
+
+    async def _replying(self, connection: Connection, work: Awaitable[str], kind: str) -> None:
+        self.ledger.reply(connection, await work, kind=kind)
+
+    async def _update_metadata(
+        self, connection: Connection, member: Member, message: protocol.UpdateMetadata, data: dict[str, Any]
+    ) -> None:
+        merge = message.merge or compat.successor_shaped(data)
+        view = await self.registrar.update_metadata(member, message.metadata, merge=merge)
+        if compat.successor_shaped(data):  # the successor confirms to the sender
+            self.ledger.reply(connection, frames.metadata_updated(view), kind="metadata_updated")
+        self._ack(connection, message)
 
     def _reply_error(self, connection: Connection, exc: Exception, correlation_id: str | int | None) -> None:
         error = as_signaling_error(exc)

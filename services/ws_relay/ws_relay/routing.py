@@ -8,7 +8,7 @@ sent is busy: the message is refused (``PEER_BUSY``) and its sender may send it 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from signaling_shared.errors import (
@@ -39,16 +39,16 @@ class Router:
         self._clock = clock
         self._hold_limiter = KeyedRateLimiter.per_minute(settings.queue_holds_per_minute, settings.queue_hold_burst)
 
-    async def direct(
+    def direct(
         self,
         connection: Connection,
         member: Member,
         message: protocol.DirectMessage,
         data: dict[str, Any],
         started: float,
-    ) -> None:
-        """Send ``message`` to its target; or hold it (acked ``queued``) if the target is not
-        in the room yet and the message has an id."""
+    ) -> Awaitable[None] | None:
+        """Send ``message`` to its target now; or, if the target is not in the room yet and
+        the message has an id, return the hold (acked ``queued``) to await."""
         kind: str = message.type
         if isinstance(message, protocol.PeerMessage):
             to_peer_id = message.to_peer_id
@@ -71,14 +71,42 @@ class Router:
         if message.ttl_seconds is not None and message.ttl_seconds < self.settings.queue_ttl_min_seconds:
             raise InvalidMessage(f"ttl_seconds: at least {self.settings.queue_ttl_min_seconds}")
         if message.id is not None and message.id in member.in_flight:
-            return  # sent again after a resume: already on its way, its outcome will come
+            return None  # sent again after a resume: already on its way, its outcome will come
         target = self.hub.get(member.room_id, to_peer_id)
         if target is None and message.id is not None:
-            if await self._hold(member, to_peer_id, message.id, message.ttl_seconds, frame):
-                self.metrics.held.labels("held").inc()
-                self.ledger.reply(connection, frames.ack(message.id, queued=True), kind="ack")
-                return
-            target = self.hub.get(member.room_id, to_peer_id)  # it registered while we checked
+            return self._hold_or_send(connection, member, message, kind, frame, to_peer_id, started)
+        self._send(connection, member, message, kind, frame, to_peer_id, target, started)
+        return None
+
+    async def _hold_or_send(
+        self,
+        connection: Connection,
+        member: Member,
+        message: protocol.DirectMessage,
+        kind: str,
+        frame: str,
+        to_peer_id: str,
+        started: float,
+    ) -> None:
+        assert message.id is not None
+        if await self._hold(member, to_peer_id, message.id, message.ttl_seconds, frame):
+            self.metrics.held.labels("held").inc()
+            self.ledger.reply(connection, frames.ack(message.id, queued=True), kind="ack")
+            return
+        target = self.hub.get(member.room_id, to_peer_id)  # it registered while we checked
+        self._send(connection, member, message, kind, frame, to_peer_id, target, started)
+
+    def _send(
+        self,
+        connection: Connection,
+        member: Member,
+        message: protocol.DirectMessage,
+        kind: str,
+        frame: str,
+        to_peer_id: str,
+        target: Member | None,
+        started: float,
+    ) -> None:
         if target is None:
             if message.id is None and isinstance(message, protocol.IceCandidate | protocol.PeerError):
                 return  # as the successor: a candidate or error for a peer gone is dropped, not answered
