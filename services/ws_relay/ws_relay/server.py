@@ -1,7 +1,8 @@
-"""The relay's process on one port: ``websockets`` in, ``Relay`` calls, a ``WebSocketLink``
-out; the same port answers ``/healthz``, ``/readyz`` and ``/metrics`` over plain HTTP.
-Here are the client's address (behind trusted proxies), the handshake's origin policy and
-caps, the background tasks (leases, heartbeat, TURN probe) and the graceful stop.
+"""The relay's process on one port: ``websockets`` in (a ``RelayConnection`` hands each
+frame to ``Relay.take_frame``), a ``WebSocketLink`` out; the same port answers
+``/healthz``, ``/readyz`` and ``/metrics`` over plain HTTP. Here are the client's
+address (behind trusted proxies), the handshake's origin policy and caps, the background
+tasks (leases, heartbeat, TURN probe) and the graceful stop.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any
 
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from signaling_shared.auth import TokenVerifier
@@ -25,6 +25,7 @@ from signaling_shared.settings import RelaySettings
 from ws_relay.close_codes import REASONS, CloseCode
 from ws_relay.link import WebSocketLink
 from ws_relay.metrics import RelayMetrics
+from ws_relay.reader import RelayConnection
 from ws_relay.relay import Relay
 from ws_relay.turnprobe import TurnProbe
 
@@ -94,6 +95,7 @@ class RelayServer:
             self._handle,
             **where,
             process_request=self._process_request,
+            create_connection=RelayConnection,
             max_size=s.max_frame_bytes,
             max_queue=s.inbound_queue_frames,
             compression="deflate" if s.compression else None,
@@ -222,6 +224,7 @@ class RelayServer:
     # WebSocket ---------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
+        assert isinstance(ws, RelayConnection)  # create_connection=RelayConnection
         remote_ip = self._client_ip(ws)
         if self.relay.connections.refuses(remote_ip) is not None:  # handshakes that passed the check together
             self.metrics.refused.labels("per_ip").inc()
@@ -234,14 +237,9 @@ class RelayServer:
         with structlog.contextvars.bound_contextvars(connection_id=link.connection_id):
             log.info("connection_opened")
             try:
-                async for frame in ws:
-                    await self.relay.handle_frame(connection, frame)
-                    # recv() does not yield while frames are buffered: yield here so the
-                    # links' writes at the end of the turn (this peer's replies, its targets'
-                    # frames) keep pace with a pipelining sender instead of piling up behind it.
-                    await asyncio.sleep(0)
-            except ConnectionClosed:
-                pass
+                # Every frame handled in the turn it is read (reader.RelayConnection); the
+                # links write what the turn sent at its end.
+                await ws.serve(lambda frame: self.relay.take_frame(connection, frame))
             finally:
                 resumable, reason = _how_it_ended(ws)
                 await self.relay.close_connection(connection, resumable=resumable, reason=reason)
