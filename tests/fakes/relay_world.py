@@ -34,6 +34,7 @@ class FakeLink:
     connection_id: str
     sent: list[dict[str, Any]] = field(default_factory=list)
     seqs: list[int] = field(default_factory=list)
+    awaited: list[bool] = field(default_factory=list)  # per numbered frame: does an outcome wait on it
     closed: tuple[int, str] | None = None
     on_confirm: Callable[[int], None] | None = None
     refuse: bool = False  # send() answers False, as a link that cannot keep up
@@ -46,7 +47,13 @@ class FakeLink:
         return self.closed is None
 
     def send(
-        self, frame: str, relay_started: float | None = None, seq: int | None = None, *, replay: bool = False
+        self,
+        frame: str,
+        relay_started: float | None = None,
+        seq: int | None = None,
+        *,
+        replay: bool = False,
+        awaited: bool = True,
     ) -> bool:
         if self.closed is not None or self.refuse:
             return False
@@ -58,6 +65,7 @@ class FakeLink:
         self.sent.append(json.loads(frame))
         if seq is not None:
             self.seqs.append(seq)
+            self.awaited.append(awaited)
         return True
 
     def close(self, code: int, reason: str) -> None:

@@ -23,7 +23,13 @@ class FakeLink:
         return True
 
     def send(
-        self, frame: str, relay_started: float | None = None, seq: int | None = None, *, replay: bool = False
+        self,
+        frame: str,
+        relay_started: float | None = None,
+        seq: int | None = None,
+        *,
+        replay: bool = False,
+        awaited: bool = True,
     ) -> bool:
         self.frames.append(frame)
         return True

@@ -26,6 +26,21 @@ async def test_a_message_is_numbered_and_acked_once_its_target_confirms_it() -> 
     assert b.member.unconfirmed == type(b.member.unconfirmed)()
 
 
+async def test_only_frames_whose_receipt_settles_something_are_confirmed_at_once() -> None:
+    """The link pings at once for a message whose sender waits for its ack; a message
+    without an id, a room event or the ack itself may be confirmed later, with others."""
+    world = World()
+    a, b = await pair(world)
+    await world.send(a, {"type": "offer", "target": "B", "sdp": "v=0", "id": "o1"})
+    await world.send(a, {"type": "offer", "target": "B", "sdp": "v=0"})
+    b.link.confirm()
+    await world.register("C", sub="carol")
+    assert [m["type"] for m in b.link.sent if "seq" in m] == ["offer", "offer", "peer_joined"]
+    assert b.link.awaited == [True, False, False]
+    assert a.link.last("ack")["id"] == "o1"
+    assert a.link.awaited[-1] is False  # the ack: nothing waits on its receipt
+
+
 async def test_a_target_that_leaves_unconfirmed_fails_its_senders() -> None:
     """With an id: DELIVERY_FAILED with that id. Without one: reported only if the target
     was lost (timeout), never when it closed properly (it may have read it)."""

@@ -1,6 +1,7 @@
 """ws_relay.link over a real websockets connection (loopback, port 0): what is sent in one
 turn of the loop written in one write with its confirmation ping, the pong confirming what
-came before it, and frames waiting behind a full transport, bounded."""
+came before it, the ping for frames nobody waits on delayed, and frames waiting behind a
+full transport, bounded."""
 
 from __future__ import annotations
 
@@ -31,10 +32,17 @@ class Served:
 
 
 @asynccontextmanager
-async def served(*, outbox_max: int = 1000, small_buffers: bool = False) -> AsyncIterator[Served]:
+async def served(
+    *,
+    outbox_max: int = 1000,
+    small_buffers: bool = False,
+    buffer: tuple[int, int] = (1024, 4 << 20),
+    confirm_delay: float = 0.025,
+) -> AsyncIterator[Served]:
     """One link on the server side of a real connection, its transport's writes recorded.
     ``small_buffers``: the kernel's socket buffers are small, and the client buffers one
-    message before it stops reading, so that a client not reading fills the transport soon."""
+    message before it stops reading, so that a client not reading fills the transport soon.
+    ``buffer`` and ``confirm_delay``: when a ping for frames nobody waits on goes out."""
     ready: asyncio.Future[tuple[WebSocketLink, list[bytes]]] = asyncio.get_running_loop().create_future()
     done = asyncio.Event()
 
@@ -49,7 +57,13 @@ async def served(*, outbox_max: int = 1000, small_buffers: bool = False) -> Asyn
         ws.transport.write = recording  # type: ignore[method-assign]
         if small_buffers:
             ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        link = WebSocketLink(ws, outbox_max=outbox_max, metrics=RelayMetrics(CollectorRegistry()))
+        link = WebSocketLink(
+            ws,
+            outbox_max=outbox_max,
+            metrics=RelayMetrics(CollectorRegistry()),
+            buffer=buffer,
+            confirm_delay=confirm_delay,
+        )
         ready.set_result((link, writes))
         await done.wait()
         await link.finish()
@@ -186,3 +200,49 @@ async def test_frames_sent_in_one_turn_are_written_together_whatever_the_outbox(
         assert s.link.is_open()
         assert await receive(s.client, 5) == [str(n) for n in range(5)]
         assert len(s.writes) == 1
+
+
+async def test_frames_nobody_waits_on_are_confirmed_by_one_delayed_ping() -> None:
+    """Frames whose receipt settles nothing (no ack waits) go out at once, but their ping
+    waits: the frames of several turns are confirmed by one pong."""
+    async with served(confirm_delay=scaled(0.05)) as s:
+        for seq in range(1, 4):
+            s.link.send(f'{{"n":{seq}}}', None, seq, awaited=False)
+            await asyncio.sleep(0)  # one turn each: three writes
+        assert await receive(s.client, 3) == ['{"n":1}', '{"n":2}', '{"n":3}']
+        await asyncio.wait_for(s.confirmed_event.wait(), scaled(5))
+        assert s.confirmed == [3]
+        pings = [data for data in s.writes if b"confirm:" in data]
+        assert len(pings) == 1, s.writes
+        assert pings[0].endswith(b"confirm:3")
+
+
+async def test_a_frame_someone_waits_on_is_pinged_for_at_once() -> None:
+    """A frame whose receipt acks its sender takes the delayed ping along, at once."""
+    async with served(confirm_delay=scaled(60)) as s:
+        s.link.send('{"n":1}', None, 1, awaited=False)
+        await asyncio.sleep(0)
+        assert b"confirm:" not in s.writes[0]
+        s.link.send('{"n":2}', None, 2)
+        await asyncio.wait_for(s.confirmed_event.wait(), scaled(5))  # long before the delay
+        assert s.confirmed == [2]
+        assert s.writes[-1].endswith(b"confirm:2")
+
+
+async def test_the_delayed_ping_goes_out_once_a_sixteenth_of_the_buffer_is_unpinged() -> None:
+    """What waits for a delayed ping is bounded: past a sixteenth of the resume buffer's
+    frames (or bytes), the ping goes out with them."""
+    async with served(confirm_delay=scaled(60), buffer=(32, 4 << 20)) as s:
+        s.link.send('{"n":1}', None, 1, awaited=False)
+        await asyncio.sleep(0)
+        assert b"confirm:" not in s.writes[0]
+        s.link.send('{"n":2}', None, 2, awaited=False)  # two of 32: a sixteenth
+        await asyncio.wait_for(s.confirmed_event.wait(), scaled(5))
+        assert s.confirmed == [2]
+    async with served(confirm_delay=scaled(60), buffer=(1024, 16 * 100)) as s:
+        s.link.send("x" * 99, None, 1, awaited=False)
+        await asyncio.sleep(0)
+        assert b"confirm:" not in s.writes[0]
+        s.link.send("x" * 99, None, 2, awaited=False)  # 198 bytes of 1,600: past a sixteenth
+        await asyncio.wait_for(s.confirmed_event.wait(), scaled(5))
+        assert s.confirmed == [2]

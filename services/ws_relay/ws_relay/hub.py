@@ -50,12 +50,20 @@ class Link(Protocol):
         """False once the connection is closing or closed."""
 
     def send(
-        self, frame: str, relay_started: float | None = None, seq: int | None = None, *, replay: bool = False
+        self,
+        frame: str,
+        relay_started: float | None = None,
+        seq: int | None = None,
+        *,
+        replay: bool = False,
+        awaited: bool = True,
     ) -> bool:
         """Queue ``frame``; False if the connection is closing or cannot keep up.
 
         ``replay`` frames (a resume's, answers to what the peer sent, and what was held or
-        waited for it while it opened) are owed already and bypass the outbox limit."""
+        waited for it while it opened) are owed already and bypass the outbox limit. A
+        numbered frame that is not ``awaited`` (its receipt settles nothing) may be
+        confirmed a little later, together with others."""
 
     def close(self, code: int, reason: str) -> None:
         """Close after the frames already queued."""
@@ -80,6 +88,12 @@ class Owed:
     sender_session: str | None = None
     correlation_id: str | int | None = None
     held_key: str | None = None
+
+    @property
+    def awaited(self) -> bool:
+        """Whether something waits on the receipt: an ack, a held message's removal (not so
+        for a message without an id, whose sender hears only if its target is lost)."""
+        return self.correlation_id is not None or self.held_key is not None
 
     def to_json(self) -> dict[str, Any]:
         if self.held_key is not None:

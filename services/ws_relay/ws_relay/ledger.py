@@ -110,7 +110,10 @@ class Ledger:
             return False
         seq, stamped = member.stamp(frame, owed, answer=owed_already)
         if member.link is not None:
-            member.link.send(stamped, started, seq, replay=answer or flushed)  # a slow reader is cut off and detached
+            awaited = owed is not None and owed.awaited  # else its ping may wait for others
+            member.link.send(
+                stamped, started, seq, replay=answer or flushed, awaited=awaited
+            )  # a slow reader is cut off
         return True
 
     def busy(self, member: Member, frame: str) -> bool:

@@ -7,7 +7,12 @@ issue 18 found writes and the hop through a per-connection writer task to be mos
 relay's CPU per message.
 
 The ping's pong proves that the client has every frame written before it. One ping is in
-flight at a time; what is written meanwhile is confirmed by the next.
+flight at a time; what is written meanwhile is confirmed by the next. A frame whose receipt
+someone waits for (``awaited``: a sender's ack, a held message to delete) is pinged for at
+once. Others (frames without an id, acks, room events) only trim what a resume would
+replay: their ping waits up to ``confirm_delay`` seconds, or until a sixteenth of the resume
+buffer (frames or bytes) is written unpinged, so that a busy connection answers one ping
+per burst, not one per frame, and what waits for confirmation stays far from the limits.
 
 Backpressure comes from the transport: while its write buffer is above websockets' high
 mark (``write_limit``), frames wait here, and a consumer with ``outbox_max`` frames
@@ -40,11 +45,24 @@ log = structlog.stdlib.get_logger("ws_relay.server")  # its events kept their lo
 
 _Frame = tuple[str, float | None, int | None]  # frame, relay start, seq
 
+CONFIRM_DELAY = 0.025
+"""Seconds a ping for frames nobody waits on may wait for more frames to confirm with it."""
+
 
 class WebSocketLink:
     """A ``Link`` over a websockets connection; frames wait only behind a full transport."""
 
-    def __init__(self, ws: ServerConnection, *, outbox_max: int, metrics: RelayMetrics) -> None:
+    def __init__(
+        self,
+        ws: ServerConnection,
+        *,
+        outbox_max: int,
+        metrics: RelayMetrics,
+        buffer: tuple[int, int],
+        confirm_delay: float = CONFIRM_DELAY,
+    ) -> None:
+        """``buffer``: the resume buffer's frames and bytes (``resume_buffer_messages``,
+        ``resume_buffer_bytes``), of which a sixteenth may wait for a delayed ping."""
         self.connection_id = uuid.uuid4().hex
         self.on_confirm: Callable[[int], None] | None = None
         self._ws = ws
@@ -59,6 +77,11 @@ class WebSocketLink:
         self._written_seq = 0  # the last numbered frame handed to the socket
         self._pinged_seq = 0  # the last one a confirmation ping was sent after
         self._confirming = False  # a confirmation ping is in flight
+        self._awaited_seq = 0  # the last numbered frame written whose receipt someone waits for
+        self._confirm_delay = confirm_delay
+        self._lazy_frames, self._lazy_bytes = buffer[0] // 16, buffer[1] // 16
+        self._unpinged_frames = self._unpinged_bytes = 0  # numbered, written since the last ping
+        self._delayed: asyncio.TimerHandle | None = None  # the ping for frames nobody waits on
         self._tasks: set[asyncio.Task[None]] = set()  # closing handshakes
 
     @property
@@ -70,7 +93,13 @@ class WebSocketLink:
         return not self._closing and self._ws.state is State.OPEN
 
     def send(
-        self, frame: str, relay_started: float | None = None, seq: int | None = None, *, replay: bool = False
+        self,
+        frame: str,
+        relay_started: float | None = None,
+        seq: int | None = None,
+        *,
+        replay: bool = False,
+        awaited: bool = True,
     ) -> bool:
         if self._closing:
             return False
@@ -79,6 +108,8 @@ class WebSocketLink:
                 self._abort(CloseCode.SLOW_CONSUMER)
                 return False
             self._limited += 1
+        if awaited and seq is not None:
+            self._awaited_seq = max(self._awaited_seq, seq)
         self._waiting.append((frame, relay_started, seq))
         self._schedule()
         return True
@@ -145,9 +176,12 @@ class WebSocketLink:
         batch, self._waiting, self._limited = self._waiting, [], 0
         protocol = ws.protocol
         for frame, _, seq in batch:
-            protocol.send_text(frame.encode())
+            data = frame.encode()
+            protocol.send_text(data)
             if seq is not None:
                 self._written_seq = seq
+                self._unpinged_frames += 1
+                self._unpinged_bytes += len(data)
         pong = self._queue_confirmation()
         data = b"".join(protocol.data_to_send())
         if data:
@@ -166,10 +200,23 @@ class WebSocketLink:
     def _queue_confirmation(self) -> asyncio.Future[float] | None:
         """Queue a ping after what is written, if anything is unconfirmed and none is in
         flight: its pong proves the client has everything before it. Registered as
-        ``ping()`` registers its own, so websockets resolves it on the pong."""
+        ``ping()`` registers its own, so websockets resolves it on the pong. For frames
+        nobody waits on, the ping is delayed (``_confirm_later``)."""
         if self._confirming or self.on_confirm is None or self._written_seq <= self._pinged_seq:
             return None
+        if (
+            self._awaited_seq <= self._pinged_seq
+            and self._unpinged_frames < self._lazy_frames
+            and self._unpinged_bytes < self._lazy_bytes
+        ):
+            if self._delayed is None:
+                self._delayed = asyncio.get_running_loop().call_later(self._confirm_delay, self._confirm_later)
+            return None
+        if self._delayed is not None:
+            self._delayed.cancel()
+            self._delayed = None
         seq = self._written_seq
+        self._unpinged_frames = self._unpinged_bytes = 0
         # An explicit payload: websockets would draw one from the global random module.
         data = f"confirm:{seq}".encode()
         loop = asyncio.get_running_loop()
@@ -179,6 +226,15 @@ class WebSocketLink:
         self._pinged_seq = seq
         self._confirming = True
         return pong
+
+    def _confirm_later(self) -> None:
+        """The delay is over: the ping for what nobody waits on goes out now (with any
+        frames waiting), or after the ping in flight."""
+        self._delayed = None
+        if self._closing or self._confirming:
+            return
+        self._awaited_seq = max(self._awaited_seq, self._written_seq)  # due now
+        self._schedule()
 
     def _await_confirmation(self, pong: asyncio.Future[float]) -> None:
         seq, confirm = self._pinged_seq, self.on_confirm
@@ -198,6 +254,9 @@ class WebSocketLink:
         """The connection has ended: nothing more is written."""
         self._closing = True
         self._waiting.clear()
+        if self._delayed is not None:
+            self._delayed.cancel()
+            self._delayed = None
         if self._scheduled is not None:
             self._scheduled.cancel()
             self._scheduled = None

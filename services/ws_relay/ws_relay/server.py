@@ -231,7 +231,12 @@ class RelayServer:
             self.metrics.closes.labels(str(int(CloseCode.TOO_MANY_CONNECTIONS))).inc()
             await ws.close(CloseCode.TOO_MANY_CONNECTIONS, REASONS[CloseCode.TOO_MANY_CONNECTIONS])
             return
-        link = WebSocketLink(ws, outbox_max=self.settings.outbox_max_messages, metrics=self.metrics)
+        link = WebSocketLink(
+            ws,
+            outbox_max=self.settings.outbox_max_messages,
+            metrics=self.metrics,
+            buffer=(self.settings.resume_buffer_messages, self.settings.resume_buffer_bytes),
+        )
         connection = self.relay.open_connection(link, remote_ip)
         self.metrics.connections_opened.inc()
         with structlog.contextvars.bound_contextvars(connection_id=link.connection_id):
