@@ -23,14 +23,22 @@ if ! command -v terraform >/dev/null 2>&1; then
     echo "SKIPPED terraform ${1:-}: missing tool terraform (install it by hand: https://developer.hashicorp.com/terraform/install)" >&2
     exit 0
 fi
+export TF_IN_AUTOMATION=1 TF_INPUT=0 CHECKPOINT_DISABLE=1
 config="$("$here/cli-config.sh")"
 if [ -n "$config" ]; then
+    # An unpacked local mirror: each init links the provider straight from it (read-only).
+    # No plugin cache: the modules commit no lock file, so every init would re-link the cache
+    # entry, and a validate running beside it found the provider missing (seen in CI).
     export TF_CLI_CONFIG_FILE="$config"
+    unset TF_PLUGIN_CACHE_DIR
+else
+    # From the registry: one download of each provider for every folder checked, kept between
+    # runs. Once filled, the cache is only read, even by folders without a lock file (which
+    # otherwise re-install the entry that other folders are running from).
+    export TF_PLUGIN_CACHE_DIR="${TF_PLUGIN_CACHE_DIR:-$root/.cache/plugins}"
+    export TF_PLUGIN_CACHE_MAY_BREAK_DEPENDENCY_LOCK_FILE=true
+    mkdir -p "$TF_PLUGIN_CACHE_DIR"
 fi
-export TF_IN_AUTOMATION=1 TF_INPUT=0 CHECKPOINT_DISABLE=1
-# One copy of each provider for every folder checked (one init each), kept between runs.
-export TF_PLUGIN_CACHE_DIR="${TF_PLUGIN_CACHE_DIR:-$root/.cache/plugins}"
-mkdir -p "$TF_PLUGIN_CACHE_DIR"
 
 modules() { find "$root/modules" -mindepth 1 -maxdepth 1 -type d | sort; }
 examples() { find "$root/modules" -mindepth 3 -maxdepth 3 -type d -path '*/examples/*' | sort; }
@@ -49,8 +57,9 @@ quietly() {
 
 jobs="${TF_CHECK_JOBS:-2}"  # folders checked at once
 
-# Run "$0 $1 <folder>" for each folder on stdin: the first alone (it fills the plugin cache,
-# which Terraform does not guarantee safe for concurrent writes), the rest $jobs at a time.
+# Run "$0 $1 <folder>" for each folder on stdin: the first alone (from the registry, it fills
+# the plugin cache, which Terraform does not guarantee safe for concurrent writes), the rest
+# $jobs at a time.
 each() {
     local step="$1" first
     read -r first || return 0
