@@ -403,13 +403,13 @@ class GatedRepository(Repository):
         finally:
             self._done("get_room")
 
-    async def claim_peer(self, peer: PeerRecord, *, now: int) -> None:
+    async def claim_peer(self, peer: PeerRecord, *, now: int, as_read: Room | None = None) -> None:
         failure = self.fail_with if self._armed and self.held == "claim_peer" else None
         await self._hold("claim_peer")
         try:
             if failure is not None:
                 raise failure
-            await super().claim_peer(peer, now=now)
+            await super().claim_peer(peer, now=now, as_read=as_read)
         finally:
             self._done("claim_peer")
 

@@ -250,6 +250,49 @@ async def a_peer_is_claimed_only_in_a_live_room(repo: AnyRepository) -> None:
 
 
 @case
+async def a_claim_on_a_room_as_read_earlier_needs_the_room_unchanged(repo: AnyRepository) -> None:
+    """A claim made on a room read earlier (a cached room) decides what a read now would:
+    each change of the room's node, marks or identity since that read fails it, as NotFound."""
+    now = clock()
+    await repo.create_room(replace(room(now=now, node_id="node-a"), held_until_ms=0, saved_until=0))
+    read = await repo.get_room("room-1")
+    await repo.claim_peer(peer("A", now=now), now=now, as_read=read)
+
+    await repo.move_room("room-1", from_node="node-a", to_node="node-b")
+    with pytest.raises(NotFound):
+        await repo.claim_peer(peer("B", now=now), now=now, as_read=read)
+    read = await repo.get_room("room-1")
+    await repo.claim_peer(peer("B", now=now), now=now, as_read=read)
+
+    await repo.hold_message(message("C", 1, now=now), held_until_ms=(now + 600) * 1000)
+    with pytest.raises(NotFound):
+        await repo.claim_peer(peer("C", now=now), now=now, as_read=read)
+    read = await repo.get_room("room-1")
+    await repo.claim_peer(peer("C", now=now), now=now, as_read=read)
+
+    await repo.mark_sessions_saved("room-1", until=now + 30)
+    with pytest.raises(NotFound):
+        await repo.claim_peer(peer("D", now=now), now=now, as_read=read)
+    read = await repo.get_room("room-1")
+    await repo.claim_peer(peer("D", now=now), now=now, as_read=read)
+
+    # The room deleted and created again under its id is another room, whatever its marks.
+    await repo.delete_room("room-1", now=now)
+    await repo.create_room(replace(read, token_hash="another hash"))
+    with pytest.raises(NotFound):
+        await repo.claim_peer(peer("E", now=now), now=now, as_read=read)
+    assert await repo.peer_entry("room-1", "E") is None
+    # A room read without marks (or node) is unchanged only while it has none.
+    await repo.delete_room("room-1", now=now)
+    await repo.create_room(room(now=now))
+    bare = await repo.get_room("room-1")
+    await repo.claim_peer(peer("E", now=now), now=now, as_read=bare)
+    await repo.mark_sessions_saved("room-1", until=now + 30)
+    with pytest.raises(NotFound):
+        await repo.claim_peer(peer("F", now=now), now=now, as_read=bare)
+
+
+@case
 async def a_live_peer_id_belongs_to_its_identity(repo: AnyRepository) -> None:
     now = clock()
     await repo.create_room(room(now=now))

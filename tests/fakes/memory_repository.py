@@ -265,14 +265,14 @@ class MemoryRepository:
 
     # Peers -------------------------------------------------------------------------
 
-    async def claim_peer(self, peer: PeerRecord, *, now: int) -> None:
+    async def claim_peer(self, peer: PeerRecord, *, now: int, as_read: Room | None = None) -> None:
         def free(entry: Item | None) -> bool:
             return entry is None or (
                 "saved_session" not in entry
                 and (_s(entry, "owner_sub") == peer.owner_sub or int(entry["expires_at"]["N"]) <= int(now))
             )
 
-        await self._put_in_live_room("claim_peer", peer, now=now, condition=free)
+        await self._put_in_live_room("claim_peer", peer, now=now, condition=free, as_read=as_read)
 
     async def recover_peer(self, peer: PeerRecord, *, from_connection: str, now: int) -> None:
         def left_by_that_connection(entry: Item | None) -> bool:
@@ -292,11 +292,23 @@ class MemoryRepository:
             raise ConditionFailed("condition failed", aws_code=code, operation=operation, reasons=reasons)
 
     async def _put_in_live_room(
-        self, operation: str, peer: PeerRecord, *, now: int, condition: Callable[[Item | None], bool]
+        self,
+        operation: str,
+        peer: PeerRecord,
+        *,
+        now: int,
+        condition: Callable[[Item | None], bool],
+        as_read: Room | None = None,
     ) -> None:
         def transact() -> None:
             room = self.rooms_table.get(peer.room_id)
             room_ok = room is not None and int(room["expires_at"]["N"]) > int(now)
+            if room is not None and as_read is not None:  # still that room, its node and marks
+                read = room_item(as_read)
+                room_ok = room_ok and all(
+                    room.get(name) == read.get(name)
+                    for name in ("token_hash", "node_id", "held_until_ms", "saved_until")
+                )
             self._transaction(operation, room_ok, condition(self.peers_table.get((peer.room_id, peer.peer_id))))
             self.peers_table[(peer.room_id, peer.peer_id)] = peer_item(peer)
 

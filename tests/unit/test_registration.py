@@ -345,3 +345,58 @@ async def test_a_resume_whose_write_lands_and_fails_stays_resuming_while_it_is_u
     entry = await world.repository.peer_entry("room-1", "A")
     assert entry is not None
     assert entry.connection_id == a.link.connection_id
+
+
+# Rooms read before (ws_relay.roomcache) ------------------------------------------------
+
+
+async def test_the_next_registration_in_a_room_served_here_does_not_read_the_room() -> None:
+    world = World()
+    await world.room(marked=True)
+    await world.register("A", sub="alice")
+    world.repository.operations.clear()
+    b = await world.register("B", sub="bob")
+    assert b.link.last("registered_auth")["peers"][0]["peer_id"] == "A"
+    assert world.repository.operations == ["claim_peer"]
+    wrong = await world.register("C", token="not-the-token")  # refused on the room as read
+    assert wrong.link.errors() == ["INVALID_ROOM_TOKEN"]
+    assert world.repository.operations == ["claim_peer"]
+
+
+async def test_a_room_deleted_since_it_was_read_refuses_the_registration() -> None:
+    world = World()
+    await world.room(marked=True)
+    await world.register("A", sub="alice")
+    await world.repository.delete_room("room-1", now=world.clock())
+    world.repository.operations.clear()
+    late = await world.register("B", sub="bob")
+    assert late.link.errors() == ["ROOM_NOT_FOUND"]
+    assert world.repository.operations == ["claim_peer", "get_room"]  # refused, then read
+    assert await world.repository.peer_entry("room-1", "B") is None
+
+
+async def test_a_room_taken_by_another_node_since_it_was_read_redirects() -> None:
+    world = World(public_ws_url="ws://relay-1.test/ws", node_id="relay-1")
+    await world.room(marked=True)  # no node yet: relay-1 takes it at the first registration
+    await world.register("A", sub="alice")
+    # relay-1 was away long enough for relay-2 to take the room (as far as the table says).
+    await world.repository.move_room("room-1", from_node="relay-1", to_node="relay-2")
+    await world.repository.heartbeat_node(RelayNode("relay-2", "ws://relay-2.test/ws", 1, 100, world.clock() + 60))
+    moved = await world.register("B", sub="bob")
+    assert moved.link.last("redirect")["ws_url"] == "ws://relay-2.test/ws"
+    assert await world.repository.peer_entry("room-1", "B") is None
+
+
+async def test_a_message_held_since_the_room_was_read_is_delivered() -> None:
+    """Another node serving the room in place holds a message for an absent peer: the room's
+    mark changes, so the peer's registration here reads the room again and looks."""
+    world = World()
+    await world.room(marked=True)
+    await world.register("A", sub="alice")
+    other = World(repository=world.repository, clock=world.clock, node_id="relay-2")
+    sender = await other.register("S", sub="sam")
+    await other.send(sender, {"type": "peer_message", "to_peer_id": "W", "payload": {"job": 1}, "id": 7})
+    assert (sender.link.last("ack")["id"], sender.link.last("ack")["queued"]) == (7, True)
+    worker = await world.register("W", sub="wendy")
+    await world.until(lambda: bool(worker.link.of_type("peer_message")))
+    assert worker.link.last("peer_message")["payload"] == {"job": 1}

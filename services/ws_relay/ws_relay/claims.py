@@ -168,6 +168,8 @@ class FreshClaim(Claim):
         identity: Identity,
         room: Room,
         now: float,
+        *,
+        cached: bool = False,
     ) -> None:
         resume_token = new_room_token()
         member = Member(
@@ -188,18 +190,21 @@ class FreshClaim(Claim):
         super().__init__(seats, connection, member, resume_token)
         self.now = now
         self.room = room
+        # A room from the cache, not read for this registration: the claim checks it is unchanged.
+        self.as_read = room if cached else None
         self.replaced: Member | None = None
 
     async def write(self, now: float) -> None:
+        repository = self.seats.repository
         try:
-            await self.seats.repository.claim_peer(self.record(now), now=int(now))
+            await repository.claim_peer(self.record(now), now=int(now), as_read=self.as_read)
         except ConditionFailed:
             # The id is another identity's, or its entry carries a session the previous
             # process saved: that one, if this identity's (or lapsed), ends, and we try again.
             member = self.member
             if not await self.seats.handoff.end_previous(member.room_id, member.peer_id, member.owner_sub, now):
                 raise
-            await self.seats.repository.claim_peer(self.record(now), now=int(now))
+            await repository.claim_peer(self.record(now), now=int(now), as_read=self.as_read)
 
     def refusal(self, exc: RepositoryError) -> SignalingError:
         return PeerIdTaken() if isinstance(exc, ConditionFailed) else RoomNotFound("room was deleted")

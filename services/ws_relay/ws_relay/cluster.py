@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import structlog
 
@@ -157,6 +158,15 @@ class Cluster:
             log.info("room_taken_over", room_id=room.room_id, from_node=room.node_id or None)
             return None
         raise ServerBusy("the room is changing relay nodes; retry")
+
+    def served_here(self, room: Room) -> Room | None:
+        """``room`` as it stands once ``serving_node`` found no other node serving it, if this
+        node alone serves it: a node with a public URL has taken it (if it had not already).
+        None: another node's room, served here only while that node is away."""
+        me = self.settings.node_id
+        if self.settings.public_ws_url:
+            return room if room.node_id == me else replace(room, node_id=me)
+        return room if room.node_id in ("", me) else None
 
     async def live_node(self, node_id: str, now: float) -> RelayNode | None:
         """The registry's entry of ``node_id`` if that node is heartbeating."""

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from signaling_shared import turn
-from signaling_shared.auth import TokenVerifier
+from signaling_shared.auth import Identity, TokenVerifier
 from signaling_shared.dynamo import RelayNode, Repository, Room
 from signaling_shared.errors import (
     AlreadyRegistered,
@@ -42,6 +42,7 @@ from ws_relay.claims import Claim, FreshClaim, LiveClaim, OrphanClaim, SavedClai
 from ws_relay.close_codes import CloseCode
 from ws_relay.connections import Connection, charge_fan_out, close_link
 from ws_relay.hub import Member
+from ws_relay.roomcache import RoomCache
 
 log = structlog.stdlib.get_logger("ws_relay")
 
@@ -71,6 +72,7 @@ class Registrar:
         self.metrics = seats.metrics
         self._clock = clock
         self._closing = closing
+        self.rooms = RoomCache()
         self._ip_limiter = KeyedRateLimiter.per_minute(
             settings.register_rate_per_minute_per_ip, settings.register_burst_per_ip
         )
@@ -108,15 +110,8 @@ class Registrar:
         identity = await self.verifier.verify(message.id_token)
         claim: Claim
         if message.resume_token is None:
-            room = await self._room(message, missing=RoomNotFound(), limited=True)
-            now = self._clock()  # one time for the whole registration
-            if room.is_expired(now):
-                raise RoomExpired()
-            elsewhere = await self.cluster.serving_node(room, now)
-            if elsewhere is not None:
-                return self._redirect(connection, elsewhere, room.room_id, message.id)
-            claim = FreshClaim(self.seats, connection, message, identity, room, now)
-        elif (member := self.hub.get(message.room_id, message.peer_id)) is not None:
+            return await self._register_fresh(connection, message, identity)
+        if (member := self.hub.get(message.room_id, message.peer_id)) is not None:
             claim = LiveClaim.of(self.seats, connection, message, identity.sub, member)
         else:
             room = await self._room(message, missing=ResumeFailed("the session's room is gone: register again"))
@@ -131,18 +126,48 @@ class Registrar:
                 claim = await OrphanClaim.of(self.seats, connection, message, identity.sub, room, self._clock())
         return await self._complete(connection, message, claim)
 
+    async def _register_fresh(self, connection: Connection, message: protocol.Register, identity: Identity) -> str:
+        """A new session: in a room this node serves and has read before, without reading it
+        again (the claim checks the room is unchanged; if it changed, the room is read and
+        the registration goes on from there, once)."""
+        now = self._clock()
+        cached = self.rooms.get(message.room_id, now)
+        if cached is not None:
+            self._check_token(message, cached, limited=True)
+            claim = FreshClaim(self.seats, connection, message, identity, cached, now, cached=True)
+            try:
+                return await self._complete(connection, message, claim)
+            except RoomNotFound:  # deleted, or changed since it was read: read it
+                self.rooms.forget(message.room_id)
+        room = await self._room(message, missing=RoomNotFound(), limited=True)
+        now = self._clock()  # one time for the whole registration
+        if room.is_expired(now):
+            raise RoomExpired()
+        elsewhere = await self.cluster.serving_node(room, now)
+        if elsewhere is not None:
+            return self._redirect(connection, elsewhere, room.room_id, message.id)
+        if (served := self.cluster.served_here(room)) is not None:
+            self.rooms.keep(served)
+        return await self._complete(
+            connection, message, FreshClaim(self.seats, connection, message, identity, room, now)
+        )
+
     async def _room(self, message: protocol.Register, *, missing: SignalingError, limited: bool = False) -> Room:
-        """The room ``message`` names, if its token matches. Only failures count against the
-        room (``limited``): knowing a room id must not let anyone lock its members out."""
+        """The room ``message`` names, read, if its token matches."""
         try:
             room = await self.repository.get_room(message.room_id)
         except NotFound:
             raise missing from None
+        self._check_token(message, room, limited=limited)
+        return room
+
+    def _check_token(self, message: protocol.Register, room: Room, *, limited: bool) -> None:
+        """InvalidRoomToken unless ``message`` carries the room's token. Only failures count
+        against the room (``limited``): knowing a room id must not let anyone lock its members out."""
         if not room_token_matches(message.token, room.token_hash):
             if limited:
                 self._room_limiter.enforce(message.room_id, "failed registrations in this room")
             raise InvalidRoomToken()
-        return room
 
     async def _complete(self, connection: Connection, message: protocol.Register, claim: Claim) -> str:
         """The one path of every registration and resume, whatever its source."""

@@ -149,8 +149,8 @@ class Repository:
 
     # Peers (PeerStore) -------------------------------------------------------------
 
-    async def claim_peer(self, peer: PeerRecord, *, now: int) -> None:
-        await self.peers.claim_peer(peer, now=now)
+    async def claim_peer(self, peer: PeerRecord, *, now: int, as_read: Room | None = None) -> None:
+        await self.peers.claim_peer(peer, now=now, as_read=as_read)
 
     async def recover_peer(self, peer: PeerRecord, *, from_connection: str, now: int) -> None:
         await self.peers.recover_peer(peer, from_connection=from_connection, now=now)

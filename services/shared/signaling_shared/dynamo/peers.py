@@ -14,6 +14,7 @@ from signaling_shared.dynamo.client import Store
 from signaling_shared.dynamo.records import (
     PEER_ID_INDEX,
     PeerRecord,
+    Room,
     compact_json,
     number,
     peer_from,
@@ -34,13 +35,16 @@ class PeerStore(Store):
             check["ExpressionAttributeValues"] = values
         return {"ConditionCheck": check}
 
-    async def claim_peer(self, peer: PeerRecord, *, now: int) -> None:
+    async def claim_peer(self, peer: PeerRecord, *, now: int, as_read: Room | None = None) -> None:
         """Write ``peer`` if its room is live and no live entry of another identity holds its id,
         nor an entry carrying a saved session (that session must be ended first).
 
         One transaction with a check on the room, so a registration racing the room's
-        deletion cannot leave an entry behind. NotFound: the room is gone or expired;
-        ConditionFailed: the peer id is live in this room under another identity, or saved.
+        deletion cannot leave an entry behind. With ``as_read`` (the room as the caller read it
+        earlier, not now), the check also requires the room to be that room still, with the
+        same node and marks: the claim then decides exactly what a fresh read would have.
+        NotFound: the room is gone or expired (or, with ``as_read``, changed); ConditionFailed:
+        the peer id is live in this room under another identity, or saved.
         """
         await self.put_in_live_room(
             "claim_peer",
@@ -51,6 +55,7 @@ class PeerStore(Store):
                 " OR (attribute_not_exists(saved_session) AND (owner_sub = :sub OR expires_at <= :now))"
             ),
             values={":sub": string(peer.owner_sub), ":now": number(now)},
+            as_read=as_read,
         )
 
     async def recover_peer(self, peer: PeerRecord, *, from_connection: str, now: int) -> None:
@@ -66,18 +71,29 @@ class PeerStore(Store):
         )
 
     async def put_in_live_room(
-        self, operation: str, peer: PeerRecord, *, now: int, condition: str, values: dict[str, Any]
+        self,
+        operation: str,
+        peer: PeerRecord,
+        *,
+        now: int,
+        condition: str,
+        values: dict[str, Any],
+        as_read: Room | None = None,
     ) -> None:
         """Put ``peer``'s entry under ``condition``, in one transaction with a check that its
-        room exists and has not expired. NotFound: the room failed; ConditionFailed: the entry."""
+        room exists and has not expired (and, with ``as_read``, is unchanged in what a
+        registration reads it for). NotFound: the room failed; ConditionFailed: the entry."""
+        room_condition, room_values = "attribute_exists(room_id) AND expires_at > :now", {":now": number(now)}
+        if as_read is not None:
+            unchanged, pinned = _unchanged(as_read)
+            room_condition = f"{room_condition} AND {unchanged}"
+            room_values.update(pinned)
         try:
             await self._call(
                 operation,
                 self._client.transact_write_items,
                 TransactItems=[
-                    self._room_check(
-                        peer.room_id, "attribute_exists(room_id) AND expires_at > :now", {":now": number(now)}
-                    ),
+                    self._room_check(peer.room_id, room_condition, room_values),
                     {
                         "Put": {
                             "TableName": self._db.peers_table,
@@ -214,3 +230,21 @@ class PeerStore(Store):
         )
         item: dict[str, Any] | None = response.get("Item")
         return item
+
+
+def _unchanged(room: Room) -> tuple[str, dict[str, Any]]:
+    """A condition that the room item is still ``room`` in everything a registration reads it
+    for: the same room (its token), served by the same node, with the same marks."""
+    parts, values = ["token_hash = :as_read_token"], {":as_read_token": string(room.token_hash)}
+    fields: list[tuple[str, dict[str, str] | None]] = [
+        ("node_id", string(room.node_id) if room.node_id else None),
+        ("held_until_ms", number(room.held_until_ms) if room.held_until_ms is not None else None),
+        ("saved_until", number(room.saved_until) if room.saved_until is not None else None),
+    ]
+    for name, value in fields:
+        if value is None:
+            parts.append(f"attribute_not_exists({name})")
+        else:
+            parts.append(f"{name} = :as_read_{name}")
+            values[f":as_read_{name}"] = value
+    return " AND ".join(parts), values
