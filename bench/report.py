@@ -573,7 +573,7 @@ def profile_section(results: dict[str, Any], key: str = "profile") -> list[str]:
         f"### Profile {title} (py-spy)",
         "",
         (f"From a separate run ({entry['from_run']}). " if "from_run" in entry else "")
-        + f"py-spy, {entry['seconds']} s of {what};"
+        + f"py-spy (the thread holding the GIL), {entry['seconds']} s of {what};"
         f" {entry['busy_samples']:,} busy samples of {entry['samples']:,} ({entry['idle_percent']}% idle)."
         " Shares of the busy samples.",
         "",
