@@ -154,3 +154,21 @@ async def test_the_handler_returns_once_closed_after_the_work_it_was_awaiting() 
         release.set()
         await asyncio.wait_for(s.ended.wait(), scaled(5))
         assert s.taken == ["slow", "then"]  # read before the close: still taken
+
+
+async def test_a_connection_without_its_handshake_headers_still_pings_reads_and_closes() -> None:
+    """``forget_handshake`` frees the headers of every idle connection: the connection goes on
+    as before (websockets takes one without a request for one still in its handshake)."""
+    async with served() as s:
+        assert s.server.request is not None
+        assert s.server.request.headers
+        s.server.forget_handshake()
+        assert s.server.request is not None  # still there, with its path
+        assert (len(s.server.request.headers), s.server.response) == (0, None)
+        await asyncio.wait_for(await client(s).ping(), scaled(5))  # the server answers pings
+        await client(s).send("after")
+        await s.until_taken(1)
+        assert s.taken == ["after"]
+        await client(s).close()
+        await asyncio.wait_for(s.ended.wait(), scaled(5))
+        assert s.server.close_code == 1000

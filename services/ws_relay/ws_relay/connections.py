@@ -22,7 +22,7 @@ from ws_relay.hub import Link, Member
 from ws_relay.metrics import RelayMetrics
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Connection:
     """One client socket: its link, address, message budget and (once registered) member."""
 

@@ -52,6 +52,31 @@ CONFIRM_DELAY = 0.025
 class WebSocketLink:
     """A ``Link`` over a websockets connection; frames wait only behind a full transport."""
 
+    __slots__ = (
+        "_awaited_seq",
+        "_close",
+        "_closing",
+        "_confirm_delay",
+        "_confirming",
+        "_delayed",
+        "_drained",
+        "_lazy_bytes",
+        "_lazy_frames",
+        "_limited",
+        "_metrics",
+        "_outbox_max",
+        "_pinged_seq",
+        "_scheduled",
+        "_tasks",
+        "_unpinged_bytes",
+        "_unpinged_frames",
+        "_waiting",
+        "_written_seq",
+        "_ws",
+        "connection_id",
+        "on_confirm",
+    )
+
     def __init__(
         self,
         ws: ServerConnection,
@@ -82,7 +107,7 @@ class WebSocketLink:
         self._lazy_frames, self._lazy_bytes = buffer[0] // 16, buffer[1] // 16
         self._unpinged_frames = self._unpinged_bytes = 0  # numbered, written since the last ping
         self._delayed: asyncio.TimerHandle | None = None  # the ping for frames nobody waits on
-        self._tasks: set[asyncio.Task[None]] = set()  # closing handshakes
+        self._tasks: set[asyncio.Task[None]] | None = None  # closing handshakes, once there is one
 
     @property
     def waiting(self) -> int:
@@ -130,6 +155,8 @@ class WebSocketLink:
 
     def _closing_handshake(self, code: int, reason: str) -> None:
         task = asyncio.get_running_loop().create_task(self._ws.close(code, reason))
+        if self._tasks is None:
+            self._tasks = set()
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -262,7 +289,7 @@ class WebSocketLink:
             self._scheduled = None
         if self._drained is not None:
             self._drained.cancel()
-        for task in self._tasks:  # the socket is gone: no handshake is left to wait for
-            task.cancel()
         if self._tasks:
+            for task in self._tasks:  # the socket is gone: no handshake is left to wait for
+                task.cancel()
             await asyncio.gather(*list(self._tasks), return_exceptions=True)

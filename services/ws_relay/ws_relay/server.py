@@ -226,6 +226,7 @@ class RelayServer:
     async def _handle(self, ws: ServerConnection) -> None:
         assert isinstance(ws, RelayConnection)  # create_connection=RelayConnection
         remote_ip = self._client_ip(ws)
+        ws.forget_handshake()
         if self.relay.connections.refuses(remote_ip) is not None:  # handshakes that passed the check together
             self.metrics.refused.labels("per_ip").inc()
             self.metrics.closes.labels(str(int(CloseCode.TOO_MANY_CONNECTIONS))).inc()
